@@ -1,0 +1,17 @@
+"""FiftyOne plugin entry point: registers the sam3_ops operators and panel. Nothing else."""
+
+import os
+import sys
+
+# The App imports this file by path; put the plugin directory first on the path so that the
+# operators and SDK users share one ``sam3_ops`` package (and one in-memory model cache).
+_PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
+if _PLUGIN_DIR not in sys.path:
+    sys.path.insert(0, _PLUGIN_DIR)
+
+from sam3_ops.operators import OPERATORS  # noqa: E402
+
+
+def register(p):
+    for operator in OPERATORS:
+        p.register(operator)

@@ -1,0 +1,157 @@
+"""A tiny random SAM3 checkpoint, for offline smoke tests of a whole pipeline.
+
+``facebook/sam3`` is gated and large. :func:`build_tiny_checkpoint` writes a ~0.3 M parameter
+checkpoint with random weights in the same ``sam3_video`` layout as ``facebook/sam3``
+(``detector_model.*``, ``tracker_model.*``, ``tracker_neck.*`` plus processor files), so the real
+loading code (``from_pretrained``) runs on it. Its outputs are meaningless but deterministic.
+
+Usage::
+
+    from sam3_ops.testing import build_tiny_checkpoint
+    path = build_tiny_checkpoint("/tmp/sam3-tiny")
+    model = sam3_ops.load_model(path, prompts=["cat"])
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+__all__ = ["build_tiny_checkpoint", "tiny_config", "tiny_processor"]
+
+_IMAGE_SIZE = 224
+_PATCH = 14
+
+
+def _byte_alphabet() -> list[str]:
+    """The 256 printable stand-ins for bytes that byte-level BPE (CLIP's tokenizer) uses."""
+    printable = list(range(ord("!"), ord("~") + 1))
+    printable += list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            chars.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in chars]
+
+
+def tiny_processor():
+    """A ``Sam3Processor`` built in memory (224 px input, a byte-level tokenizer with no merges)."""
+    from transformers import CLIPTokenizer, Sam3ImageProcessor, Sam3Processor
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for char in _byte_alphabet():
+        vocab.setdefault(char, len(vocab))
+        vocab.setdefault(char + "</w>", len(vocab))
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
+    image_processor = Sam3ImageProcessor(size={"height": _IMAGE_SIZE, "width": _IMAGE_SIZE})
+    return Sam3Processor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def tiny_config():
+    """A ``Sam3VideoConfig`` (detector + tracker) small enough to run in milliseconds on a CPU."""
+    from transformers import Sam3Config, Sam3TrackerVideoConfig, Sam3VideoConfig
+
+    grid = _IMAGE_SIZE // _PATCH  # 16 patches a side
+    feature_sizes = [[grid * 4, grid * 4], [grid * 2, grid * 2], [grid, grid]]
+    backbone = {
+        "model_type": "sam3_vit_model",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": _IMAGE_SIZE,
+        "patch_size": _PATCH,
+        "window_size": 8,
+        "global_attn_indexes": [1],
+        "pretrain_image_size": _IMAGE_SIZE,
+    }
+    vision = {
+        "backbone_config": backbone,
+        "fpn_hidden_size": 32,
+        "backbone_feature_sizes": feature_sizes,
+    }
+    text = {
+        "vocab_size": 1000,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 32,
+        "projection_dim": 32,
+        "bos_token_id": 0,
+        "eos_token_id": 1,
+        "pad_token_id": 1,
+    }
+    small = {"hidden_size": 32, "num_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+    detector = Sam3Config(
+        vision_config=copy.deepcopy(vision),
+        text_config=text,
+        geometry_encoder_config=dict(small),
+        detr_encoder_config=dict(small),
+        detr_decoder_config={**small, "num_queries": 20},
+        mask_decoder_config={"hidden_size": 32, "num_attention_heads": 2},
+    )
+    tracker = Sam3TrackerVideoConfig(
+        image_size=_IMAGE_SIZE,  # the tracker config propagates its own image size (default 1008)
+        vision_config=copy.deepcopy(vision),
+        prompt_encoder_config={
+            "hidden_size": 32,
+            "image_size": _IMAGE_SIZE,
+            "patch_size": _PATCH,
+        },
+        mask_decoder_config={
+            "hidden_size": 32,
+            "mlp_dim": 64,
+            "num_attention_heads": 2,
+            "iou_head_hidden_dim": 32,
+        },
+        # video-memory modules: unused for images, but part of the checkpoint layout
+        memory_attention_hidden_size=32,
+        memory_attention_num_layers=1,
+        memory_attention_feed_forward_hidden_size=64,
+        memory_attention_rope_feat_sizes=[grid, grid],
+        memory_encoder_hidden_size=32,
+        memory_encoder_output_channels=16,
+        mask_downsampler_embed_dim=32,
+        memory_fuser_embed_dim=32,
+        memory_fuser_intermediate_dim=64,
+    )
+    return Sam3VideoConfig(detector_config=detector, tracker_config=tracker)
+
+
+def build_tiny_checkpoint(path: str | os.PathLike, seed: int = 0) -> str:
+    """Write a tiny random SAM3 checkpoint (``sam3_video`` layout + processor) to ``path``.
+
+    Args:
+        path: the directory to write (created if needed; existing files are overwritten)
+        seed (0): the seed of the random weights, so two builds are identical
+
+    Returns:
+        the directory, as a string, ready for ``sam3_ops.load_model(path)``
+    """
+    import torch
+    from safetensors.torch import save_file
+    from transformers import Sam3VideoModel
+
+    path = os.fspath(path)
+    os.makedirs(path, exist_ok=True)
+    torch.manual_seed(seed)
+    model = Sam3VideoModel(tiny_config())
+    # Write the weights under the module names, as facebook/sam3 stores them
+    # (``tracker_model.mask_decoder...``): transformers 5.23's save_pretrained would revert its
+    # sam3_tracker key mapping here and store ``tracker_model.tracker_model...`` instead.
+    state = {name: tensor.detach().clone().contiguous() for name, tensor in model.state_dict().items()}
+    save_file(state, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    model.config.save_pretrained(path)
+    tiny_processor().save_pretrained(path)
+    return path
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m sam3_ops.testing DIR   (writes a tiny random SAM3 checkpoint to DIR)")
+    print(build_tiny_checkpoint(sys.argv[1]))
