@@ -9,9 +9,11 @@ _PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
 if _PLUGIN_DIR not in sys.path:
     sys.path.insert(0, _PLUGIN_DIR)
 
-from sam3_ops.operators import OPERATORS  # noqa: E402
-
 
 def register(p):
-    for operator in OPERATORS:
-        p.register(operator)
+    from sam3_ops.operators import OPERATORS
+    from sam3_ops.panel import PANELS
+    from sam3_ops.qa_operators import OPERATORS as QA_OPERATORS
+
+    for cls in (*OPERATORS, *QA_OPERATORS, *PANELS):
+        p.register(cls)
