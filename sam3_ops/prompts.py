@@ -186,9 +186,9 @@ def describe_box_problems(n_given: int, n_kept: int, what: str) -> str | None:
     dropped = n_given - n_kept
     if dropped <= 0:
         return None
-    plural = "es" if dropped != 1 else ""
+    noun = "box" if n_given == 1 else "boxes"
     return (
-        f"dropped {dropped} of {n_given} {what} box{plural}: degenerate (NaN, inverted, zero area) "
+        f"dropped {dropped} of {n_given} {what} {noun}: degenerate (NaN, inverted, zero area) "
         "or outside the image"
     )
 

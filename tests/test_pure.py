@@ -1,0 +1,224 @@
+"""Pure tests: prompt validation, box sanitising, queries per mode, conversions, crops."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sam3_ops.engine import ImageSegmentation, _upsample_crop, crop_box
+from sam3_ops.prompts import (
+    VISUAL_PROMPT,
+    ImagePrompts,
+    build_queries,
+    sanitize_boxes,
+    validate_mode,
+    validate_prompts,
+)
+
+# -- prompts ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "prompts, expected",
+    [
+        ("cat", ("cat",)),
+        (["cat", "dog handle"], ("cat", "dog handle")),
+        (["  cat ", "cat", "dog\n"], ("cat", "dog")),  # trimmed, deduplicated
+        (["two   spaces"], ("two spaces",)),
+        (["café", "狗"], ("café", "狗")),
+    ],
+)
+def test_validate_prompts_normalises(prompts, expected):
+    assert validate_prompts(prompts, "text") == expected
+
+
+@pytest.mark.parametrize(
+    "prompts, message",
+    [
+        ([], "at least one prompt"),
+        (None, "at least one prompt"),
+        ([""], "prompt 0 is blank"),
+        (["cat", "   "], "prompt 1 is blank"),
+        (["cat", 3], "prompt 1 is a int"),
+        ([None], "prompt 0 is a NoneType"),
+        (42, "must be a string or a list"),
+    ],
+)
+def test_validate_prompts_rejects(prompts, message):
+    with pytest.raises(ValueError, match=message):
+        validate_prompts(prompts, "text")
+
+
+def test_prompts_per_mode():
+    assert validate_prompts(None, "exemplars") == ()
+    assert validate_prompts(None, "boxes") == ()
+    with pytest.raises(ValueError, match="takes no text prompts"):
+        validate_prompts(["cat"], "boxes")
+
+
+def test_unknown_mode_lists_valid_ones():
+    with pytest.raises(ValueError, match="text, boxes, exemplars"):
+        validate_mode("points")
+
+
+def test_sanitize_boxes_degenerate_cases():
+    boxes = [
+        [10, 10, 50, 50],  # fine
+        [np.nan, 0, 10, 10],  # NaN
+        [30, 30, 20, 40],  # inverted x
+        [5, 5, 5, 20],  # zero width
+        [-20, -20, 30, 30],  # partly outside: clipped
+        [200, 200, 300, 300],  # fully outside
+        [0, 0, np.inf, 10],  # infinite
+        [90, 10, 120, 60],  # partly outside on the right
+    ]
+    kept, index = sanitize_boxes(boxes, width=100, height=80)
+    assert index.tolist() == [0, 4, 7]
+    np.testing.assert_allclose(kept, [[10, 10, 50, 50], [0, 0, 30, 30], [90, 10, 100, 60]])
+    assert kept.dtype == np.float32
+
+
+def test_sanitize_boxes_empty():
+    kept, index = sanitize_boxes(np.zeros((0, 4)), 10, 10)
+    assert kept.shape == (0, 4) and index.shape == (0,)
+
+
+def test_queries_text_mode_attach_negatives():
+    prompts = ImagePrompts(texts=("cat", "dog"), negative_boxes=[[1, 2, 3, 4]])
+    queries = build_queries("text", prompts)
+    assert [q.label for q in queries] == ["cat", "dog"]
+    assert all(q.negative_boxes.tolist() == [[1, 2, 3, 4]] for q in queries)
+    assert all(len(q.positive_boxes) == 0 for q in queries)
+
+
+def test_queries_exemplars_group_by_label_without_text():
+    prompts = ImagePrompts(
+        boxes=[[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]],
+        box_labels=("cat", "dog", "cat"),
+        negative_boxes=[[60, 60, 70, 70]],
+    )
+    queries = build_queries("exemplars", prompts)
+    assert [(q.label, q.text, len(q.positive_boxes)) for q in queries] == [
+        ("cat", VISUAL_PROMPT, 2),
+        ("dog", VISUAL_PROMPT, 1),
+    ]
+    assert all(len(q.negative_boxes) == 1 for q in queries)
+
+
+def test_queries_exemplars_with_text_and_without_boxes():
+    with_text = build_queries("exemplars", ImagePrompts(texts=("mug",), boxes=[[0, 0, 5, 5]], box_labels=("cup",)))
+    assert [(q.label, q.text, len(q.positive_boxes)) for q in with_text] == [("mug", "mug", 1)]
+    assert build_queries("exemplars", ImagePrompts(texts=("mug",))) == []
+
+
+def test_queries_boxes_mode_one_per_box_with_negative_points_inside():
+    prompts = ImagePrompts(
+        boxes=[[0, 0, 50, 50], [100, 100, 150, 150]],
+        box_labels=("a", "b"),
+        negative_boxes=[[10, 10, 30, 30]],  # centre (20, 20) is inside box 0 only
+    )
+    queries = build_queries("boxes", prompts)
+    assert [(q.label, q.prompt_index) for q in queries] == [("a", 0), ("b", 1)]
+    assert queries[0].negative_points.tolist() == [[20, 20]]
+    assert queries[1].negative_points.shape == (0, 2)
+
+
+def test_image_prompts_checks_label_count():
+    with pytest.raises(ValueError, match="2 prompt boxes but 1 box labels"):
+        ImagePrompts(boxes=[[0, 0, 1, 1], [0, 0, 2, 2]], box_labels=("a",))
+
+
+# -- crops and upsampling ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "box, expected",
+    [
+        ((10.2, 5.7, 20.1, 30.0), (10, 5, 21, 30)),
+        ((-5, -5, 500, 500), (0, 0, 100, 80)),  # clipped to the image
+        ((50, 40, 50, 40), (50, 40, 51, 41)),  # zero size -> 1 px
+        ((120, 90, 130, 95), (99, 79, 100, 80)),  # outside -> the nearest pixel
+    ],
+)
+def test_crop_box(box, expected):
+    assert crop_box(box, width=100, height=80) == expected
+
+
+def test_upsample_crop_equals_full_interpolation_then_slice():
+    torch.manual_seed(0)
+    low_res = torch.randn(18, 18)
+    size = (97, 131)
+    full = F.interpolate(low_res[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+    for crop in [(0, 0, 131, 97), (10, 20, 60, 41), (130, 96, 131, 97), (0, 50, 7, 97)]:
+        x0, y0, x1, y1 = crop
+        torch.testing.assert_close(_upsample_crop(low_res, crop, size), full[y0:y1, x0:x1], atol=1e-5, rtol=1e-5)
+
+
+# -- conversions to FiftyOne --------------------------------------------------------------------
+
+
+def test_relative_and_pixel_boxes_round_trip():
+    from sam3_ops.convert import relative_to_xyxy, xyxy_to_relative
+
+    xyxy = relative_to_xyxy([[0.1, 0.2, 0.5, 0.25]], width=200, height=100)
+    np.testing.assert_allclose(xyxy, [[20, 20, 120, 45]])
+    np.testing.assert_allclose(xyxy_to_relative(xyxy[0], 200, 100), [0.1, 0.2, 0.5, 0.25], atol=1e-6)
+    # clipped to [0, 1]
+    np.testing.assert_allclose(xyxy_to_relative([-10, -10, 250, 50], 200, 100), [0, 0, 1, 0.5])
+
+
+def test_to_detections_masks_cover_boxes_exactly():
+    from sam3_ops.convert import to_detections
+
+    masks = [np.ones((10, 20), bool), np.zeros((5, 4), bool)]
+    segmentation = ImageSegmentation(
+        image_size=(100, 200),
+        labels=["cat", "box-label"],
+        prompt_index=np.array([-1, 0]),
+        scores=np.array([0.9, 0.4], np.float32),
+        boxes_xyxy=np.array([[0, 0, 20, 10], [196, 95, 200, 100]], np.float32),
+        masks=masks,
+    )
+    detections = to_detections(segmentation, prompt_ids=["abc"])
+    first, second = detections.detections
+    assert first.label == "cat" and first.confidence == pytest.approx(0.9)
+    np.testing.assert_allclose(first.bounding_box, [0, 0, 0.1, 0.1])
+    assert first.mask.dtype == bool and first.mask.shape == (10, 20)
+    assert not first.has_field("prompt_id") or first["prompt_id"] is None
+    assert second["prompt_id"] == "abc"
+    # mask pixels == box pixels: w * W = 4, h * H = 5
+    x, y, w, h = second.bounding_box
+    assert (round(w * 200), round(h * 100)) == second.mask.shape[::-1]
+    assert all(0 <= v <= 1 for v in second.bounding_box)
+
+
+def test_to_detections_empty():
+    from sam3_ops.convert import to_detections
+
+    detections = to_detections(ImageSegmentation(image_size=(10, 10)))
+    assert detections is not None and detections.detections == []
+
+
+def test_prompts_from_detections_negative_attribute_and_bad_boxes():
+    import fiftyone as fo
+
+    from sam3_ops.convert import prompts_from_detections
+
+    prompt_field = fo.Detections(
+        detections=[
+            fo.Detection(label="cat", bounding_box=[0.1, 0.1, 0.2, 0.2]),
+            fo.Detection(label="cat", bounding_box=[0.5, 0.5, 0.1, 0.1], negative=True),
+            fo.Detection(label="cat", bounding_box=[0.3, 0.3, 0.0, 0.2]),  # zero width: dropped
+            fo.Detection(label="cat", bounding_box=[0.9, 0.9, 0.5, 0.5]),  # clipped
+        ]
+    )
+    prompts, ids, warnings = prompts_from_detections(prompt_field, None, 100, 50, mode="exemplars")
+    np.testing.assert_allclose(prompts.boxes, [[10, 5, 30, 15], [90, 45, 100, 50]])
+    np.testing.assert_allclose(prompts.negative_boxes, [[50, 25, 60, 30]])
+    assert ids == [prompt_field.detections[0].id, prompt_field.detections[3].id]
+    assert warnings == [
+        "dropped 1 of 3 prompt boxes: degenerate (NaN, inverted, zero area) or outside the image"
+    ]
+    # in boxes mode `negative` is just an attribute: every box is a prompt
+    prompts, _, _ = prompts_from_detections(prompt_field, None, 100, 50, mode="boxes")
+    assert len(prompts.boxes) == 3 and len(prompts.negative_boxes) == 0
