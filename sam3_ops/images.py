@@ -35,7 +35,7 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
         return np.repeat(gray[:, :, None], 3, axis=2)
     if image.mode != "RGB":
         image = image.convert("RGB")
-    return np.asarray(image, dtype=np.uint8)
+    return np.array(image, dtype=np.uint8)  # a writable copy: torch.from_numpy warns on read-only arrays
 
 
 def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -67,6 +67,7 @@ class _Item:
     prompts: object = None
     prompt_ids: list = field(default_factory=list)
     error: str | None = None
+    warnings: list = field(default_factory=list)  # logged in the main process, not the worker
 
 
 class Sam3GetItem(fout.GetItem):
@@ -99,9 +100,7 @@ class Sam3GetItem(fout.GetItem):
                 texts=self.config.prompts,
                 mode=self.config.mode,
             )
-            for warning in warnings:
-                logger.warning("%s: %s", filepath, warning)
-            return _Item(filepath, image, prompts, prompt_ids)
+            return _Item(filepath, image, prompts, prompt_ids, warnings=warnings)
         except ImageLoadError as error:
             return _Item(filepath, error=str(error))
         except Exception as error:  # a worker must not fail the batch: report it per sample
@@ -196,6 +195,9 @@ class Sam3Model(fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
         for item in items:
             if item.error is not None:
                 self._fail(item, item.error)
+            for warning in item.warnings:
+                logger.warning("%s: %s", item.filepath, warning)
+            item.warnings = []
         outputs: dict[int, object] = {}
         if good:
             try:
