@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .prompts import MAX_TEXT_TOKENS, ImagePrompts, Query, build_queries, validate_mode
 
@@ -148,22 +147,42 @@ def crop_box(box_xyxy: Sequence[float], width: int, height: int) -> tuple[int, i
     return x0, y0, x1, y1
 
 
-def _upsample_crop(low_res: torch.Tensor, crop: tuple[int, int, int, int], size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear upsampling of a low-res map to image ``size``, evaluated over ``crop`` only.
+def _bilinear_weights(starts: torch.Tensor, stops: torch.Tensor, out_size: int, in_size: int, length: int) -> torch.Tensor:
+    """Rows of the 1-D bilinear resampling matrix ``in_size -> out_size`` for output pixels
+    ``starts[i] .. stops[i] - 1``, zero-padded to ``length``: shape ``(n, length, in_size)``.
 
-    Equals ``F.interpolate(low_res, size, mode="bilinear", align_corners=False)[y0:y1, x0:x1]``
-    (what transformers' post-processing does at full size) without building the full map.
+    The same arithmetic as ``F.interpolate(mode="bilinear", align_corners=False)``: source
+    coordinate ``(y + 0.5) * in / out - 0.5``, clamped at 0, neighbour clamped at the last pixel.
+    """
+    offsets = torch.arange(length, device=starts.device)
+    positions = starts[:, None] + offsets[None, :]
+    valid = (positions < stops[:, None]).float()
+    source = ((positions.float() + 0.5) * (in_size / out_size) - 0.5).clamp(min=0)
+    lower = source.floor().long().clamp(max=in_size - 1)
+    upper = (lower + 1).clamp(max=in_size - 1)
+    fraction = source - lower.float()
+    weights = torch.zeros(len(starts), length, in_size, device=starts.device)
+    weights.scatter_add_(2, lower[..., None], ((1 - fraction) * valid)[..., None])
+    weights.scatter_add_(2, upper[..., None], (fraction * valid)[..., None])
+    return weights
+
+
+def _upsample_crops(low_res: torch.Tensor, crops: Sequence[tuple[int, int, int, int]], size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling of ``n`` low-res maps ``(n, h, w)`` to image ``size``, each evaluated
+    over its own crop ``(x0, y0, x1, y1)`` only; returns ``(n, max crop height, max crop width)``.
+
+    Equals ``F.interpolate(low_res, size, mode="bilinear", align_corners=False)[i, y0:y1, x0:x1]``
+    (what transformers' post-processing computes at full size) without building the full maps:
+    bilinear resampling is separable, so each crop is ``Wy @ map @ Wx.T``, one batched matmul for
+    all hits of a chunk.
     """
     height, width = size
-    x0, y0, x1, y1 = crop
-    device = low_res.device
-    gx = (torch.arange(x0, x1, device=device, dtype=torch.float32) + 0.5) * (2.0 / width) - 1.0
-    gy = (torch.arange(y0, y1, device=device, dtype=torch.float32) + 0.5) * (2.0 / height) - 1.0
-    grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)[None]
-    sampled = F.grid_sample(
-        low_res[None, None].float(), grid, mode="bilinear", padding_mode="border", align_corners=False
-    )
-    return sampled[0, 0]
+    boxes = torch.tensor(crops, device=low_res.device, dtype=torch.long).reshape(-1, 4)
+    crop_height = int((boxes[:, 3] - boxes[:, 1]).max())
+    crop_width = int((boxes[:, 2] - boxes[:, 0]).max())
+    rows = _bilinear_weights(boxes[:, 1], boxes[:, 3], height, low_res.shape[-2], crop_height)
+    cols = _bilinear_weights(boxes[:, 0], boxes[:, 2], width, low_res.shape[-1], crop_width)
+    return rows @ low_res.float() @ cols.transpose(1, 2)
 
 
 class Sam3Engine:
@@ -293,8 +312,10 @@ class Sam3Engine:
         return contextlib.nullcontext()
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """Resizes and normalises RGB uint8 images of any sizes into one ``(B, 3, S, S)`` batch."""
-        return self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+        """Resizes and normalises RGB uint8 images of any sizes into one ``(B, 3, S, S)`` batch on the device."""
+        # device=: transformers' torchvision backend resizes and normalises on the device (uint8
+        # goes over the bus, not a float32 1008x1008 tensor per image); a no-op on the CPU
+        return self.processor.image_processor(images=list(images), return_tensors="pt", device=self.device)["pixel_values"]
 
     def text_features(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Text features ``(len(texts), 32, D)`` and their attention mask, each text encoded once."""
@@ -480,15 +501,20 @@ class _HitCollector:
     def __init__(self):
         self.labels, self.prompt_index, self.scores, self.boxes, self.crops = [], [], [], [], []
 
-    def add(self, query: Query, scores, boxes_px, low_res_maps, size, threshold):
+    def add(self, query: Query, scores, boxes_px, low_res_maps: torch.Tensor, size, threshold):
+        """Adds hits: their scores, pixel boxes and low-res mask maps ``(n, h, w)`` (same device)."""
         height, width = size
-        for score, box, low_res in zip(scores, boxes_px, low_res_maps):
-            crop = crop_box(box, width, height)
+        crops = [crop_box(box, width, height) for box in boxes_px]
+        if not crops:
+            return
+        masks = _upsample_crops(low_res_maps, crops, size) > threshold
+        for score, crop, mask in zip(scores, crops, masks):
+            x0, y0, x1, y1 = crop
             self.labels.append(query.label)
             self.prompt_index.append(query.prompt_index)
             self.scores.append(float(score))
             self.boxes.append(crop)
-            self.crops.append(_upsample_crop(low_res, crop, size) > threshold)
+            self.crops.append(mask[: y1 - y0, : x1 - x0])
 
 
 def _finish(collectors: list[_HitCollector], sizes) -> list[ImageSegmentation]:

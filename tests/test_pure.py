@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sam3_ops.engine import ImageSegmentation, _upsample_crop, crop_box
+from sam3_ops.engine import ImageSegmentation, _upsample_crops, crop_box
 from sam3_ops.prompts import (
     VISUAL_PROMPT,
     ImagePrompts,
@@ -144,14 +144,17 @@ def test_crop_box(box, expected):
     assert crop_box(box, width=100, height=80) == expected
 
 
-def test_upsample_crop_equals_full_interpolation_then_slice():
+@pytest.mark.parametrize("size", [(97, 131), (10, 7), (288, 288), (1000, 31)])
+def test_upsample_crops_equals_full_interpolation_then_slice(size):
     torch.manual_seed(0)
-    low_res = torch.randn(18, 18)
-    size = (97, 131)
-    full = F.interpolate(low_res[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
-    for crop in [(0, 0, 131, 97), (10, 20, 60, 41), (130, 96, 131, 97), (0, 50, 7, 97)]:
-        x0, y0, x1, y1 = crop
-        torch.testing.assert_close(_upsample_crop(low_res, crop, size), full[y0:y1, x0:x1], atol=1e-5, rtol=1e-5)
+    height, width = size
+    crops = [(0, 0, width, height), (width // 3, height // 4, width // 2 + 1, height // 2 + 1), (width - 1, height - 1, width, height)]
+    low_res = torch.randn(len(crops), 18, 18)
+    full = F.interpolate(low_res[None], size=size, mode="bilinear", align_corners=False)[0]
+    upsampled = _upsample_crops(low_res, crops, size)
+    assert upsampled.shape == (len(crops), height, width)
+    for i, (x0, y0, x1, y1) in enumerate(crops):
+        torch.testing.assert_close(upsampled[i, : y1 - y0, : x1 - x0], full[i, y0:y1, x0:x1], atol=1e-5, rtol=1e-5)
 
 
 # -- conversions to FiftyOne --------------------------------------------------------------------
