@@ -12,8 +12,9 @@ cropped to the box -> either ``sample.save()`` per sample (``ref-save``) or one
 ``dataset.set_values`` bulk write per batch (``ref-set_values``); at every batch size of
 ``--ref-batch-sizes``, so "its best batch size" is measured, not guessed.
 
-The database lives in a temporary ``FIFTYONE_DATABASE_DIR`` (set before fiftyone is imported) that
-is deleted at exit, and the dataset is non-persistent and deleted: nothing is left behind.
+The database is a private mongod in a temporary directory (``sam3_ops.testing.PrivateMongo``, set
+before fiftyone is imported; FiftyOne's own service is shared machine-wide), stopped and deleted at
+exit; the dataset is non-persistent and deleted: nothing is left behind, nobody else's database is touched.
 
 Usage::
 
@@ -33,23 +34,20 @@ import tempfile
 import time
 from collections import defaultdict
 
-# Before fiftyone is imported: a database of our own, removed at exit; no telemetry, no hub.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from sam3_ops.testing import PrivateMongo  # noqa: E402  (imports neither fiftyone nor torch)
+
+# Before fiftyone is imported: a database server of our own, removed at exit; no telemetry, no hub.
 _TMP = tempfile.mkdtemp(prefix="sam3ops-bench-e2e-")
-os.environ["FIFTYONE_DATABASE_DIR"] = os.path.join(_TMP, "db")
 os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
 os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
 os.environ["HF_HUB_OFFLINE"] = "1"
+_MONGO = PrivateMongo(_TMP).start()
 
 
 def _cleanup():
-    """Stops the database service this run started (so mongod is gone), then deletes its files."""
-    try:
-        import fiftyone.core.odm.database as fod
-
-        if fod._db_service is not None:
-            fod._db_service.stop()
-    except Exception:  # noqa: BLE001 - best effort at exit
-        pass
+    """Stops the private mongod, then deletes its files."""
+    _MONGO.stop()
     shutil.rmtree(_TMP, ignore_errors=True)
 
 

@@ -18,7 +18,20 @@ from __future__ import annotations
 import os
 import threading
 
-__all__ = ["load_model", "get_engine", "Sam3Engine", "Sam3Model", "ModelLoadError", "DEFAULT_MODEL", "MODES"]
+__all__ = [
+    "load_model",
+    "get_engine",
+    "without_results",
+    "review_annotations",
+    "upgrade_boxes_to_masks",
+    "restore_field",
+    "accept_reviewed",
+    "Sam3Engine",
+    "Sam3Model",
+    "ModelLoadError",
+    "DEFAULT_MODEL",
+    "MODES",
+]
 __version__ = "0.1.0"
 
 DEFAULT_MODEL = "facebook/sam3"
@@ -55,6 +68,8 @@ def load_model(
     token: str | None = None,
     reuse: bool = False,
     max_image_pixels: int | None = None,
+    max_mask_size: int | None = 2048,
+    mask_dir: str | None = None,
 ):
     """Loads SAM3 as a FiftyOne model for ``dataset.apply_model(...)``.
 
@@ -72,6 +87,11 @@ def load_model(
         token (None): a Hugging Face token; ``None`` reads ``HF_TOKEN``
         reuse (False): share one in-memory engine per ``(model_path, device)`` across calls
         max_image_pixels (None): refuse images larger than this many pixels (default ~268 M)
+        max_mask_size (2048): the longest side of a stored mask; larger boxes get a mask scaled
+            down to it (FiftyOne stretches masks over their boxes; SAM3's masks are 288 x 288)
+        mask_dir (None): where masks go as PNG files (``mask_path``) when a sample's labels would
+            exceed MongoDB's 16 MB document limit; default ``<fo.config.default_dataset_dir>/sam3_masks``.
+            To keep every mask on disk, pass ``output_dir=`` to ``apply_model``
 
     Returns:
         a :class:`~sam3_ops.model.Sam3Model`
@@ -92,10 +112,19 @@ def load_model(
         mask_threshold=mask_threshold,
         device=device,
         max_image_pixels=max_image_pixels or DEFAULT_MAX_PIXELS,
+        mask_dir=mask_dir,
     )
     engine = get_engine(model_path, device, token) if reuse else Sam3Engine(model_path, device=device, token=token)
+    engine.max_mask_size = max_mask_size
     engine.load(mode)  # fail now, with a clear message, rather than on every batch of a long run
     return Sam3Model(config, engine=engine)
+
+
+def without_results(samples, label_field: str):
+    """The samples of ``samples`` that have no value in ``label_field`` yet: resume an interrupted
+    run with ``sam3_ops.without_results(dataset, "sam3").apply_model(model, label_field="sam3")``.
+    Samples that were segmented (even with no hits: an empty ``Detections``) are not redone."""
+    return samples.exists(label_field, False)
 
 
 def __getattr__(name):
@@ -103,6 +132,10 @@ def __getattr__(name):
         from . import engine
 
         return getattr(engine, name)
+    if name in ("review_annotations", "upgrade_boxes_to_masks", "restore_field", "accept_reviewed"):
+        from . import qa
+
+        return getattr(qa, name)
     if name == "Sam3Model":
         from .model import Sam3Model
 

@@ -147,17 +147,22 @@ def crop_box(box_xyxy: Sequence[float], width: int, height: int) -> tuple[int, i
     return x0, y0, x1, y1
 
 
-def _bilinear_weights(starts: torch.Tensor, stops: torch.Tensor, out_size: int, in_size: int, length: int) -> torch.Tensor:
-    """Rows of the 1-D bilinear resampling matrix ``in_size -> out_size`` for output pixels
-    ``starts[i] .. stops[i] - 1``, zero-padded to ``length``: shape ``(n, length, in_size)``.
+def _bilinear_weights(
+    starts: torch.Tensor, stops: torch.Tensor, counts: torch.Tensor, out_size: int, in_size: int, length: int
+) -> torch.Tensor:
+    """Rows of the 1-D bilinear resampling matrix ``in_size -> out_size`` for ``counts[i]`` output
+    samples evenly covering pixels ``starts[i] .. stops[i]``, zero-padded to ``length``:
+    shape ``(n, length, in_size)``. With ``counts == stops - starts`` the samples are exactly the
+    pixels ``starts[i] .. stops[i] - 1``.
 
-    The same arithmetic as ``F.interpolate(mode="bilinear", align_corners=False)``: source
-    coordinate ``(y + 0.5) * in / out - 0.5``, clamped at 0, neighbour clamped at the last pixel.
+    The arithmetic of ``F.interpolate(mode="bilinear", align_corners=False)``: source coordinate
+    ``(y + 0.5) * in / out - 0.5``, clamped at 0, neighbour clamped at the last pixel.
     """
-    offsets = torch.arange(length, device=starts.device)
-    positions = starts[:, None] + offsets[None, :]
-    valid = (positions < stops[:, None]).float()
-    source = ((positions.float() + 0.5) * (in_size / out_size) - 0.5).clamp(min=0)
+    offsets = torch.arange(length, device=starts.device, dtype=torch.float32)
+    step = (stops - starts).float() / counts.float()
+    positions = starts[:, None].float() + (offsets[None, :] + 0.5) * step[:, None] - 0.5
+    valid = (offsets[None, :] < counts[:, None]).float()
+    source = ((positions + 0.5) * (in_size / out_size) - 0.5).clamp(min=0)
     lower = source.floor().long().clamp(max=in_size - 1)
     upper = (lower + 1).clamp(max=in_size - 1)
     fraction = source - lower.float()
@@ -167,22 +172,55 @@ def _bilinear_weights(starts: torch.Tensor, stops: torch.Tensor, out_size: int, 
     return weights
 
 
-def _upsample_crops(low_res: torch.Tensor, crops: Sequence[tuple[int, int, int, int]], size: tuple[int, int]) -> torch.Tensor:
+def mask_shape(crop: tuple[int, int, int, int], max_mask_size: int | None) -> tuple[int, int]:
+    """The ``(height, width)`` of the mask stored for ``crop``: the crop's pixels, scaled down so
+    that neither side exceeds ``max_mask_size`` (FiftyOne stretches a mask over its box)."""
+    x0, y0, x1, y1 = crop
+    height, width = y1 - y0, x1 - x0
+    if max_mask_size and max(height, width) > max_mask_size:
+        scale = max_mask_size / max(height, width)
+        return max(1, round(height * scale)), max(1, round(width * scale))
+    return height, width
+
+
+def _upsample_crops(
+    low_res: torch.Tensor, crops: Sequence[tuple[int, int, int, int]], size: tuple[int, int], shapes=None
+) -> torch.Tensor:
     """Bilinear upsampling of ``n`` low-res maps ``(n, h, w)`` to image ``size``, each evaluated
-    over its own crop ``(x0, y0, x1, y1)`` only; returns ``(n, max crop height, max crop width)``.
+    over its own crop ``(x0, y0, x1, y1)`` only (at ``shapes[i]`` samples, default the crop's
+    pixels); returns ``(n, max height, max width)``, each map in its top-left corner.
 
     Equals ``F.interpolate(low_res, size, mode="bilinear", align_corners=False)[i, y0:y1, x0:x1]``
     (what transformers' post-processing computes at full size) without building the full maps:
-    bilinear resampling is separable, so each crop is ``Wy @ map @ Wx.T``, one batched matmul for
-    all hits of a chunk.
+    bilinear resampling is separable, so each crop is ``Wy @ map @ Wx.T``, one batched matmul.
     """
     height, width = size
-    boxes = torch.tensor(crops, device=low_res.device, dtype=torch.long).reshape(-1, 4)
-    crop_height = int((boxes[:, 3] - boxes[:, 1]).max())
-    crop_width = int((boxes[:, 2] - boxes[:, 0]).max())
-    rows = _bilinear_weights(boxes[:, 1], boxes[:, 3], height, low_res.shape[-2], crop_height)
-    cols = _bilinear_weights(boxes[:, 0], boxes[:, 2], width, low_res.shape[-1], crop_width)
+    device = low_res.device
+    boxes = torch.tensor(crops, device=device, dtype=torch.long).reshape(-1, 4)
+    if shapes is None:
+        shapes = [(y1 - y0, x1 - x0) for x0, y0, x1, y1 in crops]
+    counts = torch.tensor(shapes, device=device, dtype=torch.long).reshape(-1, 2)
+    rows = _bilinear_weights(boxes[:, 1], boxes[:, 3], counts[:, 0], height, low_res.shape[-2], int(counts[:, 0].max()))
+    cols = _bilinear_weights(boxes[:, 0], boxes[:, 2], counts[:, 1], width, low_res.shape[-1], int(counts[:, 1].max()))
     return rows @ low_res.float() @ cols.transpose(1, 2)
+
+
+def _memory_groups(shapes: Sequence[tuple[int, int]], budget: int) -> list[list[int]]:
+    """Splits hits into groups whose padded output (count x max height x max width) stays within
+    ``budget`` elements, so one huge mask never multiplies the memory of the others."""
+    order = sorted(range(len(shapes)), key=lambda i: shapes[i][0] * shapes[i][1])
+    groups, current, max_h, max_w = [], [], 0, 0
+    for i in order:
+        h, w = shapes[i]
+        new_h, new_w = max(max_h, h), max(max_w, w)
+        if current and (len(current) + 1) * new_h * new_w > budget:
+            groups.append(current)
+            current, new_h, new_w = [], h, w
+        current.append(i)
+        max_h, max_w = new_h, new_w
+    if current:
+        groups.append(current)
+    return groups
 
 
 class Sam3Engine:
@@ -196,6 +234,8 @@ class Sam3Engine:
             image (refinement); keyed by the ``image_keys`` given to :meth:`segment`
         max_queries_per_forward (32): queries (image x prompt pairs) per decoder forward; bounds
             memory when images have many prompts
+        max_mask_size (2048): the longest side of a stored mask, in pixels; larger boxes get a
+            mask scaled down to it (SAM3 predicts masks at 288 x 288: nothing real is lost)
     """
 
     def __init__(
@@ -205,12 +245,14 @@ class Sam3Engine:
         token: str | None = None,
         feature_cache_size: int = 0,
         max_queries_per_forward: int = 32,
+        max_mask_size: int | None = 2048,
     ):
         self.model_path = validate_model_path(model_path)
         self.device = resolve_device(device)
         self._token = token if token else os.environ.get("HF_TOKEN") or None
         self.feature_cache_size = int(feature_cache_size)
         self.max_queries_per_forward = max(1, int(max_queries_per_forward))
+        self.max_mask_size = max_mask_size
         self._processor = None
         self._detector = None
         self._tracker = None
@@ -422,7 +464,7 @@ class Sam3Engine:
     def _segment(self, images, prompts, mode, threshold, mask_threshold, image_keys):
         sizes = [(int(image.shape[0]), int(image.shape[1])) for image in images]
         queries = [(i, query) for i, image_prompts in enumerate(prompts) for query in build_queries(mode, image_prompts)]
-        results = [_HitCollector() for _ in images]
+        results = [_HitCollector(self.max_mask_size) for _ in images]
         if queries:
             head = "tracker" if mode == "boxes" else "detector"
             features = self._vision_features(head, images, image_keys)
@@ -498,23 +540,30 @@ class _TextEmbeds:
 class _HitCollector:
     """Gathers one image's hits; masks stay on the device until :func:`_finish`."""
 
-    def __init__(self):
+    #: the most output elements one upsampling matmul produces (64 M floats = 256 MB)
+    element_budget = 64 * 1024 * 1024
+
+    def __init__(self, max_mask_size: int | None):
+        self.max_mask_size = max_mask_size
         self.labels, self.prompt_index, self.scores, self.boxes, self.crops = [], [], [], [], []
 
     def add(self, query: Query, scores, boxes_px, low_res_maps: torch.Tensor, size, threshold):
         """Adds hits: their scores, pixel boxes and low-res mask maps ``(n, h, w)`` (same device)."""
         height, width = size
         crops = [crop_box(box, width, height) for box in boxes_px]
-        if not crops:
-            return
-        masks = _upsample_crops(low_res_maps, crops, size) > threshold
+        shapes = [mask_shape(crop, self.max_mask_size) for crop in crops]
+        masks = [None] * len(crops)
+        for group in _memory_groups(shapes, self.element_budget):
+            upsampled = _upsample_crops(low_res_maps[group], [crops[i] for i in group], size, [shapes[i] for i in group])
+            for k, i in enumerate(group):
+                mask_height, mask_width = shapes[i]
+                masks[i] = upsampled[k, :mask_height, :mask_width] > threshold
         for score, crop, mask in zip(scores, crops, masks):
-            x0, y0, x1, y1 = crop
             self.labels.append(query.label)
             self.prompt_index.append(query.prompt_index)
             self.scores.append(float(score))
             self.boxes.append(crop)
-            self.crops.append(mask[: y1 - y0, : x1 - x0])
+            self.crops.append(mask)
 
 
 def _finish(collectors: list[_HitCollector], sizes) -> list[ImageSegmentation]:

@@ -13,9 +13,12 @@ field stays as it was.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
+import fiftyone as fo
 import fiftyone.core.models as fom
+import fiftyone.core.utils as fou
 import fiftyone.utils.torch as fout
 
 from .convert import prompts_from_detections, to_detections
@@ -40,6 +43,9 @@ class Sam3Config:
     mask_threshold: float = 0.5
     device: str | None = None
     max_image_pixels: int | None = DEFAULT_MAX_PIXELS
+    #: where masks go when a sample's labels would not fit in a MongoDB document
+    mask_dir: str | None = None
+    max_label_bytes: int = 12 * 1024 * 1024  # below MongoDB's 16 MB, leaving room for the rest
 
     def __post_init__(self):
         validate_mode(self.mode)
@@ -209,7 +215,8 @@ class Sam3Model(fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
                     mask_threshold=self.config.mask_threshold,
                 )
                 for item, segmentation in zip(good, segmentations):
-                    outputs[id(item)] = to_detections(segmentation, item.prompt_ids)
+                    labels = to_detections(segmentation, item.prompt_ids)
+                    outputs[id(item)] = self._fit_in_document(labels, item.filepath)
             except Exception as error:
                 if len(good) == 1:
                     self._fail(good[0], f"{type(error).__name__}: {error}")
@@ -225,6 +232,26 @@ class Sam3Model(fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
                 self.num_detections += len(labels.detections)
         return [outputs.get(id(item)) for item in items]
 
+    def _fit_in_document(self, labels, filepath: str):
+        """Moves the masks to PNG files (``mask_path``) when the labels would not fit in the
+        sample's MongoDB document (16 MB); FiftyOne's convention for on-disk masks."""
+        size = stored_mask_bytes(labels, self.config.max_label_bytes)
+        if size <= self.config.max_label_bytes:
+            return labels
+        mask_dir = self.config.mask_dir or os.path.join(fo.config.default_dataset_dir, "sam3_masks")
+        logger.warning(
+            "%s: %d masks take %.1f MB, too much for one database document; writing them as PNG files under %s",
+            filepath,
+            len(labels.detections),
+            size / 2**20,
+            mask_dir,
+        )
+        os.makedirs(mask_dir, exist_ok=True)
+        for detection in labels.detections:
+            if detection.mask is not None:
+                detection.export_mask(os.path.join(mask_dir, f"{detection.id}.png"), update=True)
+        return labels
+
     def _fail(self, item: _Item, reason: str) -> None:
         logger.warning("Skipping %s: %s", item.filepath or "<no filepath>", reason)
         self.failures.append(Failure(item.filepath, reason))
@@ -237,6 +264,16 @@ class Sam3Model(fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
             "samples_skipped": len(self.failures),
             "skipped": [{"filepath": f.filepath, "reason": f.reason} for f in self.failures],
         }
+
+
+def stored_mask_bytes(labels, limit: int) -> int:
+    """The bytes the masks of ``labels`` take in the database: their raw size when that is under
+    ``limit`` (cheap), else their size as FiftyOne stores them (compressed)."""
+    masks = [d.mask for d in labels.detections if d.mask is not None]
+    raw = sum(mask.size for mask in masks)
+    if raw <= limit:
+        return raw
+    return sum(len(fou.serialize_numpy_array(mask)) for mask in masks)
 
 
 def _as_item(arg, config: Sam3Config) -> _Item:

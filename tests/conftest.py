@@ -3,15 +3,21 @@ files, and real FiftyOne datasets on an embedded MongoDB in a temporary director
 
 import os
 import shutil
+import sys
 import tempfile
 
-# Before fiftyone is imported: no hub, no telemetry, a database of our own for this session.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from sam3_ops.testing import PrivateMongo  # noqa: E402  (imports neither fiftyone nor torch)
+
+# Before fiftyone is imported: no hub, no telemetry, and a database server of this session's own
+# (FiftyOne's embedded service is shared machine-wide: see PrivateMongo).
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
 os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
-_SESSION_DIR = tempfile.mkdtemp(prefix="sam3ops-tests-")
-os.environ["FIFTYONE_DATABASE_DIR"] = os.path.join(_SESSION_DIR, "db")
 os.environ.pop("HF_TOKEN", None)
+_SESSION_DIR = tempfile.mkdtemp(prefix="sam3ops-tests-")
+_MONGO = PrivateMongo(_SESSION_DIR).start()
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -77,5 +83,6 @@ def dataset(image_paths):
         ds.delete()
 
 
-def pytest_sessionfinish(session, exitstatus):
+def pytest_unconfigure(config):
+    _MONGO.stop()
     shutil.rmtree(_SESSION_DIR, ignore_errors=True)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sam3_ops.engine import ImageSegmentation, _upsample_crops, crop_box
+from sam3_ops.engine import ImageSegmentation, _memory_groups, _upsample_crops, crop_box, mask_shape
 from sam3_ops.prompts import (
     VISUAL_PROMPT,
     ImagePrompts,
@@ -225,3 +225,31 @@ def test_prompts_from_detections_negative_attribute_and_bad_boxes():
     # in boxes mode `negative` is just an attribute: every box is a prompt
     prompts, _, _ = prompts_from_detections(prompt_field, None, 100, 50, mode="boxes")
     assert len(prompts.boxes) == 3 and len(prompts.negative_boxes) == 0
+
+
+def test_mask_shape_caps_the_longest_side():
+    assert mask_shape((0, 0, 300, 200), 2048) == (200, 300)
+    assert mask_shape((0, 0, 10000, 5000), 1000) == (500, 1000)
+    assert mask_shape((0, 0, 1, 9000), 100) == (100, 1)
+    assert mask_shape((0, 0, 10000, 5000), None) == (5000, 10000)
+
+
+def test_scaled_crop_samples_the_same_map():
+    """A mask scaled down to half the crop still follows the full-resolution one."""
+    torch.manual_seed(1)
+    low_res = torch.randn(1, 16, 16)
+    full = _upsample_crops(low_res, [(0, 0, 400, 400)], (400, 400))[0]
+    half = _upsample_crops(low_res, [(0, 0, 400, 400)], (400, 400), [(200, 200)])[0]
+    assert half.shape == (200, 200)
+    assert ((half > 0) == (full[::2, ::2] > 0)).float().mean() > 0.98
+
+
+def test_memory_groups_respect_the_budget():
+    shapes = [(10, 10)] * 5 + [(1000, 1000)]
+    groups = _memory_groups(shapes, budget=1_000_000)
+    assert sorted(i for g in groups for i in g) == list(range(6))
+    for group in groups:
+        h = max(shapes[i][0] for i in group)
+        w = max(shapes[i][1] for i in group)
+        assert len(group) == 1 or len(group) * h * w <= 1_000_000
+    assert [5] in groups  # the big one alone
