@@ -1,0 +1,386 @@
+"""App operators for QA review: review a ground-truth field, upgrade boxes to masks, accept, restore.
+
+Each operator reads its form and makes one call to the public function in :mod:`sam3_ops.qa`
+(which runs SAM3 through ``sam3_ops.load_model`` + ``apply_model``). Bad input is flagged on the
+form (``prop.invalid`` + ``prop.error_message``), not raised: no ``Detections`` field, a field
+without labels, blank class labels, an eval key in use, a backup field that already exists, no
+detection tagged as accepted. Immediate runs use ``num_workers=0`` and end with
+``reload_dataset``; delegated runs report their stages with ``ctx.set_progress``.
+"""
+
+from __future__ import annotations
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+from fiftyone import ViewField as F
+
+from . import qa
+
+DEFAULT_MODEL = "facebook/sam3"
+TOKEN_SECRET = "HF_TOKEN"
+TABLE_COLUMNS = (
+    ("class", "Class"),
+    ("ground_truth", "Ground truth"),
+    ("sam3", "SAM3"),
+    ("matched", "Matched"),
+    ("possible_missing", "Possibly missing"),
+    ("possible_spurious", "Possibly spurious"),
+    ("loose_boxes", "Loose boxes"),
+    ("precision", "Precision"),
+    ("recall", "Recall"),
+)
+
+
+def _config(name, label, description):
+    return foo.OperatorConfig(
+        name=name,
+        label=label,
+        description=description,
+        dynamic=True,
+        allow_immediate_execution=True,
+        allow_delegated_execution=True,
+    )
+
+
+class ReviewAnnotations(foo.Operator):
+    """Compares a ground-truth field with SAM3 and tags the samples a curator should look at."""
+
+    @property
+    def config(self):
+        return _config(
+            "review_annotations",
+            "Review annotations with SAM3",
+            "Find possibly missing, spurious and loose annotations with SAM3 and FiftyOne's evaluation",
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        _review_inputs(ctx, inputs)
+        return types.Property(inputs, view=types.View(label="Review annotations with SAM3"))
+
+    def execute(self, ctx):
+        params = ctx.params
+        classes = [c.strip() for c in params.get("classes") or [] if c.strip()] or None
+        _stage(ctx, 0.05, "Running SAM3 and evaluating")
+        result = qa.review_annotations(
+            ctx.target_view(),
+            params["gt_field"],
+            model_path=params.get("model_path") or DEFAULT_MODEL,
+            pred_field=params.get("pred_field") or "sam3_review",
+            eval_key=params.get("eval_key") or "sam3_review",
+            classes=classes,
+            per_sample_classes=params.get("classes_from") == "sample",
+            check_boxes=params.get("check_boxes", True),
+            threshold=params.get("threshold", 0.5),
+            missing_confidence=params.get("missing_confidence", 0.5),
+            loose_iou=params.get("loose_iou", 0.75),
+            overwrite=bool(params.get("overwrite")),
+            num_workers=_num_workers(ctx),
+            device=params.get("device") or None,
+            token=ctx.secret(TOKEN_SECRET),
+        )
+        _finish(ctx)
+        return {
+            "summary": (
+                f"Reviewed {result.num_reviewed} samples ({result.num_skipped} skipped): "
+                + ", ".join(f"{n} {tag}" for tag, n in result.tag_counts.items())
+                + f". Saved view '{result.view_name}'; evaluation '{result.eval_key}' is in the Model Evaluation panel."
+            ),
+            "table": result.table,
+            "plot": agreement_plot(result.table),
+        }
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("summary", label="Summary", view=types.MarkdownView())
+        table = types.TableView()
+        for key, label in TABLE_COLUMNS:
+            table.add_column(key, label=label)
+        outputs.list("table", types.Object(), label="Per-class agreement", view=table)
+        outputs.plot("plot", label="Recall and precision per class", layout={"barmode": "group", "yaxis": {"range": [0, 1]}})
+        return types.Property(outputs, view=types.View(label="SAM3 review"))
+
+
+class UpgradeBoxesToMasks(foo.Operator):
+    """Adds SAM3 masks to the existing boxes of a Detections field, after backing it up."""
+
+    @property
+    def config(self):
+        return _config(
+            "upgrade_boxes_to_masks",
+            "Upgrade boxes to masks",
+            "Add SAM3 instance masks to existing boxes (ids, labels, attributes kept; field backed up first)",
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        _upgrade_inputs(ctx, inputs)
+        return types.Property(inputs, view=types.View(label="Upgrade boxes to masks"))
+
+    def execute(self, ctx):
+        params = ctx.params
+        _stage(ctx, 0.05, "Running SAM3 on the boxes")
+        result = qa.upgrade_boxes_to_masks(
+            ctx.target_view(),
+            params["field"],
+            model_path=params.get("model_path") or DEFAULT_MODEL,
+            min_score=params.get("min_score", 0.5),
+            backup_field=params.get("backup_field") or None,
+            replace_masks=bool(params.get("replace_masks")),
+            num_workers=_num_workers(ctx),
+            device=params.get("device") or None,
+            token=ctx.secret(TOKEN_SECRET),
+        )
+        _finish(ctx)
+        return {
+            "summary": (
+                f"Added masks to {result.changed} detections of '{result.field}'; {result.below_threshold} scored "
+                f"below the threshold, {result.skipped} left as they were. Backup: '{result.backup_field}' "
+                "(undo with 'Restore field backup')."
+            )
+        }
+
+    def resolve_output(self, ctx):
+        return _summary_output("Upgrade boxes to masks")
+
+
+class RestoreFieldBackup(foo.Operator):
+    """Puts a field back exactly as its backup holds it."""
+
+    @property
+    def config(self):
+        return _config("restore_field_backup", "Restore field backup", "Undo a mask upgrade or an accept from its backup")
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        _restore_inputs(ctx, inputs)
+        return types.Property(inputs, view=types.View(label="Restore field backup"))
+
+    def execute(self, ctx):
+        params = ctx.params
+        restored = qa.restore_field(
+            ctx.target_view(), params["field"], params["backup_field"], delete_backup=bool(params.get("delete_backup"))
+        )
+        _finish(ctx)
+        return {"summary": f"Restored '{params['field']}' from '{params['backup_field']}' on {restored} samples."}
+
+    def resolve_output(self, ctx):
+        return _summary_output("Restore field backup")
+
+
+class AcceptReviewedDetections(foo.Operator):
+    """Copies the SAM3 detections a reviewer tagged into the ground truth, after backing it up."""
+
+    @property
+    def config(self):
+        return _config(
+            "accept_reviewed_detections",
+            "Accept reviewed detections",
+            "Copy SAM3 detections tagged as accepted into the ground truth (field backed up first)",
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        _accept_inputs(ctx, inputs)
+        return types.Property(inputs, view=types.View(label="Accept reviewed detections"))
+
+    def execute(self, ctx):
+        params = ctx.params
+        result = qa.accept_reviewed(
+            ctx.target_view(),
+            params["pred_field"],
+            params["gt_field"],
+            tag=params.get("tag") or qa.ACCEPTED_TAG,
+            backup_field=params.get("backup_field") or None,
+        )
+        _finish(ctx)
+        return {
+            "summary": (
+                f"Copied {result.changed} detections into '{result.field}' ({result.skipped} were already there). "
+                f"Backup: '{result.backup_field}'."
+            )
+        }
+
+    def resolve_output(self, ctx):
+        return _summary_output("Accept reviewed detections")
+
+
+OPERATORS = [ReviewAnnotations, UpgradeBoxesToMasks, RestoreFieldBackup, AcceptReviewedDetections]
+
+
+# -- forms ------------------------------------------------------------------------------------------
+
+
+def _review_inputs(ctx, inputs):
+    target = ctx.target_view()
+    dataset = ctx.dataset
+    gt_field = _detections_choice(ctx, inputs, "gt_field", "Ground truth field", target, "The annotations to review")
+    if gt_field is None:
+        return
+    classes_from = types.RadioGroup()
+    classes_from.add_choice("dataset", label="All classes of the field")
+    classes_from.add_choice("sample", label="Each sample's own classes")
+    inputs.enum("classes_from", classes_from.values(), default="dataset", label="Prompt with", view=classes_from)
+    classes_prop = inputs.list(
+        "classes", types.String(), label="Classes (optional)", description="Only these classes; empty for all"
+    )
+    classes = ctx.params.get("classes") or []
+    if any(not isinstance(c, str) or not c.strip() for c in classes):
+        _flag(classes_prop, "A class is blank: type a class name or remove the entry")
+    elif not classes:
+        blank = [label for label in target.distinct(f"{gt_field}.detections.label") if not str(label or "").strip()]
+        if blank:
+            _flag(
+                classes_prop,
+                f"'{gt_field}' has detections labelled {blank[0]!r}, which cannot be a text prompt: list the classes to review",
+            )
+    inputs.str("model_path", default=DEFAULT_MODEL, required=True, label="Model", description="Hub id or local directory")
+    pred_field = inputs.str("pred_field", default="sam3_review", required=True, label="SAM3 output field")
+    eval_prop = inputs.str("eval_key", default="sam3_review", required=True, label="Evaluation key")
+    inputs.bool("check_boxes", default=True, label="Look for loose boxes", description="Also prompt SAM3 with each box")
+    inputs.float("threshold", default=0.5, label="SAM3 score threshold", view=_slider())
+    inputs.float("missing_confidence", default=0.5, label="Flag unmatched SAM3 hits from confidence", view=_slider())
+    inputs.float("loose_iou", default=0.75, label="Loose box below tight-box IoU", view=_slider())
+    inputs.bool("overwrite", default=False, label="Overwrite", description="Replace an earlier review's field and evaluation")
+    overwrite = bool(ctx.params.get("overwrite"))
+    eval_key = ctx.params.get("eval_key") or "sam3_review"
+    if not str(eval_key).isidentifier():
+        _flag(eval_prop, "Use letters, digits and underscores, starting with a letter")
+    elif dataset.has_evaluation(eval_key) and not overwrite:
+        _flag(eval_prop, f"Evaluation '{eval_key}' already exists: tick 'Overwrite' or choose another key")
+    name = ctx.params.get("pred_field") or "sam3_review"
+    if name == gt_field:
+        _flag(pred_field, "Write SAM3's output to another field than the ground truth")
+    elif dataset.get_field(name) is not None and not overwrite:
+        _flag(pred_field, f"Field '{name}' already exists: tick 'Overwrite' or choose another name")
+    _execution_note(ctx, inputs)
+
+
+def _upgrade_inputs(ctx, inputs):
+    target = ctx.target_view()
+    field = _detections_choice(ctx, inputs, "field", "Field", target, "The boxes to give masks to")
+    if field is None:
+        return
+    inputs.str("model_path", default=DEFAULT_MODEL, required=True, label="Model", description="Hub id or local directory")
+    inputs.float("min_score", default=0.5, label="Minimum mask score", description="SAM3's predicted IoU", view=_slider())
+    inputs.bool("replace_masks", default=False, label="Replace existing masks")
+    _backup_input(ctx, inputs, field)
+    _execution_note(ctx, inputs)
+
+
+def _restore_inputs(ctx, inputs):
+    dataset = ctx.dataset
+    field = _detections_choice(ctx, inputs, "field", "Field", None, "The field to put back", require_labels=False)
+    if field is None:
+        return
+    backups = [name for name in qa.detections_fields(dataset) if name != field]
+    choices = types.Dropdown()
+    for name in backups:
+        choices.add_choice(name, label=name)
+    default = f"{field}_backup" if f"{field}_backup" in backups else None
+    prop = inputs.enum("backup_field", choices.values(), default=default, required=True, label="Backup", view=choices)
+    if not backups:
+        _flag(prop, "There is no other Detections field to restore from")
+    inputs.bool("delete_backup", default=False, label="Delete the backup afterwards (whole dataset only)")
+    if ctx.params.get("delete_backup") and len(ctx.target_view()) != len(dataset):
+        _flag(inputs.get_property("delete_backup"), "Only a restore of the whole dataset can delete the backup")
+
+
+def _accept_inputs(ctx, inputs):
+    target = ctx.target_view()
+    pred_field = _detections_choice(ctx, inputs, "pred_field", "SAM3 field", target, "The reviewed SAM3 detections")
+    if pred_field is None:
+        return
+    gt_field = _detections_choice(
+        ctx, inputs, "gt_field", "Ground truth field", target, "Where accepted detections go", require_labels=False
+    )
+    if gt_field is None:
+        return
+    tag_prop = inputs.str("tag", default=qa.ACCEPTED_TAG, required=True, label="Label tag of accepted detections")
+    tag = ctx.params.get("tag") or qa.ACCEPTED_TAG
+    if gt_field == pred_field:
+        _flag(inputs.get_property("gt_field"), "Choose a field other than the SAM3 field")
+    elif not target.filter_labels(pred_field, F("tags").contains(tag)).count(f"{pred_field}.detections"):
+        _flag(tag_prop, f"No '{pred_field}' detection is tagged '{tag}' here: tag the ones to keep in the App first")
+    _backup_input(ctx, inputs, gt_field)
+
+
+def _detections_choice(ctx, inputs, name, label, target, description, require_labels=True):
+    """A dropdown of the dataset's Detections fields; returns the chosen one, or None if unusable."""
+    fields = qa.detections_fields(ctx.dataset)
+    choices = types.Dropdown()
+    for field in fields:
+        choices.add_choice(field, label=field)
+    default = "ground_truth" if "ground_truth" in fields and name in ("gt_field", "field") else None
+    prop = inputs.enum(name, choices.values(), default=default, required=True, label=label, description=description, view=choices)
+    if not fields:
+        _flag(prop, "This dataset has no Detections field")
+        return None
+    value = ctx.params.get(name, default)
+    if value not in fields:
+        if value is not None:
+            _flag(prop, f"'{value}' is not a Detections field of this dataset")
+        return None
+    if require_labels and target is not None and not target.count(f"{value}.detections"):
+        _flag(prop, f"'{value}' has no detections on the target samples")
+        return None
+    return value
+
+
+def _backup_input(ctx, inputs, field):
+    default = f"{field}_backup"
+    prop = inputs.str(
+        "backup_field", default=default, required=True, label="Backup field", description="A copy made before any change"
+    )
+    name = ctx.params.get("backup_field") or default
+    if name == field:
+        _flag(prop, "The backup must be another field")
+    elif ctx.dataset.get_field(name) is not None:
+        _flag(prop, f"Field '{name}' already exists: restore it first ('Restore field backup'), or choose another name")
+
+
+def _execution_note(ctx, inputs):
+    target = ctx.target_view()
+    inputs.view("note", types.Notice(label=f"SAM3 will run on {len(target)} samples"))
+
+
+def _slider():
+    return types.SliderView(componentsProps={"slider": {"min": 0, "max": 1, "step": 0.01}})
+
+
+def _flag(prop, message):
+    prop.invalid = True
+    prop.error_message = message
+
+
+def _summary_output(label):
+    outputs = types.Object()
+    outputs.str("summary", label="Summary", view=types.MarkdownView())
+    return types.Property(outputs, view=types.View(label=label))
+
+
+# -- execution ------------------------------------------------------------------------------------
+
+
+def _num_workers(ctx):
+    # the App's server process must not fork data-loader workers: immediate runs load in-process
+    return None if ctx.delegated else 0
+
+
+def _stage(ctx, progress, label):
+    if ctx.delegated:
+        ctx.set_progress(progress=progress, label=label)
+
+
+def _finish(ctx):
+    if not ctx.delegated and ctx.executor is not None:
+        ctx.trigger("reload_dataset")
+
+
+def agreement_plot(table: list[dict]) -> list[dict]:
+    """Plotly bar traces of recall and precision per class (the review's table as a picture)."""
+    classes = [row["class"] for row in table]
+    return [
+        {"type": "bar", "name": "Recall (ground truth SAM3 found)", "x": classes, "y": [row["recall"] for row in table]},
+        {"type": "bar", "name": "Precision (SAM3 hits annotated)", "x": classes, "y": [row["precision"] for row in table]},
+    ]
