@@ -1,0 +1,394 @@
+"""The App operators, driven without the App: FiftyOne's plugin discovery, operator execution
+(immediate and through the delegated operation service), and forms resolved on real
+``ExecutionContext``s. Real FiftyOne, the tiny random checkpoint; no mocks."""
+
+import os
+
+import fiftyone as fo
+import fiftyone.operators as foo
+import pytest
+from fiftyone import ViewField as F
+from fiftyone.operators.delegated import DelegatedOperationService
+from fiftyone.operators.executor import ExecutionContext, ValidationContext
+
+import sam3_ops
+from sam3_ops.operators import (
+    SegmentWithBoxPrompts,
+    SegmentWithTextPrompts,
+    output_field_problem,
+    parse_prompts,
+)
+from sam3_ops.runs import get_run
+
+from .conftest import REPO_ROOT
+
+PLUGIN = "@sam3-ops/sam3"
+TEXT_URI = f"{PLUGIN}/segment_with_text_prompts"
+BOX_URI = f"{PLUGIN}/segment_with_box_prompts"
+
+
+@pytest.fixture(scope="module")
+def plugins_dir(tmp_path_factory):
+    """A FiftyOne plugins directory holding the repository, as a user would install it (a link)."""
+    directory = tmp_path_factory.mktemp("plugins")
+    os.symlink(REPO_ROOT, directory / "sam3")
+    previous = fo.config.plugins_dir
+    fo.config.plugins_dir = str(directory)
+    yield directory
+    fo.config.plugins_dir = previous
+
+
+@pytest.fixture
+def text_params(tiny_checkpoint):
+    """A valid text-prompt form: the tiny checkpoint, threshold 0 so its ~0.25 scores are kept."""
+    return {
+        "prompts": ["cat", "dog"],
+        "threshold": 0.0,
+        "mask_threshold": 0.5,
+        "label_field": "sam3",
+        "batch_size": 2,
+        "model_path": str(tiny_checkpoint),
+        "device": "cpu",
+    }
+
+
+@pytest.fixture
+def box_params(tiny_checkpoint):
+    """A valid box-prompt form: one mask per ground-truth box."""
+    return {
+        "prompt_field": "ground_truth",
+        "mode": "boxes",
+        "mask_threshold": 0.5,
+        "label_field": "gt_masks",
+        "batch_size": 3,
+        "model_path": str(tiny_checkpoint),
+        "device": "cpu",
+    }
+
+
+def resolve_form(operator, dataset, params, **request_params):
+    """Resolves ``operator``'s form on a real context; returns (properties by name, validation)."""
+    ctx = ExecutionContext(request_params={"dataset_name": dataset.name, "params": dict(params), **request_params})
+    form = operator.resolve_input(ctx)
+    return form.type.properties, ValidationContext(ctx, form, operator)
+
+
+def written_ids(dataset, field):
+    """The ids of the samples that hold a value in ``field``."""
+    return set(dataset.exists(field).values("id"))
+
+
+def triggered(result, operator_name):
+    """The params of each ``operator_name`` trigger an immediate run sent to the App."""
+    return [r["params"] for r in result.executor.to_json()["requests"] if r["operator_uri"] == operator_name]
+
+
+# -- discovery ----------------------------------------------------------------------------------
+
+
+def test_plugin_is_discovered_with_both_operators_and_labels(plugins_dir):
+    import fiftyone.operators.registry as foor
+    import fiftyone.plugins as fop
+
+    assert PLUGIN in [plugin.name for plugin in fop.list_plugins()]
+    registry = foor.OperatorRegistry()
+    operators = {op.uri: op for op in registry.list_operators(builtin=False)}
+    assert TEXT_URI in operators and BOX_URI in operators, f"plugin errors: {registry.list_errors()}"
+    assert operators[TEXT_URI].config.label == "Segment with text prompts"
+    assert operators[BOX_URI].config.label == "Segment with box prompts"
+    for uri in (TEXT_URI, BOX_URI):
+        config = operators[uri].config
+        assert config.allow_immediate_execution and config.allow_delegated_execution
+        assert operators[uri]._plugin_secrets == ["HF_TOKEN"]
+
+
+# -- parsing ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (["cat", "dog"], ("cat", "dog")),
+        ("cat, dog", ("cat", "dog")),
+        (["cat, dog", "red  car", "cat"], ("cat", "dog", "red car")),
+        ("cat, dog,", ("cat", "dog")),
+        (None, ()),
+        ([], ()),
+    ],
+)
+def test_parse_prompts_accepts_lists_and_comma_separated_text(value, expected):
+    assert parse_prompts(value) == (expected, None)
+
+
+@pytest.mark.parametrize("value", [["cat", "   "], " , ", "", ["cat", 3], 7])
+def test_parse_prompts_names_the_problem(value):
+    prompts, problem = parse_prompts(value)
+    assert prompts == () and problem
+
+
+# -- execution with each target ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["DATASET", "CURRENT_VIEW", "SELECTED_SAMPLES"])
+def test_text_prompts_write_exactly_the_target_samples(plugins_dir, dataset, text_params, target):
+    ids = dataset.values("id")
+    request = {"dataset": dataset, "params": {**text_params, "view_target": target}}
+    if target == "CURRENT_VIEW":
+        request["view"] = dataset.skip(1).limit(3)
+        expected = set(ids[1:4])
+    elif target == "SELECTED_SAMPLES":
+        request["view"] = dataset.skip(1).limit(3)  # samples are selected in the current view
+        request["selected"] = [ids[1], ids[3]]
+        expected = {ids[1], ids[3]}
+    else:
+        request["view"] = dataset.limit(2)  # the dataset target wins over the view
+        expected = set(ids)
+
+    result = foo.execute_operator(TEXT_URI, request)
+
+    dataset.reload()
+    assert written_ids(dataset, "sam3") == expected
+    labels = {d.label for dets in dataset.select(list(expected)).values("sam3") for d in dets.detections}
+    assert labels and labels <= {"cat", "dog"}
+    (summary,) = [params["results"] for params in triggered(result, "show_output")]
+    assert summary["samples_processed"] == len(expected)
+    assert summary["samples_skipped"] == 0 and summary["skipped"] == []
+    assert summary["detections"] == sum(len(d.detections) for d in dataset.values("sam3") if d is not None)
+    assert triggered(result, "reload_dataset") == [{}]
+    progress = [params["progress"] for params in triggered(result, "set_progress")]
+    assert progress[-1] == 1.0 and progress == sorted(progress)
+    assert get_run(dataset, "sam3")["prompts"] == ["cat", "dog"]
+
+
+def test_box_prompts_give_one_mask_per_box_of_the_prompt_field(plugins_dir, dataset, box_params):
+    foo.execute_operator(BOX_URI, {"dataset": dataset, "params": {**box_params, "negative_field": "not_wanted"}})
+
+    dataset.reload()
+    for sample in dataset:
+        boxes = {d.id: d.label for d in sample.ground_truth.detections}
+        masks = sample.gt_masks.detections
+        assert {d.prompt_id: d.label for d in masks} == boxes
+        assert all(d.mask is not None and d.mask.dtype == bool for d in masks)
+    run = get_run(dataset, "gt_masks")
+    assert (run["mode"], run["prompt_field"], run["negative_field"]) == ("boxes", "ground_truth", "not_wanted")
+
+
+def test_a_corrupt_image_is_skipped_with_its_reason(plugins_dir, dataset, text_params, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    dataset.add_sample(fo.Sample(filepath=str(broken)))
+
+    result = foo.execute_operator(TEXT_URI, {"dataset": dataset, "params": text_params})
+
+    (summary,) = [params["results"] for params in triggered(result, "show_output")]
+    assert summary["samples_processed"] == len(dataset) - 1
+    assert summary["samples_skipped"] == 1
+    assert summary["skipped"][0]["filepath"] == str(broken) and summary["skipped"][0]["reason"]
+
+
+def test_a_second_run_reuses_the_weights_and_the_token_never_reaches_outputs(
+    plugins_dir, dataset, text_params, monkeypatch
+):
+    secret = "hf_sam3ops_test_secret_value"
+    monkeypatch.setenv("HF_TOKEN", secret)
+
+    first = foo.execute_operator(TEXT_URI, {"dataset": dataset, "params": text_params})
+    detector = sam3_ops.get_engine(text_params["model_path"], "cpu").detector
+    second = foo.execute_operator(TEXT_URI, {"dataset": dataset, "params": {**text_params, "overwrite": True}})
+
+    # the second run reused the weights the first one loaded
+    assert sam3_ops.get_engine(text_params["model_path"], "cpu").detector is detector
+    dataset.reload()
+    for result in (first, second):
+        assert secret not in repr(result.executor.to_json())
+    assert secret not in repr(dataset.info)
+
+
+# -- delegated execution ------------------------------------------------------------------------
+
+
+def test_delegated_run_is_queued_then_executed_by_the_service(plugins_dir, dataset, tiny_checkpoint):
+    params = {
+        "prompt_field": "ground_truth",
+        "mode": "exemplars",
+        "prompts": "cat",
+        "threshold": 0.0,
+        "label_field": "similar",
+        "batch_size": 2,
+        "model_path": str(tiny_checkpoint),
+        "device": "cpu",
+    }
+    queued = foo.execute_operator(BOX_URI, {"dataset": dataset, "params": params, "request_delegation": True})
+    assert queued.delegated
+    dataset.reload()
+    assert dataset.get_field("similar") is None  # nothing runs until the service executes it
+
+    service = DelegatedOperationService()
+    try:
+        (result,) = service.execute_queued_operations(operator=BOX_URI, dataset_name=dataset.name)
+        assert result.error is None, result.error
+        assert result.result["samples_processed"] == len(dataset)
+        assert result.outputs_schema is not None  # resolve_output ran on the run's results
+        doc = service.get(queued.result["id"])
+        assert doc.run_state == "completed"
+        assert doc.status is not None and doc.status.progress == 1.0  # ctx.set_progress reached the run
+
+        dataset.reload()
+        assert written_ids(dataset, "similar") == set(dataset.values("id"))
+        assert result.result["detections"] == dataset.count("similar.detections")
+        assert get_run(dataset, "similar")["prompts"] == ["cat"]
+    finally:
+        service.delete_for_dataset(dataset._doc.id)
+
+
+# -- overwrite protection -----------------------------------------------------------------------
+
+
+def test_existing_field_is_kept_unless_overwrite_is_chosen(plugins_dir, dataset, text_params):
+    marker = fo.Detections(detections=[fo.Detection(label="keep me", bounding_box=[0.1, 0.1, 0.2, 0.2])])
+    dataset.set_values("sam3", [marker.copy() for _ in range(len(dataset))])
+    first = dataset.first().id
+
+    with pytest.raises(Exception, match="already exists"):
+        foo.execute_operator(TEXT_URI, {"dataset": dataset, "params": text_params})
+    dataset.reload()
+    assert set(dataset.distinct("sam3.detections.label")) == {"keep me"}
+
+    foo.execute_operator(
+        TEXT_URI,
+        {
+            "dataset": dataset,
+            "selected": [first],
+            "params": {**text_params, "overwrite": True, "view_target": "SELECTED_SAMPLES"},
+        },
+    )
+    dataset.reload()
+    assert {d.label for d in dataset[first].sam3.detections} <= {"cat", "dog"}
+    others = dataset.exclude([first]).values("sam3.detections.label")
+    assert all(labels == ["keep me"] for labels in others)  # samples outside the target keep their value
+
+
+def test_a_field_of_another_type_is_never_overwritten(plugins_dir, dataset, text_params):
+    dataset.set_values("note", ["hand-written"] * len(dataset))
+
+    with pytest.raises(Exception, match="never overwritten"):
+        foo.execute_operator(
+            TEXT_URI, {"dataset": dataset, "params": {**text_params, "label_field": "note", "overwrite": True}}
+        )
+    dataset.reload()
+    assert dataset.distinct("note") == ["hand-written"]
+    assert isinstance(dataset.get_field("note"), fo.StringField)
+
+
+# -- the forms flag bad input -------------------------------------------------------------------
+
+
+def test_valid_forms_have_no_errors(dataset, text_params, box_params):
+    for operator, params in ((SegmentWithTextPrompts(), text_params), (SegmentWithBoxPrompts(), box_params)):
+        properties, validation = resolve_form(operator, dataset, params)
+        assert not validation.invalid, [e.to_json() for e in validation.errors]
+        assert "view_target" in properties  # FiftyOne's target input: dataset, view or selection
+    properties, _ = resolve_form(SegmentWithBoxPrompts(), dataset, box_params)
+    assert properties["prompt_field"].type.values == ["ground_truth", "not_wanted"]  # Detections fields only
+
+
+def assert_flagged(properties, validation, name, *words):
+    prop = properties[name]
+    assert prop.invalid, f"{name} not flagged"
+    for word in words:
+        assert word.lower() in prop.error_message.lower(), prop.error_message
+    assert f".{name}" in [error.path for error in validation.errors]  # and the form cannot be submitted
+
+
+@pytest.mark.parametrize(
+    "change, name, words",
+    [
+        ({"prompts": None}, "prompts", ["at least one"]),
+        ({"prompts": []}, "prompts", ["at least one"]),
+        ({"prompts": ["cat", "  "]}, "prompts", ["prompt 2", "blank"]),
+        ({"prompts": " , "}, "prompts", ["blank"]),
+        ({"model_path": "facebook/sam3"}, "model_path", ["hf auth login", "HF_TOKEN", "local"]),
+        ({"model_path": "/no/such/checkpoint"}, "model_path", ["does not exist"]),
+        ({"model_path": "https://example.com/sam3"}, "model_path", ["url"]),
+        ({"label_field": "bad name!"}, "label_field", ["not a valid field name"]),
+        ({"label_field": "_private"}, "label_field", ["not a valid field name"]),
+        ({"label_field": ""}, "label_field", ["give the field"]),
+        ({"label_field": "not_wanted"}, "label_field", ["already exists", "overwrite"]),
+        ({"label_field": "filepath", "overwrite": True}, "label_field", ["never overwritten"]),
+    ],
+)
+def test_text_form_flags_bad_input(dataset, text_params, change, name, words):
+    properties, validation = resolve_form(SegmentWithTextPrompts(), dataset, {**text_params, **change})
+    assert_flagged(properties, validation, name, *words)
+
+
+def test_text_form_accepts_comma_separated_prompts_and_a_chosen_overwrite(dataset, text_params):
+    params = {**text_params, "prompts": "cat, dog", "label_field": "not_wanted", "overwrite": True}
+    properties, validation = resolve_form(SegmentWithTextPrompts(), dataset, params)
+    assert not validation.invalid, [e.to_json() for e in validation.errors]
+    assert "overwrite" in properties
+
+
+def test_form_flags_an_empty_target(dataset, text_params):
+    properties, validation = resolve_form(
+        SegmentWithTextPrompts(), dataset, {**text_params, "view_target": "SELECTED_SAMPLES"}, selected=[]
+    )
+    assert_flagged(properties, validation, "view_target", "no samples")
+
+    empty_view = dataset.match(F("filepath") == "nowhere")._serialize()
+    properties, validation = resolve_form(
+        SegmentWithTextPrompts(), dataset, {**text_params, "view_target": "CURRENT_VIEW"}, view=empty_view
+    )
+    assert_flagged(properties, validation, "view_target", "no samples")
+
+
+@pytest.mark.parametrize(
+    "change, name, words",
+    [
+        ({"label_field": "ground_truth", "overwrite": True}, "label_field", ["prompts"]),
+        ({"label_field": "not_wanted", "negative_field": "not_wanted", "overwrite": True}, "label_field", ["prompts"]),
+        ({"mode": "exemplars", "prompts": ["cat", ""]}, "prompts", ["blank"]),
+        ({"prompt_field": "no_such_field"}, "prompt_field", ["not a detections field"]),
+        ({"label_field": "gt masks"}, "label_field", ["not a valid field name"]),
+    ],
+)
+def test_box_form_flags_bad_input(dataset, box_params, change, name, words):
+    properties, validation = resolve_form(SegmentWithBoxPrompts(), dataset, {**box_params, **change})
+    assert_flagged(properties, validation, name, *words)
+
+
+def test_box_form_flags_a_dataset_without_detections(image_paths, box_params):
+    plain = fo.Dataset()
+    try:
+        plain.add_samples([fo.Sample(filepath=path) for path in image_paths[:2]])
+        properties, validation = resolve_form(SegmentWithBoxPrompts(), plain, {**box_params, "prompt_field": None})
+        assert_flagged(properties, validation, "prompt_field", "no detections field")
+    finally:
+        plain.delete()
+
+
+def test_output_field_problem_outside_a_form(dataset):
+    assert output_field_problem(dataset, "brand_new", overwrite=False) is None
+    assert output_field_problem(dataset, "not_wanted", overwrite=True) is None
+    assert "already exists" in output_field_problem(dataset, "not_wanted", overwrite=False)
+    assert "never overwritten" in output_field_problem(dataset, "metadata", overwrite=True)
+
+
+def test_only_samples_without_results_resumes_an_interrupted_run(plugins_dir, dataset, text_params):
+    first_half = dataset.limit(3).values("id")
+    foo.execute_operator(
+        TEXT_URI,
+        {"dataset": dataset, "selected": first_half, "params": {**text_params, "view_target": "SELECTED_SAMPLES"}},
+    )
+    dataset.reload()
+    before = {s.id: [d.id for d in s.sam3.detections] for s in dataset.select(first_half)}
+    assert written_ids(dataset, "sam3") == set(first_half)
+
+    # the field exists: resuming needs no overwrite choice, and replaces nothing
+    properties, validation = resolve_form(SegmentWithTextPrompts(), dataset, {**text_params, "only_missing": True})
+    assert "only_missing" in properties and not validation.errors
+    foo.execute_operator(TEXT_URI, {"dataset": dataset, "params": {**text_params, "only_missing": True}})
+    dataset.reload()
+    assert written_ids(dataset, "sam3") == set(dataset.values("id"))
+    after = {s.id: [d.id for d in s.sam3.detections] for s in dataset.select(first_half)}
+    assert after == before  # not redone
