@@ -1,0 +1,470 @@
+"""The negative-box refinement panel, driven like the App drives it: a real ExecutionContext per
+event, the panel's ``execute`` dispatching to the callback and rendering, on a real dataset with a
+SAM3 field written by the tiny checkpoint."""
+
+import numpy as np
+import pytest
+
+import sam3_ops
+from sam3_ops.panel import PANELS, RefineWithNegativeBoxes
+from sam3_ops.refine import (
+    REFINEMENTS_FIELD,
+    BoxSpec,
+    RefineError,
+    check_boxes,
+    count_per_prompt,
+    parse_pixel_boxes,
+    preview_field_name,
+    refine_samples,
+    refinement_history,
+    target_sample_ids,
+)
+from sam3_ops.runs import record_run
+
+FIELD = "handles"
+PREVIEW = preview_field_name(FIELD)
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def call(dataset, method, state, current_sample=None, selected=None, selected_labels=None, value=None):
+    """Runs one panel event as the App does; returns the ExecutionContext (state is updated in place)."""
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import Executor
+
+    params = {"panel_id": "panel-1", "panel_state": state, "state": state, "__method__": method, "event_args": {}}
+    if value is not None:
+        params["value"] = value
+    request_params = {
+        "dataset_name": dataset.name,
+        "params": params,
+        "current_sample": current_sample,
+        "selected": list(selected or []),
+        "selected_labels": list(selected_labels or []),
+    }
+    ctx = foo.ExecutionContext(request_params=request_params, executor=Executor())
+    RefineWithNegativeBoxes().execute(ctx)
+    return ctx
+
+
+def rendered(ctx) -> dict:
+    """The panel output the last event sent to the App."""
+    requests = [r for r in ctx.executor._requests if r.operator_uri == "show_panel_output"]
+    assert requests, "the panel did not render"
+    return requests[-1].params["output"]
+
+
+def message(state):
+    return state.get("message") or {}
+
+
+def snapshot(dataset):
+    """Everything a write would change: the schema and every sample (last_modified_at included)."""
+    dataset.reload()
+    return sorted(dataset.get_field_schema()), [sample.to_dict() for sample in dataset]
+
+
+def pixel_box(bounding_box, width, height):
+    x, y, w, h = bounding_box
+    return np.array([x * width, y * height, (x + w) * width, (y + h) * height])
+
+
+@pytest.fixture
+def model(tiny_checkpoint):
+    return sam3_ops.load_model(tiny_checkpoint, prompts=["handle"], threshold=0.0, reuse=True)
+
+
+@pytest.fixture
+def sam3_dataset(dataset, model):
+    """The test dataset with a recorded SAM3 field ``handles`` (3 samples keep the tests fast)."""
+    for sample in dataset.skip(3):
+        dataset.delete_samples(sample)
+    dataset.apply_model(model, label_field=FIELD, batch_size=3, num_workers=0)
+    record_run(dataset, FIELD, model)
+    dataset.compute_metadata()
+    return dataset
+
+
+class DetectorInputs:
+    """Captures the box prompts each detector forward receives."""
+
+    def __init__(self, engine):
+        self.calls = []
+        self._handle = engine.detector.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        boxes, labels = kwargs.get("input_boxes"), kwargs.get("input_boxes_labels")
+        self.calls.append(
+            (None if boxes is None else boxes.cpu().numpy(), None if labels is None else labels.cpu().numpy())
+        )
+
+    def remove(self):
+        self._handle.remove()
+
+
+# -- the panel, end to end ------------------------------------------------------------------------
+
+
+def test_panel_is_exported_and_subscribes_to_the_context_events():
+    assert PANELS == [RefineWithNegativeBoxes]
+    panel = RefineWithNegativeBoxes()
+    assert panel.config.name == "refine_with_negative_boxes"
+    config = panel.resolve_panel_config()
+    for event in ("on_load", "on_change_current_sample", "on_change_selected", "on_change_selected_labels"):
+        assert event in config
+    assert "modal" in config["surfaces"] and "grid" in config["surfaces"]
+
+
+def test_on_load_picks_the_sam3_field_and_shows_prompts_and_counts(sam3_dataset):
+    sample = sam3_dataset.first()
+    state = {}
+    ctx = call(sam3_dataset, "on_load", state, current_sample=sample.id)
+    assert state["field"] == FIELD
+    output = rendered(ctx)
+    markdown = output["type"]["properties"]["run"]["default"]
+    assert "`handle`" in markdown
+    assert f"| handle | {len(sample[FIELD].detections)} |" in markdown
+
+
+def test_selected_labels_reach_the_model_as_negatives_at_their_pixel_coordinates(sam3_dataset, model):
+    sample = sam3_dataset.first()
+    width, height = sample.metadata.width, sample.metadata.height
+    unwanted = sample[FIELD].detections[0]
+    other = sample["ground_truth"].detections[0]
+    selected_labels = [
+        {"label_id": unwanted.id, "sample_id": sample.id, "field": FIELD, "type": "default"},
+        {"label_id": other.id, "sample_id": sample.id, "field": "ground_truth", "type": "default"},
+    ]
+    state = {"field": FIELD}
+    call(sam3_dataset, "use_selected_as_negatives", state, current_sample=sample.id, selected_labels=selected_labels)
+    assert [ref["label_id"] for ref in state["negative_labels"]] == [unwanted.id, other.id]
+
+    before = sample[FIELD].to_dict()
+    spy = DetectorInputs(model.engine)
+    try:
+        ctx = call(sam3_dataset, "refine", state, current_sample=sample.id)
+    finally:
+        spy.remove()
+    assert message(state).get("kind") == "success", message(state)
+
+    ((boxes, labels),) = spy.calls  # one prompt, one decoder forward
+    assert labels.tolist() == [[0, 0]]
+    cx, cy, w, h = boxes[0].T
+    received = np.stack([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height], 1)
+    expected = np.stack([pixel_box(d.bounding_box, width, height) for d in (unwanted, other)])
+    np.testing.assert_allclose(received, np.minimum(expected, [width, height, width, height]), atol=1e-2)
+
+    sample.reload()
+    assert sample[FIELD].to_dict() == before  # the field waits for Accept
+    assert sample[PREVIEW] is not None  # the App shows the proposal
+    record = refinement_history(sample, FIELD)[-1]
+    assert record["status"] == "proposed" and record["refined_at"]
+    np.testing.assert_allclose(record["negative_boxes"], expected, atol=0.01)
+    assert [s["label_id"] for s in record["negative_sources"]] == [unwanted.id, other.id]
+    assert "→" in state["result"]
+    assert "result" in rendered(ctx)["type"]["properties"]
+
+
+def test_accept_writes_and_undo_restores_exactly(sam3_dataset):
+    sample = sam3_dataset.first()
+    # what a curator may have added by hand: an attribute, a tag, an extra detection of their own
+    labels = sample[FIELD]
+    labels.detections[0]["reviewed"] = "yes"
+    labels.detections[0].tags.append("checked")
+    labels.detections.append(type(labels.detections[0])(label="handle", bounding_box=[0.1, 0.1, 0.2, 0.2], note="mine"))
+    sample.save()
+    original = sample[FIELD].to_dict()
+    original_ids = [d.id for d in sample[FIELD].detections]
+
+    state = {"field": FIELD, "negative_boxes": "10, 10, 60, 50"}
+    call(sam3_dataset, "refine", state, current_sample=sample.id)
+    assert message(state).get("kind") == "success", message(state)
+    sample.reload()
+    proposal = sample[PREVIEW].to_dict()
+
+    call(sam3_dataset, "accept", state, current_sample=sample.id)
+    assert message(state).get("kind") == "success", message(state)
+    sample.reload()
+    assert sample[FIELD].to_dict() == proposal
+    assert not sam3_dataset.has_sample_field(PREVIEW)  # no proposal left anywhere: the preview field goes
+    assert refinement_history(sample, FIELD)[-1]["status"] == "accepted"
+
+    call(sam3_dataset, "undo", state, current_sample=sample.id)
+    assert message(state).get("kind") == "success", message(state)
+    sample.reload()
+    assert sample[FIELD].to_dict() == original
+    assert [d.id for d in sample[FIELD].detections] == original_ids
+    assert sample[FIELD].detections[0]["reviewed"] == "yes" and "checked" in sample[FIELD].detections[0].tags
+    history = refinement_history(sample, FIELD)
+    assert [r["status"] for r in history] == ["undone"]
+    assert history[0]["negative_boxes"] == [[10.0, 10.0, 60.0, 50.0]]
+
+    snap = snapshot(sam3_dataset)
+    call(sam3_dataset, "undo", state, current_sample=sample.id)
+    assert message(state)["kind"] == "error" and "Nothing to undo" in message(state)["text"]
+    assert snapshot(sam3_dataset) == snap
+
+
+def test_refining_the_same_image_three_times_runs_the_image_encoder_once(sam3_dataset, model):
+    sample = sam3_dataset.first()
+    model.engine.clear_cache()  # other tests refined these images already
+    calls = []
+    handle = model.engine.detector.vision_encoder.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        state = {"field": FIELD}
+        for boxes in ("5, 5, 40, 40", "5, 5, 40, 40; 50, 50, 90, 90", "20, 30, 60, 70"):
+            state["negative_boxes"] = boxes
+            call(sam3_dataset, "refine", state, current_sample=sample.id)
+            assert message(state).get("kind") == "success", message(state)
+    finally:
+        handle.remove()
+    assert len(calls) == 1
+    statuses = [r["status"] for r in refinement_history(sam3_dataset[sample.id], FIELD)]
+    assert statuses == ["superseded", "superseded", "proposed"]
+
+
+def test_grid_selection_refines_and_accepts_each_selected_sample(sam3_dataset):
+    ids = sam3_dataset.values("id")[:2]
+    other = sam3_dataset[sam3_dataset.values("id")[2]]
+    untouched = other[FIELD].to_dict()
+    state = {"field": FIELD, "negative_boxes": "0, 0, 30, 30"}
+    call(sam3_dataset, "refine", state, selected=ids)
+    assert message(state).get("kind") == "success", message(state)
+    assert len(state["result"].splitlines()) == 2
+    call(sam3_dataset, "accept", state, selected=ids)
+    assert message(state).get("kind") == "success", message(state)
+    for sample_id in ids:
+        assert refinement_history(sam3_dataset[sample_id], FIELD)[-1]["status"] == "accepted"
+    other.reload()
+    assert other[FIELD].to_dict() == untouched and not refinement_history(other)
+
+
+def test_discard_drops_the_proposal_and_keeps_the_field(sam3_dataset):
+    sample = sam3_dataset.first()
+    original = sample[FIELD].to_dict()
+    state = {"field": FIELD, "negative_boxes": "0, 0, 30, 30"}
+    call(sam3_dataset, "refine", state, current_sample=sample.id)
+    call(sam3_dataset, "discard", state, current_sample=sample.id)
+    assert message(state).get("kind") == "info", message(state)
+    sample.reload()
+    assert sample[FIELD].to_dict() == original
+    assert not sam3_dataset.has_sample_field(PREVIEW)
+    assert refinement_history(sample, FIELD)[-1]["status"] == "discarded"
+
+
+# -- bad input: a message, nothing written ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "case, state, where, expected",
+    [
+        ("no sample", {"field": FIELD, "negative_boxes": "1, 1, 20, 20"}, "nowhere", "No sample"),
+        ("no field chosen", {"negative_boxes": "1, 1, 20, 20"}, "current", "Choose the SAM3 field"),
+        (
+            "field without recorded prompts",
+            {"field": "ground_truth", "negative_boxes": "1, 1, 20, 20"},
+            "current",
+            "no recorded SAM3 prompts",
+        ),
+        ("unknown field", {"field": "nope", "negative_boxes": "1, 1, 20, 20"}, "current", "no field 'nope'"),
+        ("degenerate box", {"field": FIELD, "negative_boxes": "50, 50, 40, 60"}, "current", "degenerate"),
+        ("zero-area box", {"field": FIELD, "negative_boxes": "50, 50, 50, 60"}, "current", "degenerate"),
+        (
+            "box outside the image",
+            {"field": FIELD, "negative_boxes": "5000, 5000, 5100, 5100"},
+            "current",
+            "outside the image",
+        ),
+        ("not four numbers", {"field": FIELD, "negative_boxes": "1, 2, 3"}, "current", "not four numbers"),
+        ("no boxes at all", {"field": FIELD}, "current", "Add negative boxes"),
+        (
+            "sample not in the dataset (a patch)",
+            {"field": FIELD, "negative_boxes": "1, 1, 20, 20"},
+            "patch",
+            "not in the dataset",
+        ),
+        (
+            "negative field not Detections",
+            {"field": FIELD, "negative_field": "filepath"},
+            "current",
+            "not a Detections field",
+        ),
+    ],
+)
+def test_bad_refine_input_shows_a_message_and_writes_nothing(sam3_dataset, case, state, where, expected):
+    sample = sam3_dataset.first()
+    before = snapshot(sam3_dataset)
+    current = {"current": sample.id, "patch": "0" * 24}.get(where)
+    ctx = call(sam3_dataset, "refine", state, current_sample=current)
+    assert message(state).get("kind") == "error", case
+    assert expected in message(state)["text"], message(state)["text"]
+    assert rendered(ctx)["type"]["properties"]["message"]["view"]["name"] == "Error"
+    assert snapshot(sam3_dataset) == before
+
+
+def test_no_sam3_field_in_the_dataset_is_explained(dataset):
+    sample = dataset.first()
+    state = {}
+    ctx = call(dataset, "on_load", state, current_sample=sample.id)
+    assert state["field"] is None
+    assert "no_field" in rendered(ctx)["type"]["properties"]
+    before = snapshot(dataset)
+    state["negative_boxes"] = "1, 1, 20, 20"
+    call(dataset, "refine", state, current_sample=sample.id)
+    assert message(state)["kind"] == "error" and "no SAM3 result field" in message(state)["text"]
+    assert snapshot(dataset) == before
+
+
+@pytest.mark.parametrize(
+    "method, expected",
+    [("accept", "Nothing to accept"), ("undo", "Nothing to undo"), ("discard", "Nothing to discard")],
+)
+def test_accept_undo_discard_without_a_refinement_write_nothing(sam3_dataset, method, expected):
+    sample = sam3_dataset.first()
+    before = snapshot(sam3_dataset)
+    state = {"field": FIELD}
+    call(sam3_dataset, method, state, current_sample=sample.id)
+    assert message(state)["kind"] == "error" and expected in message(state)["text"]
+    assert snapshot(sam3_dataset) == before
+
+
+def test_using_selected_labels_that_are_not_boxes_or_gone_is_refused(sam3_dataset):
+    sample = sam3_dataset.first()
+    state = {"field": FIELD}
+    call(sam3_dataset, "use_selected_as_negatives", state, current_sample=sample.id)
+    assert "No labels selected" in message(state)["text"]
+    gone = [{"label_id": "0" * 24, "sample_id": sample.id, "field": FIELD}]
+    call(sam3_dataset, "use_selected_as_negatives", state, current_sample=sample.id, selected_labels=gone)
+    assert message(state)["kind"] == "error" and "no longer" in message(state)["text"]
+    assert not state.get("negative_labels")
+
+
+def test_positive_examples_turn_a_text_run_into_an_exemplar_refinement(sam3_dataset, model):
+    sample = sam3_dataset.first()
+    positive = sample["ground_truth"].detections[0]
+    spy = DetectorInputs(model.engine)
+    try:
+        result = refine_samples(
+            sam3_dataset,
+            [sample.id],
+            FIELD,
+            negatives=BoxSpec(pixel_boxes=[[1, 1, 20, 20]]),
+            positives=BoxSpec(
+                labels=[
+                    {
+                        "sample_id": sample.id,
+                        "field": "ground_truth",
+                        "label_id": positive.id,
+                        "label": positive.label,
+                        "bounding_box": list(positive.bounding_box),
+                    }
+                ]
+            ),
+        )
+    finally:
+        spy.remove()
+    ((_, labels),) = spy.calls
+    assert labels.tolist() == [[1, 0]]  # the example first, then the negative
+    assert refinement_history(sam3_dataset[sample.id], FIELD)[-1]["mode"] == "exemplars"
+    assert result.outcomes[0].sample_id == sample.id
+
+
+# -- pure helpers ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("", []),
+        (None, []),
+        ("1, 2, 3, 4", [[1, 2, 3, 4]]),
+        ("[1, 2, 3, 4]; 5 6 7 8", [[1, 2, 3, 4], [5, 6, 7, 8]]),
+        ("[[1, 2, 3, 4], [5.5, 6, 7, 8e1]]", [[1, 2, 3, 4], [5.5, 6, 7, 80]]),
+        ("1,2,3,4\n10,20,30,40\n", [[1, 2, 3, 4], [10, 20, 30, 40]]),
+    ],
+)
+def test_parse_pixel_boxes(text, expected):
+    np.testing.assert_allclose(parse_pixel_boxes(text), np.asarray(expected, np.float32).reshape(-1, 4))
+
+
+@pytest.mark.parametrize("text", ["1, 2, 3", "a, b, c, d", "1, 2, 3, 4, 5", "1;2"])
+def test_parse_pixel_boxes_refuses_malformed_text(text):
+    with pytest.raises(RefineError, match="four numbers"):
+        parse_pixel_boxes(text)
+
+
+@pytest.mark.parametrize(
+    "box, problem",
+    [
+        ([10, 10, 5, 20], "degenerate"),
+        ([10, 10, 10, 20], "degenerate"),
+        ([np.nan, 0, 10, 10], "finite"),
+        ([200, 10, 300, 20], "outside"),
+        ([-50, -50, 0, 10], "outside"),
+    ],
+)
+def test_check_boxes_names_the_problem(box, problem):
+    with pytest.raises(RefineError, match=problem):
+        check_boxes([box], 100, 80, "Negative box")
+
+
+def test_check_boxes_clips_boxes_partly_outside():
+    np.testing.assert_allclose(check_boxes([[-10, 5, 150, 90]], 100, 80, "box"), [[0, 5, 100, 80]])
+    assert check_boxes(np.zeros((0, 4)), 100, 80, "box").shape == (0, 4)
+
+
+def test_count_per_prompt_and_targets():
+    import fiftyone as fo
+
+    detections = fo.Detections(detections=[fo.Detection(label="b"), fo.Detection(label="x"), fo.Detection(label="b")])
+    assert count_per_prompt(detections, ["a", "b"]) == {"a": 0, "b": 2, "x": 1}
+    assert count_per_prompt(None, ["a"]) == {"a": 0}
+    assert target_sample_ids("s1", ["s2"]) == ["s1"]
+    assert target_sample_ids(None, ["s2", "s3", "s2"]) == ["s2", "s3"]
+    assert target_sample_ids(None, None) == []
+
+
+def test_records_field_is_declared_as_a_list_of_dicts(sam3_dataset):
+    import fiftyone as fo
+
+    sample = sam3_dataset.first()
+    refine_samples(sam3_dataset, [sample.id], FIELD, negatives=BoxSpec(pixel_boxes=[[1, 1, 20, 20]]))
+    field = sam3_dataset.get_field(REFINEMENTS_FIELD)
+    assert isinstance(field, fo.ListField) and isinstance(field.field, fo.DictField)
+
+
+def test_a_boxes_mode_field_is_refined_with_its_prompt_boxes_and_refuses_positive_examples(dataset, tiny_checkpoint):
+    model = sam3_ops.load_model(tiny_checkpoint, mode="boxes", reuse=True)
+    view = dataset.limit(1)
+    view.apply_model(model, label_field="gt_masks", prompt_field="ground_truth", num_workers=0)
+    record_run(dataset, "gt_masks", model, prompt_field="ground_truth")
+    sample = dataset.first()
+    prompt_ids = [d.id for d in sample["ground_truth"].detections]
+
+    result = refine_samples(dataset, [sample.id], "gt_masks", negatives=BoxSpec(pixel_boxes=[[0, 0, 40, 40]]))
+    assert [d["prompt_id"] for d in result.outcomes[0].detections.detections] == prompt_ids
+
+    with pytest.raises(RefineError, match="positive examples"):
+        refine_samples(dataset, [sample.id], "gt_masks", positives=BoxSpec(pixel_boxes=[[0, 0, 40, 40]]))
+
+
+def test_only_the_last_accepts_keep_an_undo_backup(sam3_dataset):
+    from sam3_ops.refine import MAX_UNDO_STEPS, accept_refinement, undo_refinement
+
+    sample = sam3_dataset.first()
+    states = []
+    for step in range(MAX_UNDO_STEPS + 2):
+        states.append(sam3_dataset[sample.id][FIELD].to_dict())
+        refine_samples(sam3_dataset, [sample.id], FIELD, negatives=BoxSpec(pixel_boxes=[[1, 1, 20 + step, 20 + step]]))
+        accept_refinement(sam3_dataset, [sample.id], FIELD)
+    records = [r for r in sam3_dataset[sample.id][REFINEMENTS_FIELD] if r["status"] == "accepted"]
+    assert sum("backup" in r for r in records) == MAX_UNDO_STEPS  # bounded: a sample must fit in 16 MB
+    assert all(r.get("undo_expired") for r in records[:2])
+    for expected in reversed(states[2:]):
+        undo_refinement(sam3_dataset, [sample.id], FIELD)
+        assert sam3_dataset[sample.id][FIELD].to_dict() == expected
+    before = sam3_dataset[sample.id][FIELD].to_dict()
+    with pytest.raises(RefineError, match="last 5 accepts can be undone"):
+        undo_refinement(sam3_dataset, [sample.id], FIELD)
+    assert sam3_dataset[sample.id][FIELD].to_dict() == before  # nothing written
