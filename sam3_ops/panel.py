@@ -222,7 +222,7 @@ class RefineWithNegativeBoxes(foo.Panel):
         if state.get("result"):
             lines = "\n".join(f"- {line}" for line in state.get("result").splitlines())
             panel.md(
-                f"#### Before → after (proposal in `{preview_field_name(state.get('field'))}`)\n{lines}", name="result"
+                f"#### Before → after (proposal in `{preview_field_name(state.get('field'))}`)\n{lines}", name="result_md"
             )
 
         message = state.get("message")

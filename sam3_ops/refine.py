@@ -610,13 +610,6 @@ def _replace_last(records: list[dict], field_name: str, status: str, update: dic
     return records
 
 
-def _drop_empty_preview(dataset, field_name: str) -> None:
-    """Removes the preview field once no sample holds a proposal (keeps the App's sidebar tidy)."""
-    preview = preview_field_name(field_name)
-    if dataset.has_sample_field(preview) and dataset.count(preview) == 0:
-        dataset.delete_sample_field(preview)
-
-
 def accept_refinement(dataset, sample_ids: Sequence[str], field_name: str | None) -> list[str]:
     """Writes each sample's proposal into ``field_name``, keeping an exact backup for undo.
 
@@ -645,7 +638,6 @@ def accept_refinement(dataset, sample_ids: Sequence[str], field_name: str | None
         sample[field_name] = sample[preview]
         sample[preview] = None
         sample.save()
-    _drop_empty_preview(dataset, field_name)
     return [s.id for s in pending]
 
 
@@ -716,7 +708,6 @@ def discard_refinement(dataset, sample_ids: Sequence[str], field_name: str | Non
         changed.append(sample_id)
     if not changed:
         raise RefineError("Nothing to discard: there is no pending refinement on the current sample(s)")
-    _drop_empty_preview(dataset, field_name)
     return changed
 
 

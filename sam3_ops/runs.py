@@ -12,8 +12,29 @@ from datetime import datetime, timezone
 INFO_KEY = "sam3_ops_runs"
 
 
+def ensure_detections_field(dataset, label_field: str) -> bool:
+    """Declares ``label_field`` as a ``Detections`` field if the dataset's schema lacks it.
+
+    Two processes that add different fields to one dataset at once can lose one declaration:
+    each saves the dataset's field list as it knew it (FiftyOne does not merge them). The
+    values are in the samples, but FiftyOne will not read them until the field is declared again.
+
+    Returns:
+        whether the declaration had to be restored
+    """
+    import fiftyone as fo
+
+    dataset = dataset._dataset if hasattr(dataset, "_dataset") else dataset
+    dataset.reload()
+    if dataset.has_sample_field(label_field):
+        return False
+    dataset.add_sample_field(label_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
+    return True
+
+
 def record_run(dataset, label_field: str, model, prompt_field: str | None = None, negative_field: str | None = None) -> dict:
-    """Records the settings of ``model`` (a :class:`~sam3_ops.model.Sam3Model`) as the run that wrote ``label_field``."""
+    """Records the settings of ``model`` (a :class:`~sam3_ops.model.Sam3Model`) as the run that wrote
+    ``label_field``, after making sure the field is declared (see :func:`ensure_detections_field`)."""
     config = model.config
     record = {
         "model_path": str(config.model_path),
@@ -26,7 +47,7 @@ def record_run(dataset, label_field: str, model, prompt_field: str | None = None
         "timestamp": datetime.now(timezone.utc).isoformat(),
     }
     dataset = dataset._dataset if hasattr(dataset, "_dataset") else dataset
-    dataset.reload()
+    ensure_detections_field(dataset, label_field)
     runs = dict(dataset.info.get(INFO_KEY) or {})
     runs[label_field] = record
     dataset.info[INFO_KEY] = runs

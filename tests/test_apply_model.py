@@ -9,7 +9,7 @@ import sam3_ops
 from sam3_ops.convert import relative_to_xyxy
 from sam3_ops.engine import ModelLoadError
 
-from .conftest import write_image
+from .helpers import write_image
 
 
 @pytest.fixture(scope="module")

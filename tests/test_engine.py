@@ -15,7 +15,7 @@ from PIL import Image
 from sam3_ops.engine import ModelLoadError, Sam3Engine, validate_model_path
 from sam3_ops.prompts import ImagePrompts
 
-from .conftest import REPO_ROOT
+from .helpers import REPO_ROOT
 
 
 @pytest.fixture(scope="module")

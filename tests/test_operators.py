@@ -20,7 +20,7 @@ from sam3_ops.operators import (
 )
 from sam3_ops.runs import get_run
 
-from .conftest import REPO_ROOT
+from .helpers import REPO_ROOT
 
 PLUGIN = "@sam3-ops/sam3"
 TEXT_URI = f"{PLUGIN}/segment_with_text_prompts"

@@ -163,7 +163,7 @@ def test_selected_labels_reach_the_model_as_negatives_at_their_pixel_coordinates
     np.testing.assert_allclose(record["negative_boxes"], expected, atol=0.01)
     assert [s["label_id"] for s in record["negative_sources"]] == [unwanted.id, other.id]
     assert "→" in state["result"]
-    assert "result" in rendered(ctx)["type"]["properties"]
+    assert "result_md" in rendered(ctx)["type"]["properties"]
 
 
 def test_accept_writes_and_undo_restores_exactly(sam3_dataset):
@@ -187,7 +187,8 @@ def test_accept_writes_and_undo_restores_exactly(sam3_dataset):
     assert message(state).get("kind") == "success", message(state)
     sample.reload()
     assert sample[FIELD].to_dict() == proposal
-    assert not sam3_dataset.has_sample_field(PREVIEW)  # no proposal left anywhere: the preview field goes
+    # the preview field stays (empty): deleting it while the App shows it breaks the App's reload
+    assert sam3_dataset.count(PREVIEW) == 0
     assert refinement_history(sample, FIELD)[-1]["status"] == "accepted"
 
     call(sam3_dataset, "undo", state, current_sample=sample.id)
@@ -249,7 +250,7 @@ def test_discard_drops_the_proposal_and_keeps_the_field(sam3_dataset):
     assert message(state).get("kind") == "info", message(state)
     sample.reload()
     assert sample[FIELD].to_dict() == original
-    assert not sam3_dataset.has_sample_field(PREVIEW)
+    assert sam3_dataset.count(PREVIEW) == 0
     assert refinement_history(sample, FIELD)[-1]["status"] == "discarded"
 
 

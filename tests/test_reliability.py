@@ -16,7 +16,7 @@ from PIL import Image
 import sam3_ops
 from sam3_ops.engine import Sam3Engine
 
-from .conftest import REPO_ROOT, write_image
+from .helpers import REPO_ROOT, write_image
 
 
 @pytest.fixture
@@ -193,9 +193,11 @@ def test_two_runs_on_one_dataset_at_once(persistent_dataset, tiny_checkpoint):
         import sys
         import fiftyone as fo
         import sam3_ops
+        from sam3_ops.runs import record_run
         dataset = fo.load_dataset(sys.argv[1])
         model = sam3_ops.load_model(sys.argv[2], prompts=[sys.argv[3]], threshold=0.2, device="cpu")
         dataset.apply_model(model, label_field=sys.argv[3], batch_size=2, num_workers=0)
+        record_run(dataset, sys.argv[3], model)  # as the operators do: re-declares a field lost to the other run
     """
     runs = [
         subprocess.Popen(
@@ -217,6 +219,25 @@ def test_two_runs_on_one_dataset_at_once(persistent_dataset, tiny_checkpoint):
         assert {d.label for d in sample.left.detections} == {"left"}
         assert {d.label for d in sample.right.detections} == {"right"}
     assert _summaries(dataset, "left") == _summaries(dataset, "check")
+
+
+def test_a_field_declaration_lost_to_a_concurrent_run_is_restored(dataset, tiny_checkpoint):
+    import fiftyone.core.odm as foo_odm
+
+    from sam3_ops.runs import ensure_detections_field, record_run
+
+    model = sam3_ops.load_model(tiny_checkpoint, prompts=["cat"], threshold=0.2, device="cpu")
+    dataset.apply_model(model, label_field="left")
+    expected = _summaries(dataset, "left")
+    # what a concurrent run with a stale field list does: saves the schema without "left"
+    foo_odm.get_db_conn().datasets.update_one({"_id": dataset._doc.id}, {"$pull": {"sample_fields": {"name": "left"}}})
+    dataset.reload()
+    assert not dataset.has_sample_field("left")
+    assert ensure_detections_field(dataset, "left") is True
+    assert _summaries(dataset, "left") == expected  # the values were there all along
+    assert ensure_detections_field(dataset, "left") is False
+    record_run(dataset, "left", model)
+    assert dataset.has_sample_field("left")
 
 
 def test_planted_token_never_appears(dataset, tiny_checkpoint, caplog, capfd):
