@@ -70,31 +70,8 @@ from sam3_ops.model import Sam3Config, Sam3Model  # noqa: E402
 PROMPT = be.PROMPTS[0]
 
 
-class Timers:
-    """Accumulates wall time per stage from wrappers installed on classes/modules; undone by :meth:`restore`."""
-
-    def __init__(self, device):
-        self.device, self.totals, self.calls, self._patches = device, defaultdict(float), defaultdict(int), []
-
-    def wrap(self, owner, name, stage, synchronise=True):
-        original = getattr(owner, name)
-        device = self.device
-
-        def timed(*args, **kwargs):
-            if synchronise:
-                be.sync(device)
-            start = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                if synchronise:
-                    be.sync(device)
-                self.totals[stage] += time.perf_counter() - start
-                self.calls[stage] += 1
-
-        self._patches.append((owner, name, owner.__dict__.get(name)))
-        setattr(owner, name, timed)
-        return timed
+class Timers(be.StageTimer):
+    """The engine bench's stage timer, plus the waits on FiftyOne's data loader; undone by :meth:`restore`."""
 
     def wrap_loader(self, stage):
         """Times the waits for the next batch of fiftyone's data loader (decode on the critical path)."""
@@ -122,14 +99,6 @@ class Timers:
 
         self._patches.append((fom, "_make_data_loader", original))
         fom._make_data_loader = make
-
-    def restore(self):
-        for owner, name, before in reversed(self._patches):
-            if before is None:
-                delattr(owner, name)
-            else:
-                setattr(owner, name, before)
-        self._patches.clear()
 
 
 def write_images(directory, count, seed=0):

@@ -312,22 +312,26 @@ class StageTimer:
     """
 
     def __init__(self, device):
-        self.device, self.totals, self._patches = device, defaultdict(float), []
+        self.device, self.totals, self.calls, self._patches = device, defaultdict(float), defaultdict(int), []
 
-    def wrap(self, owner, name, stage):
+    def wrap(self, owner, name, stage, synchronise=True):
         original = getattr(owner, name)
 
         def timed(*args, **kwargs):
-            sync(self.device)
+            if synchronise:
+                sync(self.device)
             start = time.perf_counter()
             try:
                 return original(*args, **kwargs)
             finally:
-                sync(self.device)
+                if synchronise:
+                    sync(self.device)
                 self.totals[stage] += time.perf_counter() - start
+                self.calls[stage] += 1
 
         self._patches.append((owner, name, owner.__dict__.get(name, None)))
         setattr(owner, name, timed)
+        return timed
 
     def restore(self):
         for owner, name, before in reversed(self._patches):
