@@ -70,6 +70,7 @@ def load_model(
     max_image_pixels: int | None = None,
     max_mask_size: int | None = 2048,
     mask_dir: str | None = None,
+    compile: bool = False,
 ):
     """Loads SAM3 as a FiftyOne model for ``dataset.apply_model(...)``.
 
@@ -92,6 +93,7 @@ def load_model(
         mask_dir (None): where masks go as PNG files (``mask_path``) when a sample's labels would
             exceed MongoDB's 16 MB document limit; default ``<fo.config.default_dataset_dir>/sam3_masks``.
             To keep every mask on disk, pass ``output_dir=`` to ``apply_model``
+        compile (False): ``torch.compile`` the image encoder (long GPU runs; not with ``reuse``)
 
     Returns:
         a :class:`~sam3_ops.model.Sam3Model`
@@ -114,7 +116,13 @@ def load_model(
         max_image_pixels=max_image_pixels or DEFAULT_MAX_PIXELS,
         mask_dir=mask_dir,
     )
-    engine = get_engine(model_path, device, token) if reuse else Sam3Engine(model_path, device=device, token=token)
+    if reuse and compile:
+        raise ValueError("compile=True needs an engine of its own: pass reuse=False")
+    engine = (
+        get_engine(model_path, device, token)
+        if reuse
+        else Sam3Engine(model_path, device=device, token=token, compile=compile)
+    )
     engine.max_mask_size = max_mask_size
     engine.load(mode)  # fail now, with a clear message, rather than on every batch of a long run
     return Sam3Model(config, engine=engine)

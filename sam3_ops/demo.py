@@ -68,7 +68,7 @@ def main(argv=None) -> int:
 
     if fo.dataset_exists(args.dataset):
         fo.delete_dataset(args.dataset)
-    dataset = fo.Dataset(args.dataset)
+    dataset = fo.Dataset(args.dataset, persistent=True)  # the user opens it in the App afterwards
     dataset.add_samples([fo.Sample(filepath=p) for p in demo_image_paths(os.path.join(workdir, "images"))])
     dataset.apply_model(model, label_field="sam3", batch_size=args.batch_size, num_workers=0)
 

@@ -236,6 +236,8 @@ class Sam3Engine:
             memory when images have many prompts
         max_mask_size (2048): the longest side of a stored mask, in pixels; larger boxes get a
             mask scaled down to it (SAM3 predicts masks at 288 x 288: nothing real is lost)
+        compile (False): ``torch.compile`` the vision encoder of each head as it loads (the bulk
+            of the compute; worth it for long GPU runs, costs a warm-up per new batch shape)
     """
 
     def __init__(
@@ -246,6 +248,7 @@ class Sam3Engine:
         feature_cache_size: int = 0,
         max_queries_per_forward: int = 32,
         max_mask_size: int | None = 2048,
+        compile: bool = False,
     ):
         self.model_path = validate_model_path(model_path)
         self.device = resolve_device(device)
@@ -253,6 +256,7 @@ class Sam3Engine:
         self.feature_cache_size = int(feature_cache_size)
         self.max_queries_per_forward = max(1, int(max_queries_per_forward))
         self.max_mask_size = max_mask_size
+        self.compile = bool(compile)
         self._processor = None
         self._detector = None
         self._tracker = None
@@ -293,7 +297,7 @@ class Sam3Engine:
 
             model, info = self._load(Sam3Model.from_pretrained, use_safetensors=True, output_loading_info=True)
             _fail_on_missing(info, "detector")
-            self._detector = model.to(self.device).eval()
+            self._detector = self._prepare(model)
         return self._detector
 
     @property
@@ -311,8 +315,14 @@ class Sam3Engine:
                 model.load_state_dict({_tracker_key(k): v for k, v in found.items()}, strict=False)
                 missing -= {_tracker_key(k) for k in found}
             _fail_on_missing({"missing_keys": sorted(missing)}, "tracker")
-            self._tracker = model.to(self.device).eval()
+            self._tracker = self._prepare(model)
         return self._tracker
+
+    def _prepare(self, model):
+        model = model.to(self.device).eval()
+        if self.compile:
+            model.vision_encoder = torch.compile(model.vision_encoder)
+        return model
 
     def load(self, mode: str) -> Sam3Engine:
         """Loads the processor and the head ``mode`` needs now (to fail early, before a long run)."""
@@ -545,6 +555,7 @@ class _HitCollector:
 
     def __init__(self, max_mask_size: int | None):
         self.max_mask_size = max_mask_size
+        self.compile = bool(compile)
         self.labels, self.prompt_index, self.scores, self.boxes, self.crops = [], [], [], [], []
 
     def add(self, query: Query, scores, boxes_px, low_res_maps: torch.Tensor, size, threshold):

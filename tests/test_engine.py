@@ -297,3 +297,13 @@ def test_engine_module_does_not_import_fiftyone():
     code = "import sys, sam3_ops.engine, sam3_ops.prompts, sam3_ops.images; print('fiftyone' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_compiled_encoder_gives_the_same_results(tiny_checkpoint, images):
+    prompts = [ImagePrompts(texts=("cat",))]
+    eager = Sam3Engine(tiny_checkpoint, device="cpu").segment(images[:1], prompts, threshold=0.2)[0]
+    engine = Sam3Engine(tiny_checkpoint, device="cpu", compile=True)
+    compiled = engine.segment(images[:1], prompts, threshold=0.2)[0]
+    assert type(engine.detector.vision_encoder).__name__ == "OptimizedModule"
+    assert compiled.labels == eager.labels
+    np.testing.assert_allclose(compiled.scores, eager.scores, atol=1e-4)
