@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny SAM3 checkpoint built with the real transformers code, real image
 files, and real FiftyOne datasets on an embedded MongoDB in a temporary directory."""
 
+import atexit
 import os
 import shutil
 import sys
@@ -58,7 +59,12 @@ def dataset(image_paths):
         ds.delete()
 
 
-def pytest_unconfigure(config):
+def _stop_database():
     if _MONGO is not None:
         _MONGO.stop()
         shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+
+
+# atexit runs handlers last-in first-out: registered before fiftyone is imported, this runs after
+# FiftyOne's own exit cleanup, which needs the database (stopping it first costs a 30 s timeout)
+atexit.register(_stop_database)
