@@ -202,7 +202,9 @@ def _upsample_crops(
     counts = torch.tensor(shapes, device=device, dtype=torch.long).reshape(-1, 2)
     rows = _bilinear_weights(boxes[:, 1], boxes[:, 3], counts[:, 0], height, low_res.shape[-2], int(counts[:, 0].max()))
     cols = _bilinear_weights(boxes[:, 0], boxes[:, 2], counts[:, 1], width, low_res.shape[-1], int(counts[:, 1].max()))
-    return rows @ low_res.float() @ cols.transpose(1, 2)
+    # float32 even inside the engine's bf16 autocast: the threshold decides on these values
+    with torch.autocast(device_type=device.type, enabled=False):
+        return rows @ low_res.float() @ cols.transpose(1, 2)
 
 
 def _memory_groups(shapes: Sequence[tuple[int, int]], budget: int) -> list[list[int]]:

@@ -253,3 +253,10 @@ def test_memory_groups_respect_the_budget():
         w = max(shapes[i][1] for i in group)
         assert len(group) == 1 or len(group) * h * w <= 1_000_000
     assert [5] in groups  # the big one alone
+
+
+def test_upsampling_stays_float32_under_autocast():
+    low_res = torch.randn(2, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        upsampled = _upsample_crops(low_res, [(0, 0, 50, 40), (5, 5, 30, 30)], (40, 50))
+    assert upsampled.dtype == torch.float32
