@@ -25,7 +25,8 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-DEFAULT_MODEL = "facebook/sam3"
+from . import DEFAULT_MODEL
+
 TOKEN_SECRET = "HF_TOKEN"
 #: an immediate run reports progress about this many times
 PROGRESS_STEPS = 10
@@ -40,14 +41,11 @@ class SegmentWithTextPrompts(foo.Operator):
 
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="segment_with_text_prompts",
-            label="Segment with text prompts",
-            description="SAM3 instance masks for every instance of each text prompt",
-            dynamic=True,
-            execute_as_generator=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
+        return operator_config(
+            "segment_with_text_prompts",
+            "Segment with text prompts",
+            "SAM3 instance masks for every instance of each text prompt",
+            generator=True,
         )
 
     def resolve_input(self, ctx):
@@ -71,14 +69,11 @@ class SegmentWithBoxPrompts(foo.Operator):
 
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="segment_with_box_prompts",
-            label="Segment with box prompts",
-            description="SAM3 instance masks from the boxes of a Detections field",
-            dynamic=True,
-            execute_as_generator=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
+        return operator_config(
+            "segment_with_box_prompts",
+            "Segment with box prompts",
+            "SAM3 instance masks from the boxes of a Detections field",
+            generator=True,
         )
 
     def resolve_input(self, ctx):
@@ -212,11 +207,31 @@ def _is_detections_field(field) -> bool:
     return isinstance(field, fo.EmbeddedDocumentField) and issubclass(field.document_type, fo.Detections)
 
 
-def _secret_token(ctx) -> str | None:
+def hf_token(ctx) -> str | None:
+    """The plugin secret ``HF_TOKEN``, or ``None`` (then ``from_pretrained`` reads the environment's).
+
+    Shared by every operator and the panel; the value is passed on, never logged or shown.
+    """
+    try:
+        token = ctx.secrets[TOKEN_SECRET]
+    except Exception:  # no secrets store (a context built outside the App)
+        return None
     # a secret resolved on access comes back as a secret object, one resolved up front as text
-    token = ctx.secrets[TOKEN_SECRET]
     token = getattr(token, "value", token)
     return token or None
+
+
+def operator_config(name: str, label: str, description: str, generator: bool = False) -> foo.OperatorConfig:
+    """The configuration every sam3_ops operator shares: dynamic forms, immediate or delegated runs."""
+    return foo.OperatorConfig(
+        name=name,
+        label=label,
+        description=description,
+        dynamic=True,
+        execute_as_generator=generator,
+        allow_immediate_execution=True,
+        allow_delegated_execution=True,
+    )
 
 
 def _available_devices() -> list[str]:
@@ -387,7 +402,7 @@ def _run_inputs(ctx, inputs) -> None:
         label="Model",
         description="A hub id or a local checkpoint directory (save_pretrained layout)",
     )
-    problem = model_problem(ctx.params.get("model_path", DEFAULT_MODEL), _secret_token(ctx))
+    problem = model_problem(ctx.params.get("model_path", DEFAULT_MODEL), hf_token(ctx))
     if problem:
         _invalid(model_prop, problem)
     inputs.enum(
@@ -428,7 +443,7 @@ def _execute(ctx, mode: str, prompts, prompt_field: str | None, negative_field: 
         threshold=params.get("threshold", 0.5),
         mask_threshold=params.get("mask_threshold", 0.5),
         device=None if device == "auto" else device,
-        token=_secret_token(ctx),
+        token=hf_token(ctx),
         reuse=True,
     )
     fields = {

@@ -17,6 +17,7 @@ import logging
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from .operators import hf_token
 from .refine import (
     BoxSpec,
     RefineError,
@@ -103,7 +104,7 @@ class RefineWithNegativeBoxes(foo.Panel):
                 state.get("field"),
                 negatives=self._box_spec(state, "negative"),
                 positives=self._box_spec(state, "positive"),
-                token=_hf_token(ctx),
+                token=hf_token(ctx),
             )
         except RefineError as error:
             return self._show(ctx, "error", str(error))
@@ -272,13 +273,6 @@ class RefineWithNegativeBoxes(foo.Panel):
     @staticmethod
     def _clear_outcome(ctx):
         ctx.panel.state.set({"message": None, "result": None})
-
-
-def _hf_token(ctx) -> str | None:
-    try:
-        return ctx.secrets.get("HF_TOKEN") or None
-    except Exception:  # no secrets store outside the App: the environment's HF_TOKEN is used
-        return None
 
 
 def _describe_markdown(description: dict) -> str:

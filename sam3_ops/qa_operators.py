@@ -14,10 +14,10 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 from fiftyone import ViewField as F
 
-from . import qa
+from . import DEFAULT_MODEL, qa
+from .operators import hf_token
+from .operators import operator_config as _config
 
-DEFAULT_MODEL = "facebook/sam3"
-TOKEN_SECRET = "HF_TOKEN"
 TABLE_COLUMNS = (
     ("class", "Class"),
     ("ground_truth", "Ground truth"),
@@ -29,17 +29,6 @@ TABLE_COLUMNS = (
     ("precision", "Precision"),
     ("recall", "Recall"),
 )
-
-
-def _config(name, label, description):
-    return foo.OperatorConfig(
-        name=name,
-        label=label,
-        description=description,
-        dynamic=True,
-        allow_immediate_execution=True,
-        allow_delegated_execution=True,
-    )
 
 
 class ReviewAnnotations(foo.Operator):
@@ -77,7 +66,7 @@ class ReviewAnnotations(foo.Operator):
             overwrite=bool(params.get("overwrite")),
             num_workers=_num_workers(ctx),
             device=params.get("device") or None,
-            token=ctx.secret(TOKEN_SECRET),
+            token=hf_token(ctx),
         )
         _finish(ctx)
         return {
@@ -129,7 +118,7 @@ class UpgradeBoxesToMasks(foo.Operator):
             replace_masks=bool(params.get("replace_masks")),
             num_workers=_num_workers(ctx),
             device=params.get("device") or None,
-            token=ctx.secret(TOKEN_SECRET),
+            token=hf_token(ctx),
         )
         _finish(ctx)
         return {
