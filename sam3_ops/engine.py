@@ -406,7 +406,7 @@ class Sam3Engine:
             else:
                 todo.append(i)
         if todo:
-            pixel_values = self.preprocess([images[i] for i in todo]).to(self.device, non_blocking=True)
+            pixel_values = self.preprocess([images[i] for i in todo]).to(self.device)  # a no-op where the processor resized on the device
             with torch.inference_mode(), self._autocast():
                 if head == "detector":
                     output = self.detector.get_vision_features(pixel_values=pixel_values)

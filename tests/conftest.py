@@ -2,6 +2,7 @@
 files, and real FiftyOne datasets on an embedded MongoDB in a temporary directory."""
 
 import atexit
+import importlib.util
 import os
 import shutil
 import sys
@@ -13,13 +14,16 @@ from sam3_ops.testing import PrivateMongo  # noqa: E402  (imports neither fiftyo
 
 # Before fiftyone is imported: no hub, no telemetry, and a database server of this session's own
 # (FiftyOne's embedded service is shared machine-wide: see PrivateMongo).
-os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # HF_HUB_OFFLINE=0 for the opt-in `weights` tests
 os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
 os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
 os.environ.pop("HF_TOKEN", None)
 # Once per process: should this file ever be imported a second time (as a module, under another
 # name), it must not start a second server and repoint FIFTYONE_DATABASE_URI under running tests.
-if os.environ.get("SAM3_OPS_TEST_SESSION_PID") != str(os.getpid()):
+# Without fiftyone (the GPU machine has none) no server is needed: the engine and GPU tests run.
+if importlib.util.find_spec("fiftyone") is None:
+    _SESSION_DIR, _MONGO = None, None
+elif os.environ.get("SAM3_OPS_TEST_SESSION_PID") != str(os.getpid()):
     os.environ["SAM3_OPS_TEST_SESSION_PID"] = str(os.getpid())
     _SESSION_DIR = tempfile.mkdtemp(prefix="sam3ops-tests-")
     _MONGO = PrivateMongo(_SESSION_DIR).start()
