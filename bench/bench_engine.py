@@ -608,7 +608,7 @@ def scenario_d(bench, args, report):
         peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
     rows = []
     variants = (
-        [("bf16 autocast", torch.bfloat16), ("fp32/tf32", None)] if bench.device.type == "cuda" else [("fp32", None)]
+        [("bf16 autocast", torch.bfloat16), ("fp32", None)] if bench.device.type == "cuda" else [("fp32", None)]
     )
     for batch in args.encoder_batches:
         pixel_values = torch.randn(batch, 3, bench.image_size, bench.image_size, device=bench.device)

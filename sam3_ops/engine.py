@@ -200,8 +200,9 @@ def _upsample_crops(
     if shapes is None:
         shapes = [(y1 - y0, x1 - x0) for x0, y0, x1, y1 in crops]
     counts = torch.tensor(shapes, device=device, dtype=torch.long).reshape(-1, 2)
-    rows = _bilinear_weights(boxes[:, 1], boxes[:, 3], counts[:, 0], height, low_res.shape[-2], int(counts[:, 0].max()))
-    cols = _bilinear_weights(boxes[:, 0], boxes[:, 2], counts[:, 1], width, low_res.shape[-1], int(counts[:, 1].max()))
+    max_height, max_width = (max(column) for column in zip(*shapes))  # from the host: no device sync
+    rows = _bilinear_weights(boxes[:, 1], boxes[:, 3], counts[:, 0], height, low_res.shape[-2], max_height)
+    cols = _bilinear_weights(boxes[:, 0], boxes[:, 2], counts[:, 1], width, low_res.shape[-1], max_width)
     # float32 even inside the engine's bf16 autocast: the threshold decides on these values
     with torch.autocast(device_type=device.type, enabled=False):
         return rows @ low_res.float() @ cols.transpose(1, 2)
@@ -264,9 +265,12 @@ class Sam3Engine:
         self._tracker = None
         self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._feature_cache: OrderedDict = OrderedDict()
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        # bf16 autocast where the GPU has bf16 units (Ampere, sm80, and later); older GPUs (T4,
+        # V100) only emulate bf16, slower than float32, and cuDNN has no bf16 convolutions there.
+        # No TF32 switch: under bf16 autocast every matmul and convolution already runs in bf16;
+        # the float32 matmuls left are the mask upsampling's, meant to be exact, and the flag
+        # would change the user's other float32 code in this process too.
+        self.bf16 = self.device.type == "cuda" and torch.cuda.get_device_capability(self.device)[0] >= 8
 
     def __repr__(self) -> str:  # no token in here, ever
         return f"Sam3Engine(model_path={self.model_path!r}, device={str(self.device)!r})"
@@ -361,15 +365,31 @@ class Sam3Engine:
     # -- running ------------------------------------------------------------------------------
 
     def _autocast(self):
-        if self.device.type == "cuda":
+        if self.bf16:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    #: the most source pixels resized in one call of the image processor: on a GPU it turns
+    #: uint8 images into float32 before resizing (12 bytes a pixel), stacking same-size images
+    preprocess_pixel_budget = 64 * 2**20
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Resizes and normalises RGB uint8 images of any sizes into one ``(B, 3, S, S)`` batch on the device."""
         # device=: transformers' torchvision backend resizes and normalises on the device (uint8
         # goes over the bus, not a float32 1008x1008 tensor per image); a no-op on the CPU
-        return self.processor.image_processor(images=list(images), return_tensors="pt", device=self.device)["pixel_values"]
+        runs, run, pixels = [], [], 0
+        for image in images:
+            size = int(image.shape[0]) * int(image.shape[1])
+            if run and pixels + size > self.preprocess_pixel_budget:
+                runs.append(run)
+                run, pixels = [], 0
+            run.append(image)
+            pixels += size
+        if run:
+            runs.append(run)
+        processor = self.processor.image_processor
+        batches = [processor(images=run, return_tensors="pt", device=self.device)["pixel_values"] for run in runs]
+        return batches[0] if len(batches) == 1 else torch.cat(batches)
 
     def text_features(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Text features ``(len(texts), 32, D)`` and their attention mask, each text encoded once."""
@@ -388,7 +408,8 @@ class Sam3Engine:
                     attention_mask=encoded["attention_mask"].to(self.device),
                 )
             for i, text in enumerate(new):
-                self._text_cache[text] = (output.pooler_output[i : i + 1], encoded["attention_mask"][i : i + 1].to(self.device))
+                # clone: a slice would keep the whole batch's features alive as long as the cache
+                self._text_cache[text] = (output.pooler_output[i : i + 1].clone(), encoded["attention_mask"][i : i + 1].to(self.device))
         embeds = torch.cat([self._text_cache[text][0] for text in texts])
         mask = torch.cat([self._text_cache[text][1] for text in texts])
         return embeds, mask
@@ -418,7 +439,10 @@ class Sam3Engine:
             for j, i in enumerate(todo):
                 features[i] = per_image[j]
                 if keys[i] is not None and self.feature_cache_size > 0:
-                    self._feature_cache[(head, keys[i])] = per_image[j]
+                    # cloned out of the batch: a slice would keep the whole batch's features alive
+                    with torch.inference_mode():
+                        cached = per_image[j] if len(todo) == 1 else _clone(per_image[j])
+                    self._feature_cache[(head, keys[i])] = features[i] = cached
                     while len(self._feature_cache) > self.feature_cache_size:
                         self._feature_cache.popitem(last=False)
         return features
@@ -464,14 +488,16 @@ class Sam3Engine:
         except torch.OutOfMemoryError:
             if len(images) == 1:
                 raise
-            half = len(images) // 2
-            logger.warning("Out of device memory on a batch of %d images; retrying as %d + %d", len(images), half, len(images) - half)
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            keys = list(image_keys) if image_keys is not None else None
-            return self.segment(images[:half], prompts[:half], mode, threshold, mask_threshold, keys and keys[:half]) + self.segment(
-                images[half:], prompts[half:], mode, threshold, mask_threshold, keys and keys[half:]
-            )
+        # retried here, not inside ``except``: the exception's traceback holds the failed attempt's
+        # frames, and with them its activations; they are released only when the block is left
+        half = len(images) // 2
+        logger.warning("Out of device memory on a batch of %d images; retrying as %d + %d", len(images), half, len(images) - half)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        keys = list(image_keys) if image_keys is not None else None
+        return self.segment(images[:half], prompts[:half], mode, threshold, mask_threshold, keys and keys[:half]) + self.segment(
+            images[half:], prompts[half:], mode, threshold, mask_threshold, keys and keys[half:]
+        )
 
     def _segment(self, images, prompts, mode, threshold, mask_threshold, image_keys):
         sizes = [(int(image.shape[0]), int(image.shape[1])) for image in images]
@@ -493,8 +519,14 @@ class Sam3Engine:
         from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
         image_index = [i for i, _ in chunk]
-        hidden = tuple(torch.cat(level) for level in zip(*(features[i][0] for i in image_index)))
-        position = tuple(torch.cat(level) for level in zip(*(features[i][1] for i in image_index)))
+        n = len(chunk)
+        first_hidden, first_position = features[image_index[0]]
+        # the forward reads hidden levels 0..2 and position level 2 (its [:-1], then [-1]); position
+        # encodings depend on the shape alone: one image's, broadcast, not n copies (in float32
+        # under CUDA autocast, 113 MB per query at 1008 px); the unread last level a placeholder
+        hidden = tuple(torch.cat(level) for level in zip(*(features[i][0][:-1] for i in image_index)))
+        hidden += (first_hidden[-1].expand(n, *first_hidden[-1].shape[1:]),)
+        position = tuple(level.expand(n, *level.shape[1:]) for level in first_position)
         text_embeds, text_mask = self.text_features([query.text for _, query in chunk])
         boxes, box_labels = _detector_boxes(chunk, sizes, self.device)
         with torch.inference_mode(), self._autocast():
@@ -508,15 +540,19 @@ class Sam3Engine:
             scores = output.pred_logits.float().sigmoid()
             if output.presence_logits is not None:
                 scores = scores * output.presence_logits.float().sigmoid()
-            for row, (i, query) in enumerate(chunk):
-                keep = torch.nonzero(scores[row] > threshold).flatten()
-                if not len(keep):
-                    continue
-                height, width = sizes[i]
-                scale = torch.tensor([width, height, width, height], device=scores.device, dtype=torch.float32)
-                boxes_px = (output.pred_boxes[row, keep].float() * scale).cpu().numpy()
-                probabilities = output.pred_masks[row, keep].float().sigmoid()
-                results[i].add(query, scores[row, keep].cpu().numpy(), boxes_px, probabilities, sizes[i], mask_threshold)
+            # every kept hit of the chunk at once: one device-to-host copy, not several per query
+            rows, columns = torch.nonzero(scores > threshold, as_tuple=True)
+            if not len(rows):
+                return
+            scale = torch.tensor([[sizes[i][1], sizes[i][0]] * 2 for i in image_index], device=scores.device, dtype=torch.float32)
+            kept = torch.cat([rows[:, None].float(), scores[rows, columns, None], output.pred_boxes[rows, columns].float() * scale[rows]], 1)
+            kept = kept.cpu().numpy()
+            probabilities = output.pred_masks[rows, columns].float().sigmoid()
+            row_of_hit = kept[:, 0].astype(np.int64)
+            for row in np.unique(row_of_hit):
+                i, query = chunk[row]
+                hits = np.flatnonzero(row_of_hit == row)
+                results[i].add(query, kept[hits, 1], kept[hits, 2:], probabilities[hits[0] : hits[-1] + 1], sizes[i], mask_threshold)
 
     def _run_tracker(self, chunk, features, sizes, mask_threshold, results):
         image_index = [i for i, _ in chunk]
@@ -534,12 +570,17 @@ class Sam3Engine:
                 input_labels=point_labels,
                 multimask_output=False,
             )
-            iou = output.iou_scores[:, 0, 0].float().clamp(0, 1)
+            iou = output.iou_scores[:, 0, 0].float().clamp(0, 1).cpu().numpy()
             logit_threshold = _logit(mask_threshold)
             for row, (i, query) in enumerate(chunk):
                 box = query.positive_boxes[:1]
                 # threshold logits: transformers' tracker post-processing interpolates logits
-                results[i].add(query, iou[row : row + 1].cpu().numpy(), box, output.pred_masks[row, 0], sizes[i], logit_threshold)
+                results[i].add(query, iou[row : row + 1], box, output.pred_masks[row, 0], sizes[i], logit_threshold)
+
+
+def _clone(nested):
+    """A copy of a (nested) tuple of tensors that owns its memory."""
+    return tuple(_clone(t) if isinstance(t, tuple) else t.clone() for t in nested)
 
 
 class _TextEmbeds:
@@ -557,7 +598,6 @@ class _HitCollector:
 
     def __init__(self, max_mask_size: int | None):
         self.max_mask_size = max_mask_size
-        self.compile = bool(compile)
         self.labels, self.prompt_index, self.scores, self.boxes, self.crops = [], [], [], [], []
 
     def add(self, query: Query, scores, boxes_px, low_res_maps: torch.Tensor, size, threshold):

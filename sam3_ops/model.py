@@ -205,6 +205,7 @@ class Sam3Model(fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
                 logger.warning("%s: %s", item.filepath, warning)
             item.warnings = []
         outputs: dict[int, object] = {}
+        failure = None
         if good:
             try:
                 segmentations = self.engine.segment(
@@ -218,14 +219,17 @@ class Sam3Model(fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
                     labels = to_detections(segmentation, item.prompt_ids)
                     outputs[id(item)] = self._fit_in_document(labels, item.filepath)
             except Exception as error:
-                if len(good) == 1:
-                    self._fail(good[0], f"{type(error).__name__}: {error}")
-                else:
-                    # find the culprit(s): one sample at a time, so the rest are written
-                    logger.warning("A batch of %d failed (%s); retrying its samples one by one", len(good), error)
-                    for item in good:
-                        outputs[id(item)] = self.predict_all([item])[0]
-                    return [outputs.get(id(item)) for item in items]
+                # the message only: the exception's traceback would hold the failed batch's device memory
+                failure = f"{type(error).__name__}: {error}"
+        if failure is not None:
+            if len(good) == 1:
+                self._fail(good[0], failure)
+            else:
+                # find the culprit(s): one sample at a time, so the rest are written
+                logger.warning("A batch of %d failed (%s); retrying its samples one by one", len(good), failure)
+                for item in good:
+                    outputs[id(item)] = self.predict_all([item])[0]
+                return [outputs.get(id(item)) for item in items]
         for labels in outputs.values():
             if labels is not None:
                 self.num_processed += 1

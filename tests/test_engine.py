@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import weakref
 
 import numpy as np
 import pytest
@@ -200,6 +201,58 @@ def test_out_of_memory_halves_the_batch(tiny_checkpoint, images, monkeypatch):
     results = engine.segment(images, [ImagePrompts(texts=("cat",))] * 3, threshold=0.2)
     assert sizes == [3, 1, 2, 1, 1]
     assert [r.labels for r in results] == [r.labels for r in expected]
+
+
+def test_out_of_memory_retry_runs_after_the_failed_attempt_is_released(tiny_checkpoint, images, monkeypatch):
+    engine = Sam3Engine(tiny_checkpoint, device="cpu")
+    real = Sam3Engine._segment
+    attempts = []
+
+    def flaky(self, batch_images, *args):
+        activations = torch.empty(1024)  # what a failed forward leaves in its frames
+        attempts.append(weakref.ref(activations))
+        if len(batch_images) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        # every earlier attempt's memory is gone by now (a retry inside ``except`` would still hold it)
+        assert [ref() is None for ref in attempts[:-1]] == [True] * (len(attempts) - 1)
+        return real(self, batch_images, *args)
+
+    monkeypatch.setattr(Sam3Engine, "_segment", flaky)
+    results = engine.segment(images, [ImagePrompts(texts=("cat",))] * 3, threshold=0.2)
+    assert len(attempts) == 5 and [len(r) > 0 for r in results] == [True] * 3
+
+
+def test_cached_features_do_not_keep_the_whole_batch_alive(tiny_checkpoint, images):
+    engine = Sam3Engine(tiny_checkpoint, device="cpu", feature_cache_size=1)
+    engine.segment(images, [ImagePrompts(texts=("cat",))] * 3, threshold=0.2, image_keys=["a", "b", "c"])
+    (cached,) = engine._feature_cache.values()
+    hidden, position = cached
+    for tensor in hidden + position:
+        # a slice of the batch would share its storage: 3 images' worth
+        assert tensor.shape[0] == 1 and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+    (text, _) = engine._text_cache["cat"]
+    assert text.untyped_storage().nbytes() == text.numel() * text.element_size()
+
+
+def test_preprocessing_in_runs_gives_the_same_batch(tiny_checkpoint, images):
+    engine = Sam3Engine(tiny_checkpoint, device="cpu")
+    whole = engine.preprocess(images)
+    engine.preprocess_pixel_budget = 1  # one image a run
+    calls = []
+    processor = engine.processor.image_processor
+    original = type(processor).__call__
+
+    def counting(self, *args, **kwargs):
+        calls.append(len(kwargs["images"]))
+        return original(self, *args, **kwargs)
+
+    type(processor).__call__ = counting
+    try:
+        runs = engine.preprocess(images)
+    finally:
+        type(processor).__call__ = original
+    assert calls == [1, 1, 1]
+    torch.testing.assert_close(runs, whole, rtol=0, atol=0)
 
 
 # -- loading ------------------------------------------------------------------------------------

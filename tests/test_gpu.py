@@ -1,7 +1,7 @@
 """Opt-in (``-m gpu``): the engine's CUDA path on the tiny checkpoint, against the same checkpoint
 in plain float32 on the CPU, for every kind of prompt.
 
-On CUDA the engine runs under bf16 autocast with TF32, resizes and normalises on the device, and
+On CUDA the engine runs under bf16 autocast (Ampere and later), resizes and normalises on the device, and
 can ``torch.compile`` its encoders; none of that runs on a CPU, where the rest of the suite lives.
 These tests need no fiftyone (the GPU machine has none)::
 
@@ -114,7 +114,9 @@ def test_batch_of_one_matches_the_whole_batch_on_the_device(device_engine, image
     assert_close(single, whole, score_tol=0.02, min_box_iou=0.95, min_mask_agreement=0.95)
 
 
-def test_image_encoder_runs_in_bf16_on_cuda(device_engine, images):
+def test_image_encoder_runs_in_bf16_where_the_gpu_has_bf16_units(device_engine, images):
+    expected_bf16 = DEVICE == "cuda" and torch.cuda.get_device_capability()[0] >= 8
+    assert device_engine.bf16 == expected_bf16
     seen = []
     handle = device_engine.detector.vision_encoder.register_forward_hook(
         lambda module, args, output: seen.append(output.last_hidden_state.dtype)
@@ -123,7 +125,7 @@ def test_image_encoder_runs_in_bf16_on_cuda(device_engine, images):
         device_engine.segment(images[:2], [CASES["text"][1]] * 2, threshold=THRESHOLD)
     finally:
         handle.remove()
-    assert seen == [torch.bfloat16 if DEVICE == "cuda" else torch.float32]
+    assert seen == [torch.bfloat16 if expected_bf16 else torch.float32]
 
 
 def test_cached_features_give_the_same_results_on_the_device(tiny_checkpoint, images):

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import weakref
 
 import numpy as np
 import pytest
@@ -97,6 +98,26 @@ def test_out_of_memory_halves_and_writes_each_sample_once(dataset, tiny_checkpoi
     assert max(seen) == 4 and seen.count(1) == len(dataset)
     assert _summaries(dataset, "sam3") == _summaries(dataset, "expected")
     assert "Out of device memory" in caplog.text
+
+
+def test_a_failed_batch_is_retried_sample_by_sample_after_its_memory_is_released(dataset, tiny_checkpoint, monkeypatch):
+    model = sam3_ops.load_model(tiny_checkpoint, prompts=["cat"], threshold=0.2, device="cpu")
+    dataset.apply_model(model, label_field="expected", batch_size=3)
+    real = Sam3Engine.segment
+    attempts = []
+
+    def fails_on_batches(self, images, *args, **kwargs):
+        activations = torch.empty(1024)  # what a failed forward leaves in its frames
+        attempts.append(weakref.ref(activations))
+        if len(images) > 1:
+            raise RuntimeError("an error of the whole batch (injected)")
+        assert all(ref() is None for ref in attempts[:-1])  # a retry inside ``except`` would still hold them
+        return real(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(Sam3Engine, "segment", fails_on_batches)
+    dataset.apply_model(model, label_field="sam3", batch_size=3)
+    assert len(attempts) == 2 + len(dataset)  # 6 samples: two batches of 3, then each sample alone
+    assert _summaries(dataset, "sam3") == _summaries(dataset, "expected")
 
 
 def test_labels_too_big_for_a_document_go_to_png_files(dataset, tiny_checkpoint, tmp_path, caplog):
