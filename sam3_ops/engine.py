@@ -208,15 +208,23 @@ def _upsample_crops(
         return rows @ low_res.float() @ cols.transpose(1, 2)
 
 
-def _memory_groups(shapes: Sequence[tuple[int, int]], budget: int) -> list[list[int]]:
-    """Splits hits into groups whose padded output (count x max height x max width) stays within
-    ``budget`` elements, so one huge mask never multiplies the memory of the others."""
-    order = sorted(range(len(shapes)), key=lambda i: shapes[i][0] * shapes[i][1])
+def _memory_groups(shapes: Sequence[tuple[int, int]], budget: int, low_res_shape: tuple[int, int] = (0, 0)) -> list[list[int]]:
+    """Splits hits into groups whose upsampling (:func:`_upsample_crops`, padded to the group's
+    largest mask) stays within ``budget`` float elements, so one huge mask never multiplies the
+    memory of the others: per hit the output ``H x W`` and the intermediates ``H x lh``
+    (row weights), ``H x lw`` (rows applied) and ``W x lw`` (column weights), where
+    ``low_res_shape = (lh, lw)``. Thin tall masks cost more than their pixels."""
+    low_h, low_w = low_res_shape
+
+    def cost(count, h, w):
+        return count * (h * w + h * low_h + h * low_w + w * low_w)
+
+    order = sorted(range(len(shapes)), key=lambda i: cost(1, *shapes[i]))
     groups, current, max_h, max_w = [], [], 0, 0
     for i in order:
         h, w = shapes[i]
         new_h, new_w = max(max_h, h), max(max_w, w)
-        if current and (len(current) + 1) * new_h * new_w > budget:
+        if current and cost(len(current) + 1, new_h, new_w) > budget:
             groups.append(current)
             current, new_h, new_w = [], h, w
         current.append(i)
@@ -593,7 +601,7 @@ class _TextEmbeds:
 class _HitCollector:
     """Gathers one image's hits; masks stay on the device until :func:`_finish`."""
 
-    #: the most output elements one upsampling matmul produces (64 M floats = 256 MB)
+    #: the most float elements one batched upsampling holds, output and intermediates (64 M = 256 MB)
     element_budget = 64 * 1024 * 1024
 
     def __init__(self, max_mask_size: int | None):
@@ -606,7 +614,7 @@ class _HitCollector:
         crops = [crop_box(box, width, height) for box in boxes_px]
         shapes = [mask_shape(crop, self.max_mask_size) for crop in crops]
         masks = [None] * len(crops)
-        for group in _memory_groups(shapes, self.element_budget):
+        for group in _memory_groups(shapes, self.element_budget, tuple(low_res_maps.shape[-2:])):
             upsampled = _upsample_crops(low_res_maps[group], [crops[i] for i in group], size, [shapes[i] for i in group])
             for k, i in enumerate(group):
                 mask_height, mask_width = shapes[i]

@@ -203,6 +203,11 @@ def test_out_of_memory_halves_the_batch(tiny_checkpoint, images, monkeypatch):
     assert [r.labels for r in results] == [r.labels for r in expected]
 
 
+def test_attention_runs_through_sdpa(engine):
+    for head in (engine.detector, engine.tracker):
+        assert {m.config._attn_implementation for m in head.modules() if hasattr(m, "config")} == {"sdpa"}
+
+
 def test_out_of_memory_retry_runs_after_the_failed_attempt_is_released(tiny_checkpoint, images, monkeypatch):
     engine = Sam3Engine(tiny_checkpoint, device="cpu")
     real = Sam3Engine._segment

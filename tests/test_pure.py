@@ -255,6 +255,17 @@ def test_memory_groups_respect_the_budget():
     assert [5] in groups  # the big one alone
 
 
+def test_memory_groups_count_the_intermediates_of_thin_masks():
+    # 2048 x 1 masks from 288 x 288 maps: 2 K output pixels each, but ~1.2 M floats of intermediates
+    shapes = [(2048, 1)] * 100
+    budget = 10_000_000
+    groups = _memory_groups(shapes, budget, low_res_shape=(288, 288))
+    assert sorted(i for g in groups for i in g) == list(range(100))
+    assert all(len(g) * (2048 * 1 + 2048 * 288 * 2 + 1 * 288) <= budget for g in groups)
+    assert len(groups) > 1  # by output pixels alone all 100 would go at once
+    assert len(_memory_groups(shapes, budget)) == 1
+
+
 def test_upsampling_stays_float32_under_autocast():
     low_res = torch.randn(2, 16, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
