@@ -67,7 +67,7 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
                     )
                 image.seek(0)  # animated GIF/WebP/APNG: the first frame
                 image.load()
-                image = ImageOps.exif_transpose(image)
+                ImageOps.exif_transpose(image, in_place=True)  # not a copy of every upright image
                 return to_rgb_array(image)
     except ImageLoadError:
         raise
