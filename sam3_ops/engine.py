@@ -556,11 +556,12 @@ class Sam3Engine:
             kept = torch.cat([rows[:, None].float(), scores[rows, columns, None], output.pred_boxes[rows, columns].float() * scale[rows]], 1)
             kept = kept.cpu().numpy()
             probabilities = output.pred_masks[rows, columns].float().sigmoid()
-            row_of_hit = kept[:, 0].astype(np.int64)
-            for row in np.unique(row_of_hit):
+            # nonzero is row-major: each query's hits are one contiguous run
+            query_rows, starts, counts = np.unique(kept[:, 0].astype(np.int64), return_index=True, return_counts=True)
+            for row, start, count in zip(query_rows, starts, counts):
                 i, query = chunk[row]
-                hits = np.flatnonzero(row_of_hit == row)
-                results[i].add(query, kept[hits, 1], kept[hits, 2:], probabilities[hits[0] : hits[-1] + 1], sizes[i], mask_threshold)
+                hits = slice(start, start + count)
+                results[i].add(query, kept[hits, 1], kept[hits, 2:], probabilities[hits], sizes[i], mask_threshold)
 
     def _run_tracker(self, chunk, features, sizes, mask_threshold, results):
         image_index = [i for i, _ in chunk]
