@@ -11,9 +11,9 @@ if _PLUGIN_DIR not in sys.path:
 
 
 def register(p):
-    from sam3_ops.operators import OPERATORS
-    from sam3_ops.panel import PANELS
-    from sam3_ops.qa_operators import OPERATORS as QA_OPERATORS
+    from sam3_ops.app.operators import OPERATORS
+    from sam3_ops.app.panel import PANELS
+    from sam3_ops.app.qa_operators import OPERATORS as QA_OPERATORS
 
     for cls in (*OPERATORS, *QA_OPERATORS, *PANELS):
         p.register(cls)

@@ -63,9 +63,11 @@ import fiftyone as fo  # noqa: E402
 import fiftyone.core.collections as foc  # noqa: E402
 import fiftyone.core.models as fom  # noqa: E402
 
-import sam3_ops.engine as engine_module  # noqa: E402
-import sam3_ops.model as model_module  # noqa: E402
-from sam3_ops.model import Sam3Config, Sam3Model  # noqa: E402
+import sam3_ops.core.engine as engine_module  # noqa: E402
+import sam3_ops.sdk.model as model_module  # noqa: E402
+from sam3_ops.core.masks import crop_box  # noqa: E402
+from sam3_ops.sdk.model import Sam3Model  # noqa: E402
+from sam3_ops.sdk.settings import Sam3Settings  # noqa: E402
 
 PROMPT = be.PROMPTS[0]
 
@@ -113,8 +115,8 @@ def write_images(directory, count, seed=0):
 
 def run_ours(bench, dataset, field, threshold, batch_size, num_workers, instrument):
     """``apply_model`` with the plugin's model; returns (seconds, stage seconds or None)."""
-    config = Sam3Config(model_path="facebook/sam3", mode="text", prompts=(PROMPT,), threshold=threshold)
-    model = Sam3Model(config, engine=bench.engine)
+    settings = Sam3Settings(model_path="facebook/sam3", mode="text", prompts=(PROMPT,), threshold=threshold)
+    model = Sam3Model(settings, engine=bench.engine)
     timers = None
     if instrument:
         timers = Timers(bench.device)
@@ -167,7 +169,7 @@ def run_ours(bench, dataset, field, threshold, batch_size, num_workers, instrume
 
 
 def _to_detection(label, score, box, mask, width, height):
-    x0, y0, x1, y1 = engine_module.crop_box(box, width, height)  # whole pixels, inside the image
+    x0, y0, x1, y1 = crop_box(box, width, height)  # whole pixels, inside the image
     return fo.Detection(
         label=label,
         bounding_box=[x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height],

@@ -48,8 +48,8 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from sam3_ops.engine import Sam3Engine, _HitCollector  # noqa: E402
-from sam3_ops.prompts import ImagePrompts  # noqa: E402
+from sam3_ops.core.engine import Sam3Engine, _HitCollector  # noqa: E402
+from sam3_ops.core.queries import ImagePrompts  # noqa: E402
 
 PROMPTS = ["cat", "dog", "person", "car", "tree", "bird", "bicycle", "chair"]
 #: COCO-like mixed sizes (height, width)
@@ -351,7 +351,7 @@ def engine_breakdown(bench: Bench, images, prompts, mode, batch, threshold) -> d
     timer.wrap(engine, "_run_tracker", "heads: tracker prompt+mask decoder")
     timer.wrap(engine, "text_features", "text encoder (cached)")
     timer.wrap(_HitCollector, "add", "post: mask crops (device)")
-    timer.wrap(sys.modules["sam3_ops.engine"], "_finish", "post: host copy + results")
+    timer.wrap(sys.modules["sam3_ops.core.engine"], "_finish", "post: host copy + results")
     timer.wrap(engine, "_segment", "_total")
     try:
         for chunk, chunk_prompts in zip(batches(images, batch), batches(prompts, batch)):
@@ -607,9 +607,7 @@ def scenario_d(bench, args, report):
         name = torch.cuda.get_device_name(bench.device)
         peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
     rows = []
-    variants = (
-        [("bf16 autocast", torch.bfloat16), ("fp32", None)] if bench.device.type == "cuda" else [("fp32", None)]
-    )
+    variants = [("bf16 autocast", torch.bfloat16), ("fp32", None)] if bench.device.type == "cuda" else [("fp32", None)]
     for batch in args.encoder_batches:
         pixel_values = torch.randn(batch, 3, bench.image_size, bench.image_size, device=bench.device)
         for label, dtype in variants:

@@ -46,7 +46,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import sam3_ops
-    from sam3_ops.engine import ModelLoadError
 
     workdir = os.path.join(tempfile.gettempdir(), "sam3_ops_demo")
     model_path = args.model
@@ -58,9 +57,12 @@ def main(argv=None) -> int:
         threshold = 0.0  # random weights score ~0.25: keep everything, to show the pipeline
         print(f"Using a tiny RANDOM checkpoint at {model_path}: the masks are meaningless, the pipeline is real.")
 
+    settings = {"model_path": model_path, "prompts": args.prompts, "threshold": threshold}
     try:
-        model = sam3_ops.load_model(model_path, prompts=args.prompts, threshold=threshold)
-    except (ModelLoadError, ValueError) as error:
+        # checks the settings and loads the weights into this process's engine pool, before any
+        # dataset is made; segment() below runs on the same engine
+        sam3_ops.load_model(**settings, reuse=True)
+    except (sam3_ops.ModelLoadError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
@@ -70,7 +72,7 @@ def main(argv=None) -> int:
         fo.delete_dataset(args.dataset)
     dataset = fo.Dataset(args.dataset, persistent=True)  # the user opens it in the App afterwards
     dataset.add_samples([fo.Sample(filepath=p) for p in demo_image_paths(os.path.join(workdir, "images"))])
-    dataset.apply_model(model, label_field="sam3", batch_size=args.batch_size, num_workers=0)
+    result = sam3_ops.segment(dataset, "sam3", batch_size=args.batch_size, num_workers=0, **settings)
 
     print(f"\nDataset {dataset.name!r}: {len(dataset)} samples, model {model_path}, prompts {args.prompts}")
     for sample in dataset.select_fields("sam3"):
@@ -79,12 +81,14 @@ def main(argv=None) -> int:
         for detection in detections:
             counts[detection.label] = counts.get(detection.label, 0) + 1
         print(f"  {os.path.basename(sample.filepath):22s} {len(detections):3d} detections with masks  {counts}")
-    summary = model.summary()
     print(
-        f"Wrote field 'sam3': {summary['detections']} detections on {summary['samples_processed']} samples; "
-        f"{summary['samples_skipped']} skipped."
+        f"Wrote field 'sam3': {result.detections} detections on {result.samples_processed} samples; "
+        f"{result.samples_skipped} skipped. Its settings are recorded as run {result.run_key!r} "
+        f"(dataset.get_run_info({result.run_key!r}))."
     )
-    print(f"See them in the App: python -c \"import fiftyone as fo; fo.launch_app(fo.load_dataset('{dataset.name}')).wait()\"")
+    print(
+        f"See them in the App: python -c \"import fiftyone as fo; fo.launch_app(fo.load_dataset('{dataset.name}')).wait()\""
+    )
     return 0
 
 

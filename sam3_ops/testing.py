@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import os
 
-__all__ = ["build_tiny_checkpoint", "tiny_config", "tiny_processor", "PrivateMongo"]
+__all__ = ["build_tiny_checkpoint", "tiny_config", "tiny_processor", "PrivateMongo", "LAYOUTS"]
 
 _IMAGE_SIZE = 224
 _PATCH = 14
@@ -121,16 +121,30 @@ def tiny_config():
     return Sam3VideoConfig(detector_config=detector, tracker_config=tracker)
 
 
-def build_tiny_checkpoint(path: str | os.PathLike, seed: int = 0) -> str:
+#: the checkpoint layouts :func:`build_tiny_checkpoint` writes
+LAYOUTS = ("hub", "save_pretrained")
+
+
+def build_tiny_checkpoint(path: str | os.PathLike, seed: int = 0, layout: str = "hub", confident: bool = False) -> str:
     """Write a tiny random SAM3 checkpoint (``sam3_video`` layout + processor) to ``path``.
 
     Args:
         path: the directory to write (created if needed; existing files are overwritten)
         seed (0): the seed of the random weights, so two builds are identical
+        layout ("hub"): ``"hub"`` (facebook/sam3's key names: ``tracker_model.mask_decoder...``) or
+            ``"save_pretrained"`` (what transformers' own ``Sam3VideoModel.save_pretrained`` writes,
+            e.g. for a fine-tuned SAM3: ``tracker_model.tracker_model.mask_decoder...``); the
+            same seed gives the same weights in both
+        confident (False): spread the detector's scores as a trained model's are (random weights
+            score every query about 0.25, so nothing passes the usual 0.5 threshold): the
+            presence head says "present" and the query scores spread widely, so about half the
+            queries of a prompt pass 0.5. For examples that must find something at default settings
 
     Returns:
         the directory, as a string, ready for ``sam3_ops.load_model(path)``
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
     import torch
     from safetensors.torch import save_file
     from transformers import Sam3VideoModel
@@ -139,6 +153,17 @@ def build_tiny_checkpoint(path: str | os.PathLike, seed: int = 0) -> str:
     os.makedirs(path, exist_ok=True)
     torch.manual_seed(seed)
     model = Sam3VideoModel(tiny_config())
+    if confident:
+        with torch.no_grad():
+            detector = model.detector_model
+            detector.dot_product_scoring.query_proj.weight.mul_(200.0)
+            presence = detector.detr_decoder.presence_head.layer3
+            presence.weight.zero_()
+            presence.bias.fill_(8.0)
+    if layout == "save_pretrained":
+        model.save_pretrained(path)
+        tiny_processor().save_pretrained(path)
+        return path
     # Write the weights under the module names, as facebook/sam3 stores them
     # (``tracker_model.mask_decoder...``): transformers 5.23's save_pretrained would revert its
     # sam3_tracker key mapping here and store ``tracker_model.tracker_model...`` instead.
@@ -198,10 +223,14 @@ class PrivateMongo:
         self.process = subprocess.Popen(
             [
                 self.find_mongod(),
-                "--dbpath", os.path.join(self.directory, "db"),
-                "--logpath", os.path.join(self.directory, "mongod.log"),
-                "--port", str(self.port),
-                "--bind_ip", "127.0.0.1",
+                "--dbpath",
+                os.path.join(self.directory, "db"),
+                "--logpath",
+                os.path.join(self.directory, "mongod.log"),
+                "--port",
+                str(self.port),
+                "--bind_ip",
+                "127.0.0.1",
                 "--nounixsocket",
             ],
             stdout=subprocess.DEVNULL,

@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 import sam3_ops
-from sam3_ops.convert import relative_to_xyxy
-from sam3_ops.engine import ModelLoadError
+from sam3_ops.core.checkpoint import ModelLoadError
+from sam3_ops.sdk.convert import relative_to_xyxy
 
 from .helpers import write_image
 
@@ -69,8 +69,8 @@ def test_batch_sizes_and_workers_give_the_same_results(dataset, text_model):
 
 def test_results_land_on_the_right_samples(dataset, text_model):
     """Each sample's result equals what the engine gives for that sample's image alone."""
-    from sam3_ops.images import load_image
-    from sam3_ops.prompts import ImagePrompts
+    from sam3_ops.core.images import load_image
+    from sam3_ops.core.queries import ImagePrompts
 
     view = dataset.skip(1).limit(4)
     view.apply_model(text_model, label_field="sam3", batch_size=3)
@@ -79,7 +79,9 @@ def test_results_land_on_the_right_samples(dataset, text_model):
         alone = text_model.engine.segment(
             [load_image(sample.filepath)], [ImagePrompts(texts=("cat", "dog"))], threshold=0.2
         )[0]
-        np.testing.assert_allclose(sorted(d.confidence for d in sample.sam3.detections), sorted(alone.scores), atol=1e-5)
+        np.testing.assert_allclose(
+            sorted(d.confidence for d in sample.sam3.detections), sorted(alone.scores), atol=1e-5
+        )
 
 
 def test_boxes_mode_one_mask_per_prompt_box(dataset, tiny_checkpoint):
@@ -226,9 +228,9 @@ def test_exif_rotated_image_is_segmented_as_shown(dataset, tiny_checkpoint, tmp_
     "kwargs, error, message",
     [
         ({"prompts": []}, ValueError, "at least one prompt"),
-        ({"prompts": ["cat", " "]}, ValueError, "prompt 1 is blank"),
-        ({"prompts": [7]}, ValueError, "prompt 0 is a int"),
-        ({"prompts": ["cat"], "mode": "points"}, ValueError, "text, boxes, exemplars"),
+        ({"prompts": ["cat", " "]}, ValueError, "prompt 2 is blank"),
+        ({"prompts": [7]}, ValueError, "prompt 1 is a int"),
+        ({"prompts": ["cat"], "mode": "segment"}, ValueError, "the valid modes are"),
         ({"prompts": ["cat"], "threshold": 1.5}, ValueError, "threshold must be a number in"),
         ({"mode": "boxes", "prompts": ["cat"]}, ValueError, "takes no text prompts"),
     ],
@@ -268,3 +270,21 @@ def test_shared_engine_is_reused(tiny_checkpoint):
     first = sam3_ops.load_model(tiny_checkpoint, prompts=["a"], reuse=True, device="cpu")
     second = sam3_ops.load_model(tiny_checkpoint, mode="boxes", reuse=True, device="cpu")
     assert first.engine is second.engine
+
+
+def test_pooled_engine_is_shared_but_never_changed_by_a_caller(dataset, tiny_checkpoint):
+    """Two models on one pooled engine: the second one's mask size must not reach the first."""
+    small = sam3_ops.load_model(
+        tiny_checkpoint, prompts=["a"], threshold=0.0, reuse=True, device="cpu", max_mask_size=4
+    )
+    large = sam3_ops.load_model(
+        tiny_checkpoint, prompts=["a"], threshold=0.0, reuse=True, device="cpu", max_mask_size=None
+    )
+    assert small.engine is large.engine
+    small_view, large_view = dataset.limit(2), dataset.limit(2)
+    small_view.apply_model(small, label_field="small", num_workers=0)
+    large_view.apply_model(large, label_field="large", num_workers=0)
+    assert max(max(d.mask.shape) for s in small_view for d in s.small.detections) <= 4
+    assert max(max(d.mask.shape) for s in large_view for d in s.large.detections) > 4
+    compiled = sam3_ops.load_model(tiny_checkpoint, prompts=["a"], reuse=True, device="cpu", compile=True)
+    assert compiled.engine is not small.engine  # the weights differ: a pool entry of its own

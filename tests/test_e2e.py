@@ -198,9 +198,9 @@ def _add_prompt(modal, number: int, text: str) -> None:
     modal.get_by_role("button", name="Add text prompts").click()
     # The App registers a new list item asynchronously: typing before the form has resolved with
     # the empty item loses the text. The plugin flags the empty item, which proves it arrived.
-    expect(modal.get_by_text(f"Prompt {number} is blank")).to_be_visible()
+    expect(modal.get_by_text(f"prompt {number} is blank")).to_be_visible()
     _form_input(modal, "Text prompts", number).fill(text)
-    expect(modal.get_by_text(f"Prompt {number} is blank")).to_have_count(0)
+    expect(modal.get_by_text(f"prompt {number} is blank")).to_have_count(0)
 
 
 def _run_text_prompts_operator(page, checkpoint: str, prompts: list[str], screenshots: str) -> None:
@@ -211,7 +211,7 @@ def _run_text_prompts_operator(page, checkpoint: str, prompts: list[str], screen
     page.locator("[data-cy=operators-browser]").get_by_text(OPERATOR_LABEL, exact=True).click()
 
     form = page.locator("[data-cy=operators-prompt-modal]")
-    expect(form.get_by_text("Add at least one prompt")).to_be_visible()
+    expect(form.get_by_text("needs at least one prompt")).to_be_visible()
     for number, text in enumerate(prompts, start=1):
         _add_prompt(form, number, text)
     _form_input(form, "Score threshold").fill("0")
@@ -240,7 +240,7 @@ def test_segment_with_text_prompts_from_the_operator_browser(page, app_url, app_
     import fiftyone as fo
     from playwright.sync_api import expect
 
-    from sam3_ops.runs import get_run
+    from sam3_ops.sdk.runs import get_run
 
     _open_dataset(page, app_url, app_dataset)
     expect(page.locator("[data-cy=sidebar-field-sam3]")).to_have_count(0)
@@ -259,10 +259,10 @@ def test_segment_with_text_prompts_from_the_operator_browser(page, app_url, app_
     dataset = fo.load_dataset(app_dataset.name)
     dataset.reload()  # the App server wrote it: this process's cached copy is stale
     assert dataset.has_field("sam3")
-    run = get_run(dataset, "sam3")
-    assert run["prompts"] == ["circle", "blob"], "the prompts typed in the form reach the run"
-    assert run["threshold"] == 0.0
-    assert run["model_path"] == str(tiny_checkpoint)
+    run = get_run(dataset, "sam3").settings
+    assert run.labels == ["circle", "blob"], "the prompts typed in the form reach the run"
+    assert run.threshold == 0.0
+    assert run.model_path == str(tiny_checkpoint)
     for sample in dataset:
         assert isinstance(sample["sam3"], fo.Detections)
         assert sample["sam3"].detections, f"threshold 0 keeps every query on {sample.filepath}"
@@ -275,7 +275,7 @@ def test_segment_with_text_prompts_from_the_operator_browser(page, app_url, app_
 def _segment_with_sdk(dataset, checkpoint: str) -> None:
     """Writes a SAM3 field the way an earlier run would have (the operator flow is tested above)."""
     import sam3_ops
-    from sam3_ops.runs import record_run
+    from sam3_ops.sdk.runs import record_run
 
     model = sam3_ops.load_model(str(checkpoint), prompts=["circle"], threshold=0.0, device="cpu")
     dataset.apply_model(model, label_field="sam3", batch_size=4, num_workers=0, progress=False)
@@ -309,7 +309,7 @@ def test_refine_with_negative_boxes_panel(page, app_url, app_dataset, tiny_check
     import fiftyone as fo
     from playwright.sync_api import expect
 
-    from sam3_ops.refine import REFINEMENTS_FIELD
+    from sam3_ops.curation.refine import REFINEMENTS_FIELD
 
     _segment_with_sdk(app_dataset, tiny_checkpoint)
     first = app_dataset.first()

@@ -13,8 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from sam3_ops.engine import ModelLoadError, Sam3Engine, validate_model_path
-from sam3_ops.prompts import ImagePrompts
+from sam3_ops.core.checkpoint import ModelLoadError, validate_model_path
+from sam3_ops.core.engine import Sam3Engine
+from sam3_ops.core.queries import ImagePrompts
 
 from .helpers import REPO_ROOT
 
@@ -95,7 +96,7 @@ def test_image_encoder_runs_once_per_image_whatever_the_prompts(engine, images):
     finally:
         counter.close()
     assert counter.batches == [len(images)]  # one encoder call, all images in it
-    assert all(set(r.labels) == set(prompts.texts) for r in results)
+    assert all(set(r.labels) == {p.text for p in prompts.texts} for r in results)
 
 
 def test_text_features_computed_once_per_distinct_prompt(engine, images):
@@ -111,7 +112,9 @@ def test_text_features_computed_once_per_distinct_prompt(engine, images):
 def test_chunked_queries_give_the_same_results(tiny_checkpoint, images):
     prompts = [ImagePrompts(texts=("cat", "dog", "cup"))] * len(images)
     whole = Sam3Engine(tiny_checkpoint, device="cpu").segment(images, prompts, threshold=0.2)
-    chunked = Sam3Engine(tiny_checkpoint, device="cpu", max_queries_per_forward=2).segment(images, prompts, threshold=0.2)
+    chunked = Sam3Engine(tiny_checkpoint, device="cpu", max_queries_per_forward=2).segment(
+        images, prompts, threshold=0.2
+    )
     for a, b in zip(whole, chunked):
         assert a.labels == b.labels
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
@@ -133,7 +136,10 @@ def test_feature_cache_skips_the_encoder_for_a_known_image(tiny_checkpoint, imag
     try:
         first = engine.segment(images[:1], [ImagePrompts(texts=("cat",))], threshold=0.2, image_keys=["img0"])
         again = engine.segment(
-            images[:1], [ImagePrompts(texts=("cat",), negative_boxes=[[0, 0, 30, 30]])], threshold=0.2, image_keys=["img0"]
+            images[:1],
+            [ImagePrompts(texts=("cat",), negative_boxes=[[0, 0, 30, 30]])],
+            threshold=0.2,
+            image_keys=["img0"],
         )
         engine.segment(images[:1], [ImagePrompts(texts=("cat",))], threshold=0.2, image_keys=["img0"])
     finally:
@@ -158,7 +164,9 @@ def test_negative_boxes_reach_the_detector_as_label_zero(engine, images):
     assert seen["labels"].tolist() == [[0]]
     cx, cy, w, h = seen["boxes"][0, 0].tolist()
     np.testing.assert_allclose(
-        [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height], [40, 30, 80, 90], atol=1e-3
+        [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height],
+        [40, 30, 80, 90],
+        atol=1e-3,
     )
 
 
@@ -281,6 +289,66 @@ def test_tracker_weights_all_come_from_the_checkpoint(engine, tiny_checkpoint):
             torch.testing.assert_close(state[ours], handle.get_tensor(stored))
 
 
+@pytest.mark.parametrize("mode", ["text", "exemplars", "boxes"])
+def test_every_checkpoint_layout_loads_in_every_mode(tiny_checkpoint, tmp_path_factory, images, mode):
+    """What transformers' own Sam3VideoModel.save_pretrained writes (a fine-tuned SAM3, say) loads in
+    every mode, with every weight, and gives what the hub's layout of the same weights gives."""
+    from safetensors import safe_open
+
+    from sam3_ops.testing import build_tiny_checkpoint
+
+    saved = build_tiny_checkpoint(tmp_path_factory.mktemp("saved-layout"), layout="save_pretrained")
+    with safe_open(os.path.join(saved, "model.safetensors"), "pt") as handle:
+        assert any(key.startswith("tracker_model.tracker_model.") for key in handle.keys())  # the other layout
+    height, width = images[0].shape[:2]
+    prompts = [ImagePrompts(texts=("cat",) if mode != "boxes" else (), boxes=[[10, 10, width / 2, height / 2]])]
+    hub = Sam3Engine(tiny_checkpoint, device="cpu").segment(images[:1], prompts, mode=mode, threshold=0.0)[0]
+    ours = Sam3Engine(saved, device="cpu").segment(images[:1], prompts, mode=mode, threshold=0.0)[0]
+    assert len(hub) > 0 and ours.labels == hub.labels
+    np.testing.assert_array_equal(ours.scores, hub.scores)
+    assert all(np.array_equal(a, b) for a, b in zip(ours.masks, hub.masks))
+
+
+def test_one_engine_serves_two_threads_with_their_own_options(tiny_checkpoint, images):
+    """Two callers on one engine at once, each with its own mode and mask size; the heads load
+    lazily, under the lock, while both run. Each gets what it gets alone."""
+    import threading
+
+    height, width = images[0].shape[:2]
+    box_prompts = [ImagePrompts(boxes=[[5, 5, width - 5, height - 5]])] * len(images)
+    text_prompts = [ImagePrompts(texts=("cat", "dog"))] * len(images)
+    calls = {
+        "text": lambda engine: engine.segment(images, text_prompts, threshold=0.0, max_mask_size=8),
+        "boxes": lambda engine: engine.segment(images, box_prompts, mode="boxes", max_mask_size=None),
+    }
+    expected = {name: call(Sam3Engine(tiny_checkpoint, device="cpu")) for name, call in calls.items()}
+
+    shared = Sam3Engine(tiny_checkpoint, device="cpu", feature_cache_size=4)  # nothing loaded yet
+    results, errors, start = {}, [], threading.Barrier(len(calls))
+
+    def run(name):
+        try:
+            start.wait()
+            for _ in range(3):
+                results[name] = calls[name](shared)
+        except Exception as error:  # reported below, with the thread's name
+            errors.append(f"{name}: {type(error).__name__}: {error}")
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    for name, expect in expected.items():
+        for got, want in zip(results[name], expect):
+            assert got.labels == want.labels
+            np.testing.assert_array_equal(got.scores, want.scores)
+            assert all(np.array_equal(a, b) for a, b in zip(got.masks, want.masks))
+    assert max(max(m.shape) for r in results["text"] for m in r.masks) <= 8
+    assert max(max(m.shape) for r in results["boxes"] for m in r.masks) > 8
+
+
 def _copy_without(tiny_checkpoint, tmp_path, drop_prefix):
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -294,7 +362,8 @@ def _copy_without(tiny_checkpoint, tmp_path, drop_prefix):
 
 
 @pytest.mark.parametrize(
-    "drop, head", [("tracker_model.mask_decoder.iou_prediction_head", "tracker"), ("detector_model.mask_decoder", "detector")]
+    "drop, head",
+    [("tracker_model.mask_decoder.iou_prediction_head", "tracker"), ("detector_model.mask_decoder", "detector")],
 )
 def test_missing_weights_fail_loudly(tiny_checkpoint, tmp_path, drop, head):
     engine = Sam3Engine(_copy_without(tiny_checkpoint, tmp_path, drop), device="cpu")
@@ -343,16 +412,21 @@ def test_hub_ids_pass_validation_without_network():
 
 
 def test_unreachable_hub_model_says_how_to_log_in():
-    engine = Sam3Engine("facebook/sam3", device="cpu", token="hf_PLANTED_SECRET_TOKEN_123")
+    engine = Sam3Engine("facebook/sam3", device="cpu")
     with pytest.raises(ModelLoadError) as raised:
-        engine.load("text")
+        engine.load("text", token="hf_PLANTED_SECRET_TOKEN_123")
     message = str(raised.value)
     assert "hf auth login" in message and "HF_TOKEN" in message and "local" in message
     assert "hf_PLANTED_SECRET_TOKEN_123" not in message + repr(engine)
+    # used to load, never kept: nowhere in the engine's state
+    assert "hf_PLANTED_SECRET_TOKEN_123" not in repr(vars(engine))
 
 
-def test_engine_module_does_not_import_fiftyone():
-    code = "import sys, sam3_ops.engine, sam3_ops.prompts, sam3_ops.images; print('fiftyone' in sys.modules)"
+def test_core_does_not_import_fiftyone():
+    modules = ", ".join(
+        f"sam3_ops.core.{name}" for name in ("checkpoint", "engine", "images", "masks", "pool", "queries")
+    )
+    code = f"import sys, {modules}; print('fiftyone' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

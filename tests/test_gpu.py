@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from sam3_ops.engine import Sam3Engine
-from sam3_ops.prompts import ImagePrompts
+from sam3_ops.core.engine import Sam3Engine
+from sam3_ops.core.queries import ImagePrompts
 
 DEVICE = os.environ.get("SAM3_TEST_DEVICE", "cuda")
 
@@ -48,7 +48,10 @@ def images():
 def reference(tiny_checkpoint, images):
     """The float32 CPU results of every case."""
     engine = Sam3Engine(tiny_checkpoint, device="cpu")
-    return {name: engine.segment(images, [prompts] * len(images), mode=mode, threshold=THRESHOLD) for name, (mode, prompts) in CASES.items()}
+    return {
+        name: engine.segment(images, [prompts] * len(images), mode=mode, threshold=THRESHOLD)
+        for name, (mode, prompts) in CASES.items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +88,9 @@ def assert_close(ours, expected, score_tol=0.03, min_box_iou=0.9, min_mask_agree
         unused = set(range(len(got)))
         agreements = []
         for j in range(len(want)):
-            candidates = [i for i in unused if got.labels[i] == want.labels[j] and got.prompt_index[i] == want.prompt_index[j]]
+            candidates = [
+                i for i in unused if got.labels[i] == want.labels[j] and got.prompt_index[i] == want.prompt_index[j]
+            ]
             i = max(candidates, key=lambda i: _box_iou(got.boxes_xyxy[i], want.boxes_xyxy[j]))
             unused.discard(i)
             assert _box_iou(got.boxes_xyxy[i], want.boxes_xyxy[j]) >= min_box_iou

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam3_ops.images import ImageLoadError, load_image
+from sam3_ops.core.images import ImageLoadError, load_image
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "LA", "1"])

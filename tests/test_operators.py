@@ -12,13 +12,10 @@ from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionContext, ValidationContext
 
 import sam3_ops
-from sam3_ops.operators import (
-    SegmentWithBoxPrompts,
-    SegmentWithTextPrompts,
-    output_field_problem,
-    parse_prompts,
-)
-from sam3_ops.runs import get_run
+from sam3_ops.app.operators import SegmentWithBoxPrompts, SegmentWithTextPrompts, parse_prompts
+from sam3_ops.sdk.fields import output_field_problem
+from sam3_ops.sdk.runs import get_run
+from sam3_ops.sdk.settings import normalize_prompts
 
 from .helpers import REPO_ROOT
 
@@ -117,13 +114,18 @@ def test_plugin_is_discovered_with_both_operators_and_labels(plugins_dir):
     ],
 )
 def test_parse_prompts_accepts_lists_and_comma_separated_text(value, expected):
-    assert parse_prompts(value) == (expected, None)
+    entries, problem = parse_prompts(value)
+    assert problem is None
+    # the form splits; the settings normalise (trim, collapse spaces, drop duplicates)
+    assert tuple(p.text for p in normalize_prompts(entries, "exemplars")) == expected
 
 
 @pytest.mark.parametrize("value", [["cat", "   "], " , ", "", ["cat", 3], 7])
-def test_parse_prompts_names_the_problem(value):
-    prompts, problem = parse_prompts(value)
-    assert prompts == () and problem
+def test_bad_form_prompts_are_named_by_the_form_or_the_settings(value):
+    entries, problem = parse_prompts(value)
+    if problem is None:
+        with pytest.raises(ValueError, match="prompt"):
+            normalize_prompts(entries, "text")
 
 
 # -- execution with each target ------------------------------------------------------------------
@@ -157,7 +159,7 @@ def test_text_prompts_write_exactly_the_target_samples(plugins_dir, dataset, tex
     assert triggered(result, "reload_dataset") == [{}]
     progress = [params["progress"] for params in triggered(result, "set_progress")]
     assert progress[-1] == 1.0 and progress == sorted(progress)
-    assert get_run(dataset, "sam3")["prompts"] == ["cat", "dog"]
+    assert get_run(dataset, "sam3").settings.labels == ["cat", "dog"]
 
 
 def test_box_prompts_give_one_mask_per_box_of_the_prompt_field(plugins_dir, dataset, box_params):
@@ -169,8 +171,9 @@ def test_box_prompts_give_one_mask_per_box_of_the_prompt_field(plugins_dir, data
         masks = sample.gt_masks.detections
         assert {d.prompt_id: d.label for d in masks} == boxes
         assert all(d.mask is not None and d.mask.dtype == bool for d in masks)
-    run = get_run(dataset, "gt_masks")
-    assert (run["mode"], run["prompt_field"], run["negative_field"]) == ("boxes", "ground_truth", "not_wanted")
+    run = get_run(dataset, "gt_masks").settings
+    assert (run.mode, run.prompt_field, run.negative_field) == ("boxes", "ground_truth", "not_wanted")
+    assert dataset.get_run_info("sam3_gt_masks").config.settings["mode"] == "boxes"  # FiftyOne's runs framework
 
 
 def test_a_corrupt_image_is_skipped_with_its_reason(plugins_dir, dataset, text_params, tmp_path):
@@ -236,7 +239,7 @@ def test_delegated_run_is_queued_then_executed_by_the_service(plugins_dir, datas
         dataset.reload()
         assert written_ids(dataset, "similar") == set(dataset.values("id"))
         assert result.result["detections"] == dataset.count("similar.detections")
-        assert get_run(dataset, "similar")["prompts"] == ["cat"]
+        assert get_run(dataset, "similar").settings.labels == ["cat"]
     finally:
         service.delete_for_dataset(dataset._doc.id)
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import sam3_ops
-from sam3_ops.panel import PANELS, RefineWithNegativeBoxes
-from sam3_ops.refine import (
+from sam3_ops.app.panel import PANELS, RefineWithNegativeBoxes
+from sam3_ops.curation.refine import (
     REFINEMENTS_FIELD,
     BoxSpec,
     RefineError,
@@ -19,7 +19,7 @@ from sam3_ops.refine import (
     refinement_history,
     target_sample_ids,
 )
-from sam3_ops.runs import record_run
+from sam3_ops.sdk.runs import record_run
 
 FIELD = "handles"
 PREVIEW = preview_field_name(FIELD)
@@ -451,7 +451,7 @@ def test_a_boxes_mode_field_is_refined_with_its_prompt_boxes_and_refuses_positiv
 
 
 def test_only_the_last_accepts_keep_an_undo_backup(sam3_dataset):
-    from sam3_ops.refine import MAX_UNDO_STEPS, accept_refinement, undo_refinement
+    from sam3_ops.curation.refine import MAX_UNDO_STEPS, accept_refinement, undo_refinement
 
     sample = sam3_dataset.first()
     states = []

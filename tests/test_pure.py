@@ -5,15 +5,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sam3_ops.engine import ImageSegmentation, _memory_groups, _upsample_crops, crop_box, mask_shape
-from sam3_ops.prompts import (
-    VISUAL_PROMPT,
-    ImagePrompts,
-    build_queries,
-    sanitize_boxes,
-    validate_mode,
-    validate_prompts,
-)
+from sam3_ops.core.engine import ImageSegmentation
+from sam3_ops.core.masks import crop_box, mask_shape
+from sam3_ops.core.masks import memory_groups as _memory_groups
+from sam3_ops.core.masks import upsample_crops as _upsample_crops
+from sam3_ops.core.queries import VISUAL_PROMPT, ImagePrompts, TextPrompt, build_queries, sanitize_boxes
+from sam3_ops.sdk.settings import Sam3Settings, SettingsError, normalize_prompts
+
+
+def validate_prompts(prompts, mode):
+    """The prompt texts the settings keep."""
+    return tuple(p.text for p in normalize_prompts(prompts, mode))
+
 
 # -- prompts ------------------------------------------------------------------------------------
 
@@ -37,11 +40,16 @@ def test_validate_prompts_normalises(prompts, expected):
     [
         ([], "at least one prompt"),
         (None, "at least one prompt"),
-        ([""], "prompt 0 is blank"),
-        (["cat", "   "], "prompt 1 is blank"),
-        (["cat", 3], "prompt 1 is a int"),
-        ([None], "prompt 0 is a NoneType"),
+        ([""], "prompt 1 is blank"),
+        (["cat", "   "], "prompt 2 is blank"),
+        (["cat", 3], "prompt 2 is a int"),
+        ([None], "prompt 1 is a NoneType"),
         (42, "must be a string or a list"),
+        ([{"label": "x"}], "prompt 1 has no text"),
+        ([{"text": "cat", "threshold": 1.5}], "threshold of prompt 1"),
+        ([{"text": "cat", "threshold": True}], "threshold of prompt 1"),
+        ([{"text": "cat", "label": " "}], "label"),
+        ([{"text": "cat", "colour": "red"}], "unknown keys"),
     ],
 )
 def test_validate_prompts_rejects(prompts, message):
@@ -58,7 +66,54 @@ def test_prompts_per_mode():
 
 def test_unknown_mode_lists_valid_ones():
     with pytest.raises(ValueError, match="text, boxes, exemplars"):
-        validate_mode("points")
+        Sam3Settings(mode="segment", prompts=["cat"])
+
+
+def test_settings_round_trip_through_a_plain_dict():
+    import json
+
+    settings = Sam3Settings(
+        prompts=["cat", {"text": " person  wearing a hard hat", "label": "hardhat_person", "threshold": 0.3}],
+        threshold=0.6,
+        max_mask_size=512,
+        device="cpu",
+    )
+    values = json.loads(json.dumps(settings.to_dict()))  # what a run record stores
+    assert Sam3Settings.from_dict(values) == settings
+    assert settings.prompts[1] == TextPrompt("person wearing a hard hat", "hardhat_person", 0.3)
+    assert settings.labels == ["cat", "hardhat_person"]
+    assert values["prompts"][0] == "cat"  # plain prompts stay plain strings
+    with pytest.raises(AttributeError):
+        settings.threshold = 0.1  # immutable
+    with pytest.raises(SettingsError, match="unknown settings"):
+        Sam3Settings.from_dict({**values, "colour": "red"})
+
+
+def test_settings_raise_the_first_problem_and_list_every_problem():
+    with pytest.raises(SettingsError) as raised:
+        Sam3Settings(prompts=["cat"], threshold=True)  # a bool is not a threshold
+    assert raised.value.field == "threshold"
+    problems = Sam3Settings.problems(
+        {
+            "mode": "bogus",
+            "prompts": ["", 3],
+            "threshold": 2,
+            "mask_threshold": -0.1,
+            "device": "tpu",
+            "max_mask_size": 0,
+        }
+    )
+    assert set(problems) == {"mode", "prompts", "threshold", "mask_threshold", "device", "max_mask_size"}
+    assert "text, boxes, exemplars" in problems["mode"] and "'tpu'" in problems["device"]
+    assert Sam3Settings.problems({"prompts": ["cat"]}) == {}
+    assert "model_path" in Sam3Settings.problems({"prompts": ["cat"], "model_path": "https://x/sam3"})
+
+
+def test_text_prompts_carry_their_own_label_and_threshold_into_queries():
+    prompts = ImagePrompts(texts=(TextPrompt("person wearing a hard hat", "hardhat", 0.7), TextPrompt("dog")))
+    first, second = build_queries("text", prompts, threshold=0.4)
+    assert (first.text, first.label, first.threshold) == ("person wearing a hard hat", "hardhat", 0.7)
+    assert (second.text, second.label, second.threshold) == ("dog", "dog", 0.4)
 
 
 def test_sanitize_boxes_degenerate_cases():
@@ -148,7 +203,11 @@ def test_crop_box(box, expected):
 def test_upsample_crops_equals_full_interpolation_then_slice(size):
     torch.manual_seed(0)
     height, width = size
-    crops = [(0, 0, width, height), (width // 3, height // 4, width // 2 + 1, height // 2 + 1), (width - 1, height - 1, width, height)]
+    crops = [
+        (0, 0, width, height),
+        (width // 3, height // 4, width // 2 + 1, height // 2 + 1),
+        (width - 1, height - 1, width, height),
+    ]
     low_res = torch.randn(len(crops), 18, 18)
     full = F.interpolate(low_res[None], size=size, mode="bilinear", align_corners=False)[0]
     upsampled = _upsample_crops(low_res, crops, size)
@@ -161,7 +220,7 @@ def test_upsample_crops_equals_full_interpolation_then_slice(size):
 
 
 def test_relative_and_pixel_boxes_round_trip():
-    from sam3_ops.convert import relative_to_xyxy, xyxy_to_relative
+    from sam3_ops.sdk.convert import relative_to_xyxy, xyxy_to_relative
 
     xyxy = relative_to_xyxy([[0.1, 0.2, 0.5, 0.25]], width=200, height=100)
     np.testing.assert_allclose(xyxy, [[20, 20, 120, 45]])
@@ -171,7 +230,7 @@ def test_relative_and_pixel_boxes_round_trip():
 
 
 def test_to_detections_masks_cover_boxes_exactly():
-    from sam3_ops.convert import to_detections
+    from sam3_ops.sdk.convert import to_detections
 
     masks = [np.ones((10, 20), bool), np.zeros((5, 4), bool)]
     segmentation = ImageSegmentation(
@@ -196,7 +255,7 @@ def test_to_detections_masks_cover_boxes_exactly():
 
 
 def test_to_detections_empty():
-    from sam3_ops.convert import to_detections
+    from sam3_ops.sdk.convert import to_detections
 
     detections = to_detections(ImageSegmentation(image_size=(10, 10)))
     assert detections is not None and detections.detections == []
@@ -205,7 +264,7 @@ def test_to_detections_empty():
 def test_prompts_from_detections_negative_attribute_and_bad_boxes():
     import fiftyone as fo
 
-    from sam3_ops.convert import prompts_from_detections
+    from sam3_ops.sdk.convert import prompts_from_detections
 
     prompt_field = fo.Detections(
         detections=[
@@ -219,9 +278,7 @@ def test_prompts_from_detections_negative_attribute_and_bad_boxes():
     np.testing.assert_allclose(prompts.boxes, [[10, 5, 30, 15], [90, 45, 100, 50]])
     np.testing.assert_allclose(prompts.negative_boxes, [[50, 25, 60, 30]])
     assert ids == [prompt_field.detections[0].id, prompt_field.detections[3].id]
-    assert warnings == [
-        "dropped 1 of 3 prompt boxes: degenerate (NaN, inverted, zero area) or outside the image"
-    ]
+    assert warnings == ["dropped 1 of 3 prompt boxes: degenerate (NaN, inverted, zero area) or outside the image"]
     # in boxes mode `negative` is just an attribute: every box is a prompt
     prompts, _, _ = prompts_from_detections(prompt_field, None, 100, 50, mode="boxes")
     assert len(prompts.boxes) == 3 and len(prompts.negative_boxes) == 0

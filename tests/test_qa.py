@@ -1,4 +1,4 @@
-"""QA review, box-to-mask upgrade, accept and restore (sam3_ops.qa) on real FiftyOne datasets.
+"""QA review, box-to-mask upgrade, accept and restore (sam3_ops.curation) on real FiftyOne datasets.
 
 The tagging logic is tested on recorded SAM3 output (fields written here, so what SAM3 "said"
 is known); the tiny random checkpoint runs the whole path end to end.
@@ -10,8 +10,8 @@ import pytest
 from fiftyone import ViewField as F
 
 import sam3_ops
-from sam3_ops import qa
-from sam3_ops.model import Sam3Model
+from sam3_ops.curation import edits, review
+from sam3_ops.sdk.model import Sam3Model
 
 EVAL_KEY = "qa_test"
 
@@ -28,16 +28,16 @@ def record_review(dataset):
     (spurious); 3: an extra hit of low confidence (not flagged); 4: the first box's mask fills only
     its top-left quarter (loose); 5: agrees, and its first box has an empty mask (not loose).
     """
-    expected = {qa.MISSING_TAG: set(), qa.SPURIOUS_TAG: set(), qa.LOOSE_BOX_TAG: set()}
+    expected = {review.MISSING_TAG: set(), review.SPURIOUS_TAG: set(), review.LOOSE_BOX_TAG: set()}
     for index, sample in enumerate(dataset.sort_by("filepath")):
         gts = sample.ground_truth.detections
         hits = [fo.Detection(label=d.label, bounding_box=list(d.bounding_box), confidence=0.9) for d in gts]
         if index == 1:
             hits.append(fo.Detection(label="dog", bounding_box=[0.8, 0.8, 0.15, 0.15], confidence=0.8))
-            expected[qa.MISSING_TAG].add(sample.id)
+            expected[review.MISSING_TAG].add(sample.id)
         if index == 2:
             hits = hits[1:]
-            expected[qa.SPURIOUS_TAG].add(sample.id)
+            expected[review.SPURIOUS_TAG].add(sample.id)
         if index == 3:
             hits.append(fo.Detection(label="cat", bounding_box=[0.8, 0.8, 0.15, 0.15], confidence=0.2))
         boxed = []
@@ -46,11 +46,13 @@ def record_review(dataset):
             if index == 4 and j == 0:
                 mask[:] = False
                 mask[:4, :5] = True  # tight box = a quarter of the annotated box: IoU 0.25
-                expected[qa.LOOSE_BOX_TAG].add(sample.id)
+                expected[review.LOOSE_BOX_TAG].add(sample.id)
             if index == 5 and j == 0:
                 mask[:] = False  # an empty mask is no evidence: not loose
             boxed.append(
-                fo.Detection(label=d.label, bounding_box=list(d.bounding_box), mask=mask, confidence=0.9, prompt_id=d.id)
+                fo.Detection(
+                    label=d.label, bounding_box=list(d.bounding_box), mask=mask, confidence=0.9, prompt_id=d.id
+                )
             )
         sample["recorded"] = fo.Detections(detections=hits)
         sample["recorded_boxes"] = fo.Detections(detections=boxed)
@@ -59,7 +61,7 @@ def record_review(dataset):
 
 
 def review_recorded(dataset, **kwargs):
-    return qa.review_annotations(
+    return review.review_annotations(
         dataset, "ground_truth", pred_field="recorded", box_field="recorded_boxes", eval_key=EVAL_KEY,
         run_model=False, **kwargs,
     )  # fmt: skip
@@ -81,17 +83,17 @@ def test_review_tags_land_where_the_evaluation_says(dataset):
     # ... and those are exactly the samples the stored evaluation marks
     fp_ids = set(dataset.filter_labels("recorded", (F(EVAL_KEY) == "fp") & (F("confidence") >= 0.5)).values("id"))
     fn_ids = set(dataset.filter_labels("ground_truth", F(EVAL_KEY) == "fn").values("id"))
-    assert tagged(dataset, qa.MISSING_TAG) == fp_ids
-    assert tagged(dataset, qa.SPURIOUS_TAG) == fn_ids
+    assert tagged(dataset, review.MISSING_TAG) == fp_ids
+    assert tagged(dataset, review.SPURIOUS_TAG) == fn_ids
 
-    view = dataset.load_saved_view(qa.NEEDS_REVIEW_VIEW)
+    view = dataset.load_saved_view(review.NEEDS_REVIEW_VIEW)
     assert set(view.values("id")) == set().union(*expected.values())
     assert dataset.has_evaluation(EVAL_KEY)
     assert result.tag_counts == {tag: len(ids) for tag, ids in expected.items()}
     assert result.num_reviewed == len(dataset) and result.num_skipped == 0
-    loose = dataset.filter_labels("recorded_boxes", F("tags").contains(qa.LOOSE_BOX_TAG))
+    loose = dataset.filter_labels("recorded_boxes", F("tags").contains(review.LOOSE_BOX_TAG))
     assert loose.count("recorded_boxes.detections") == 1
-    assert loose.values(f"recorded_boxes.detections.{qa.TIGHT_IOU_ATTR}")[0][0] == pytest.approx(0.25)
+    assert loose.values(f"recorded_boxes.detections.{review.TIGHT_IOU_ATTR}")[0][0] == pytest.approx(0.25)
 
 
 def test_review_table_counts_each_class(dataset):
@@ -112,12 +114,12 @@ def test_review_again_replaces_old_tags(dataset):
     record_review(dataset)
     review_recorded(dataset)
     first = dataset.first()
-    first.tags.append(qa.MISSING_TAG)  # a stale tag from an earlier review
+    first.tags.append(review.MISSING_TAG)  # a stale tag from an earlier review
     first.save()
     review_recorded(dataset, overwrite=True)
-    assert first.id not in tagged(dataset, qa.MISSING_TAG)
-    assert set(dataset.load_saved_view(qa.NEEDS_REVIEW_VIEW).values("id")) == set(
-        dataset.match_tags(list(qa.REVIEW_TAGS)).values("id")
+    assert first.id not in tagged(dataset, review.MISSING_TAG)
+    assert set(dataset.load_saved_view(review.NEEDS_REVIEW_VIEW).values("id")) == set(
+        dataset.match_tags(list(review.REVIEW_TAGS)).values("id")
     )
 
 
@@ -127,7 +129,7 @@ def test_review_skips_samples_without_predictions(dataset):
     failed["recorded"] = None
     failed.save()
     result = review_recorded(dataset)
-    assert result.num_skipped == 1 and failed.id not in tagged(dataset, qa.SPURIOUS_TAG)
+    assert result.num_skipped == 1 and failed.id not in tagged(dataset, review.SPURIOUS_TAG)
 
 
 def test_review_uses_masks_when_ground_truth_has_them(dataset):
@@ -157,7 +159,9 @@ def test_review_rejects_bad_input(dataset, kwargs, message):
     record_review(dataset)
     args = {"gt_field": "ground_truth", **kwargs}
     with pytest.raises(ValueError, match=message):
-        qa.review_annotations(dataset, args.pop("gt_field"), pred_field="recorded", run_model=False, eval_key=EVAL_KEY, **args)
+        review.review_annotations(
+            dataset, args.pop("gt_field"), pred_field="recorded", run_model=False, eval_key=EVAL_KEY, **args
+        )
 
 
 def test_review_rejects_field_without_labels_blank_labels_and_used_eval_key(dataset):
@@ -188,7 +192,7 @@ def test_upgrade_adds_masks_keeps_everything_else_and_restores_exactly(dataset, 
     before = gt_dumps(dataset)
     before_labels = {d.id: d for labels in dataset.values("ground_truth") for d in labels.detections}
 
-    result = qa.upgrade_boxes_to_masks(
+    result = edits.upgrade_boxes_to_masks(
         dataset, "ground_truth", model_path=tiny_checkpoint, min_score=0.0, mask_threshold=0.0, num_workers=0
     )
     assert result.backup_field == "ground_truth_backup" and result.changed == len(before_labels)
@@ -203,16 +207,18 @@ def test_upgrade_adds_masks_keeps_everything_else_and_restores_exactly(dataset, 
     assert gt_dumps(dataset, "ground_truth_backup") == before
 
     with pytest.raises(ValueError, match="already exists"):
-        qa.upgrade_boxes_to_masks(dataset, "ground_truth", model_path=tiny_checkpoint)
+        edits.upgrade_boxes_to_masks(dataset, "ground_truth", model_path=tiny_checkpoint)
 
-    qa.restore_field(dataset, "ground_truth", "ground_truth_backup", delete_backup=True)
+    edits.restore_field(dataset, "ground_truth", "ground_truth_backup", delete_backup=True)
     assert gt_dumps(dataset) == before
     assert dataset.get_field("ground_truth_backup") is None
 
 
 def test_upgrade_respects_min_score(dataset, tiny_checkpoint):
     before = gt_dumps(dataset)
-    result = qa.upgrade_boxes_to_masks(dataset, "ground_truth", model_path=tiny_checkpoint, min_score=1.0, num_workers=0)
+    result = edits.upgrade_boxes_to_masks(
+        dataset, "ground_truth", model_path=tiny_checkpoint, min_score=1.0, num_workers=0
+    )
     assert result.changed == 0 and result.below_threshold + result.skipped == dataset.count("ground_truth.detections")
     assert gt_dumps(dataset) == before
 
@@ -234,7 +240,7 @@ def test_interrupted_upgrade_leaves_ground_truth_unchanged(dataset, tiny_checkpo
     loaded = sam3_ops.load_model(tiny_checkpoint, mode="boxes", mask_threshold=0.0)
     model = InterruptedModel(loaded.config, engine=loaded.engine)
     with pytest.raises(KeyboardInterrupt):
-        qa.upgrade_boxes_to_masks(dataset, "ground_truth", model=model, min_score=0.0, batch_size=2, num_workers=0)
+        edits.upgrade_boxes_to_masks(dataset, "ground_truth", model=model, min_score=0.0, batch_size=2, num_workers=0)
     assert model.batches == 1  # it did write a batch to the staging field before stopping
     dataset.reload()
     assert gt_dumps(dataset) == before
@@ -245,12 +251,12 @@ def test_interrupted_upgrade_leaves_ground_truth_unchanged(dataset, tiny_checkpo
 def test_upgrade_rejects_bad_input(dataset, tiny_checkpoint):
     dataset.add_sample_field("empty", fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
     with pytest.raises(ValueError, match="no detections"):
-        qa.upgrade_boxes_to_masks(dataset, "empty", model_path=tiny_checkpoint)
+        edits.upgrade_boxes_to_masks(dataset, "empty", model_path=tiny_checkpoint)
     with pytest.raises(ValueError, match="not Detections"):
-        qa.upgrade_boxes_to_masks(dataset, "filepath", model_path=tiny_checkpoint)
+        edits.upgrade_boxes_to_masks(dataset, "filepath", model_path=tiny_checkpoint)
     text_model = sam3_ops.load_model(tiny_checkpoint, prompts=["cat"])
     with pytest.raises(ValueError, match="mode='boxes'"):
-        qa.upgrade_boxes_to_masks(dataset, "ground_truth", model=text_model)
+        edits.upgrade_boxes_to_masks(dataset, "ground_truth", model=text_model)
 
 
 def test_accept_copies_tagged_detections_and_restores_exactly(dataset):
@@ -261,11 +267,11 @@ def test_accept_copies_tagged_detections_and_restores_exactly(dataset):
     missing.tag_labels("accepted", label_fields="recorded")
     accepted_ids = set(missing.values("recorded.detections.id", unwind=True))
 
-    result = qa.accept_reviewed(dataset, "recorded", "ground_truth")
+    result = edits.accept_reviewed(dataset, "recorded", "ground_truth")
     assert result.changed == 1
-    copies = dataset.filter_labels("ground_truth", F(qa.SOURCE_ID_ATTR).exists())
+    copies = dataset.filter_labels("ground_truth", F(edits.SOURCE_ID_ATTR).exists())
     copied = copies.values("ground_truth.detections", unwind=True)
-    assert {d[qa.SOURCE_ID_ATTR] for d in copied} == accepted_ids
+    assert {d[edits.SOURCE_ID_ATTR] for d in copied} == accepted_ids
     assert all(d.id not in accepted_ids and d.tags == [] and not d.has_field(EVAL_KEY) for d in copied)
     assert copied[0].label == "dog" and copied[0].confidence == 0.8
     # the ground truth's own detections were not rewritten
@@ -273,18 +279,18 @@ def test_accept_copies_tagged_detections_and_restores_exactly(dataset):
         assert new["detections"][: len(old["detections"])] == old["detections"]
 
     with pytest.raises(ValueError, match="already exists"):
-        qa.accept_reviewed(dataset, "recorded", "ground_truth")
-    again = qa.accept_reviewed(dataset, "recorded", "ground_truth", backup_field="gt_backup_2")
+        edits.accept_reviewed(dataset, "recorded", "ground_truth")
+    again = edits.accept_reviewed(dataset, "recorded", "ground_truth", backup_field="gt_backup_2")
     assert again.changed == 0 and again.skipped == 1
 
-    qa.restore_field(dataset, "ground_truth", "ground_truth_backup")
+    edits.restore_field(dataset, "ground_truth", "ground_truth_backup")
     assert gt_dumps(dataset) == before
 
 
 def test_accept_needs_tagged_detections(dataset):
     record_review(dataset)
     with pytest.raises(ValueError, match="tagged 'accepted'"):
-        qa.accept_reviewed(dataset, "recorded", "ground_truth")
+        edits.accept_reviewed(dataset, "recorded", "ground_truth")
     assert dataset.get_field("ground_truth_backup") is None
 
 
@@ -293,11 +299,11 @@ def test_restore_a_view_restores_only_its_samples(dataset):
     dataset.clone_sample_field("ground_truth", "gt_saved")
     dataset.set_values("ground_truth", [fo.Detections() for _ in range(len(dataset))])
     view = dataset.limit(2).filter_labels("gt_saved", F("label") == "cat")
-    assert qa.restore_field(view, "ground_truth", "gt_saved") == 2
+    assert edits.restore_field(view, "ground_truth", "gt_saved") == 2
     after = gt_dumps(dataset)
     assert after[:2] == before[:2] or sum(a == b for a, b in zip(after, before)) == 2
     with pytest.raises(ValueError, match="does not exist"):
-        qa.restore_field(dataset, "ground_truth", "nope")
+        edits.restore_field(dataset, "ground_truth", "nope")
 
 
 # -- end to end with the tiny checkpoint --------------------------------------------------------
@@ -305,18 +311,20 @@ def test_restore_a_view_restores_only_its_samples(dataset):
 
 @pytest.mark.parametrize("per_sample_classes", [False, True])
 def test_review_runs_the_model_end_to_end(dataset, tiny_checkpoint, per_sample_classes):
-    result = qa.review_annotations(
+    result = review.review_annotations(
         dataset, "ground_truth", model_path=tiny_checkpoint, eval_key=EVAL_KEY, threshold=0.0,
         per_sample_classes=per_sample_classes, num_workers=0,
     )  # fmt: skip
     assert result.num_reviewed == len(dataset)
     assert dataset.count("sam3_review.detections") > 0
     assert dataset.count("sam3_review_boxes.detections") == dataset.count("ground_truth.detections")
-    assert dataset.exists(f"sam3_review_boxes.detections.{qa.TIGHT_IOU_ATTR}")
-    flagged = dataset.match_tags(list(qa.REVIEW_TAGS))
-    assert set(dataset.load_saved_view(qa.NEEDS_REVIEW_VIEW).values("id")) == set(flagged.values("id"))
+    assert dataset.exists(f"sam3_review_boxes.detections.{review.TIGHT_IOU_ATTR}")
+    flagged = dataset.match_tags(list(review.REVIEW_TAGS))
+    assert set(dataset.load_saved_view(review.NEEDS_REVIEW_VIEW).values("id")) == set(flagged.values("id"))
     if per_sample_classes:
-        for gt, preds in zip(dataset.values("ground_truth.detections.label"), dataset.values("sam3_review.detections.label")):
+        for gt, preds in zip(
+            dataset.values("ground_truth.detections.label"), dataset.values("sam3_review.detections.label")
+        ):
             assert set(preds) <= set(gt)
     assert dataset.load_evaluation_results(EVAL_KEY).report()
 
@@ -337,28 +345,39 @@ def invalid_props(operator, ctx):
 
 
 def test_operators_are_exported():
-    from sam3_ops.qa_operators import OPERATORS
+    from sam3_ops.app.qa_operators import OPERATORS
 
     names = {cls().config.name for cls in OPERATORS}
-    assert names == {"review_annotations", "upgrade_boxes_to_masks", "restore_field_backup", "accept_reviewed_detections"}
+    assert names == {
+        "review_annotations",
+        "upgrade_boxes_to_masks",
+        "restore_field_backup",
+        "accept_reviewed_detections",
+    }
 
 
-def test_review_operator_flags_bad_input_on_the_form(dataset):
-    from sam3_ops.qa_operators import ReviewAnnotations
+def test_review_operator_flags_bad_input_on_the_form(dataset, tiny_checkpoint):
+    from sam3_ops.app.qa_operators import ReviewAnnotations
 
     operator = ReviewAnnotations()
-    assert invalid_props(operator, make_ctx(dataset, {"gt_field": "ground_truth"})) == {}
-    assert "gt_field" in invalid_props(operator, make_ctx(dataset, {"gt_field": "filepath"}))
-    assert "classes" in invalid_props(operator, make_ctx(dataset, {"gt_field": "ground_truth", "classes": ["cat", " "]}))
+
+    def problems(**params):
+        return invalid_props(operator, make_ctx(dataset, {"model_path": tiny_checkpoint, **params}))
+
+    assert problems(gt_field="ground_truth") == {}
+    assert "gt_field" in problems(gt_field="filepath")
+    assert "blank" in problems(gt_field="ground_truth", classes=["cat", " "])["classes"]
+    assert "hf auth login" in problems(gt_field="ground_truth", model_path="facebook/sam3")["model_path"]
     record_review(dataset)
     review_recorded(dataset)
-    assert "already exists" in invalid_props(operator, make_ctx(dataset, {"gt_field": "ground_truth", "eval_key": EVAL_KEY}))["eval_key"]
+    assert "already in use" in problems(gt_field="ground_truth", eval_key=EVAL_KEY)["eval_key"]
+    assert "already exists" in problems(gt_field="ground_truth", pred_field="recorded")["pred_field"]
     dataset.add_sample_field("empty", fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
-    assert "no detections" in invalid_props(operator, make_ctx(dataset, {"gt_field": "empty"}))["gt_field"]
+    assert "no detections" in problems(gt_field="empty")["gt_field"]
 
 
 def test_review_operator_runs_and_reports_a_table(dataset, tiny_checkpoint):
-    from sam3_ops.qa_operators import ReviewAnnotations
+    from sam3_ops.app.qa_operators import ReviewAnnotations
 
     params = {"gt_field": "ground_truth", "model_path": tiny_checkpoint, "threshold": 0.0, "classes_from": "sample"}
     ctx = make_ctx(dataset, params)
@@ -366,11 +385,11 @@ def test_review_operator_runs_and_reports_a_table(dataset, tiny_checkpoint):
     output = ReviewAnnotations().execute(ctx)
     assert [row["class"] for row in output["table"]] == sorted(dataset.distinct("ground_truth.detections.label"))
     assert len(output["plot"]) == 2 and dataset.has_evaluation("sam3_review")
-    assert qa.NEEDS_REVIEW_VIEW in dataset.list_saved_views()
+    assert review.NEEDS_REVIEW_VIEW in dataset.list_saved_views()
 
 
 def test_upgrade_restore_and_accept_operators(dataset, tiny_checkpoint):
-    from sam3_ops.qa_operators import AcceptReviewedDetections, RestoreFieldBackup, UpgradeBoxesToMasks
+    from sam3_ops.app.qa_operators import AcceptReviewedDetections, RestoreFieldBackup, UpgradeBoxesToMasks
 
     before = gt_dumps(dataset)
     ctx = make_ctx(dataset, {"field": "ground_truth", "model_path": tiny_checkpoint, "min_score": 0.0})
@@ -389,4 +408,6 @@ def test_upgrade_restore_and_accept_operators(dataset, tiny_checkpoint):
     dataset.limit(1).tag_labels("accepted", label_fields="recorded")
     assert invalid_props(AcceptReviewedDetections(), ctx) == {}
     output = AcceptReviewedDetections().execute(ctx)
-    assert "Copied" in output["summary"] and dataset.count("ground_truth.detections") > sum(len(d["detections"]) for d in before)
+    assert "Copied" in output["summary"] and dataset.count("ground_truth.detections") > sum(
+        len(d["detections"]) for d in before
+    )

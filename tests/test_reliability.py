@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import sam3_ops
-from sam3_ops.engine import Sam3Engine
+from sam3_ops.core.engine import Sam3Engine
 
 from .helpers import REPO_ROOT, write_image
 
@@ -120,9 +120,13 @@ def test_a_failed_batch_is_retried_sample_by_sample_after_its_memory_is_released
     assert _summaries(dataset, "sam3") == _summaries(dataset, "expected")
 
 
-def test_labels_too_big_for_a_document_go_to_png_files(dataset, tiny_checkpoint, tmp_path, caplog):
-    model = sam3_ops.load_model(tiny_checkpoint, prompts=["cat", "dog"], threshold=0.0, device="cpu", mask_dir=str(tmp_path))
-    model.config.max_label_bytes = 20_000  # a stand-in for 16 MB, so the test stays small
+def test_labels_too_big_for_a_document_go_to_png_files(dataset, tiny_checkpoint, tmp_path, caplog, monkeypatch):
+    import sam3_ops.sdk.model
+
+    model = sam3_ops.load_model(
+        tiny_checkpoint, prompts=["cat", "dog"], threshold=0.0, device="cpu", mask_dir=str(tmp_path)
+    )
+    monkeypatch.setattr(sam3_ops.sdk.model, "MAX_LABEL_BYTES", 20_000)  # a stand-in for 16 MB, so the test stays small
     with caplog.at_level(logging.WARNING):
         dataset.apply_model(model, label_field="sam3", batch_size=3)
     assert "too much for one database document" in caplog.text
@@ -137,7 +141,7 @@ def test_labels_too_big_for_a_document_go_to_png_files(dataset, tiny_checkpoint,
 def test_stored_size_is_measured_compressed_past_the_raw_limit():
     import fiftyone as fo
 
-    from sam3_ops.model import stored_mask_bytes
+    from sam3_ops.sdk.model import stored_mask_bytes
 
     blank = fo.Detections(detections=[fo.Detection(mask=np.zeros((2000, 2000), bool)) for _ in range(5)])
     assert stored_mask_bytes(blank, limit=10**9) == 5 * 2000 * 2000  # raw, cheap
@@ -214,7 +218,7 @@ def test_two_runs_on_one_dataset_at_once(persistent_dataset, tiny_checkpoint):
         import sys
         import fiftyone as fo
         import sam3_ops
-        from sam3_ops.runs import record_run
+        from sam3_ops.sdk.runs import record_run
         dataset = fo.load_dataset(sys.argv[1])
         model = sam3_ops.load_model(sys.argv[2], prompts=[sys.argv[3]], threshold=0.2, device="cpu")
         dataset.apply_model(model, label_field=sys.argv[3], batch_size=2, num_workers=0)
@@ -245,7 +249,8 @@ def test_two_runs_on_one_dataset_at_once(persistent_dataset, tiny_checkpoint):
 def test_a_field_declaration_lost_to_a_concurrent_run_is_restored(dataset, tiny_checkpoint):
     import fiftyone.core.odm as foo_odm
 
-    from sam3_ops.runs import ensure_detections_field, record_run
+    from sam3_ops.sdk.fields import ensure_detections_field
+    from sam3_ops.sdk.runs import record_run
 
     model = sam3_ops.load_model(tiny_checkpoint, prompts=["cat"], threshold=0.2, device="cpu")
     dataset.apply_model(model, label_field="left")
@@ -276,7 +281,65 @@ def test_planted_token_never_appears(dataset, tiny_checkpoint, caplog, capfd):
             del os.environ["HF_TOKEN"]
     captured = capfd.readouterr()
     everything = "\n".join(
-        [caplog.text, captured.out, captured.err, str(raised.value), str(from_env.value), repr(model), str(model.summary())]
+        [
+            caplog.text,
+            captured.out,
+            captured.err,
+            str(raised.value),
+            str(from_env.value),
+            repr(model),
+            str(model.summary()),
+        ]
     )
     assert "hf auth login" in everything  # the messages were captured...
     assert token not in everything  # ...and the token is in none of them
+
+
+def test_a_killed_run_leaves_no_process_behind(persistent_dataset, tiny_checkpoint, tmp_path):
+    """SIGKILL of a process running apply_model with loader workers: none of them outlives it
+    (they used to stay, blocked, holding their memory, until killed by hand)."""
+    import time
+
+    import psutil
+
+    dataset = persistent_dataset
+    paths = dataset.values("filepath")
+    dataset.add_samples([dataset.first().__class__(filepath=paths[i % len(paths)]) for i in range(200)])
+    ready = tmp_path / "workers-started"
+    code = """
+        import os, sys
+        import fiftyone as fo
+        import sam3_ops
+        dataset = fo.load_dataset(sys.argv[1])
+        model = sam3_ops.load_model(sys.argv[2], prompts=["cat"], threshold=0.2, device="cpu")
+        real = model.predict_all
+        def predict_all(args):
+            open(sys.argv[3], "w").close()  # the loader workers are up: batches are arriving
+            return real(args)
+        model.predict_all = predict_all
+        dataset.apply_model(model, label_field="sam3", batch_size=1, num_workers=2)
+    """
+    run = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), dataset.name, tiny_checkpoint, str(ready)],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, PYTHONPATH=REPO_ROOT),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    workers = []
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists() and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ready.exists(), "the run did not start"
+        workers = psutil.Process(run.pid).children(recursive=True)
+        assert len(workers) >= 2, "the run has no loader workers to leave behind"
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=30)
+        _, alive = psutil.wait_procs(workers, timeout=10)
+        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert not alive, f"{len(alive)} of {len(workers)} loader workers outlived the killed run"
+    finally:  # a failing test must not leave them behind either
+        for process in [*workers, psutil.Process(run.pid) if run.poll() is None else None]:
+            if process is not None and process.is_running():
+                process.kill()

@@ -16,8 +16,9 @@ import os
 import numpy as np
 import pytest
 
-from sam3_ops.engine import DEFAULT_MODEL, ModelLoadError, Sam3Engine
-from sam3_ops.prompts import ImagePrompts
+from sam3_ops.core.checkpoint import DEFAULT_MODEL, ModelLoadError
+from sam3_ops.core.engine import Sam3Engine
+from sam3_ops.core.queries import ImagePrompts
 
 pytestmark = pytest.mark.weights
 

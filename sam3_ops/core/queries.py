@@ -1,10 +1,11 @@
-"""Prompt types and their validation. Pure: numpy and the standard library only.
+"""An image's prompts, and the queries the engine runs for them. Pure: numpy and the standard library.
 
 An image's prompts arrive as :class:`ImagePrompts` (text prompts, prompt boxes with their labels,
 negative boxes; boxes in pixel ``xyxy``). :func:`build_queries` turns them into the queries the
 engine runs for a mode:
 
-- ``text``: one query per text prompt (label = the prompt), every negative box attached;
+- ``text``: one query per text prompt (label and threshold = the prompt's), every negative box
+  attached;
 - ``exemplars``: the prompt boxes are visual examples. With text prompts, one query per prompt
   carrying every example; without, one query per distinct label of the examples (text
   ``"visual"``, as transformers' processor does), so "cat" boxes find cats and "dog" boxes dogs;
@@ -14,71 +15,41 @@ engine runs for a mode:
 
 from __future__ import annotations
 
-import logging
-import math
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
-
+#: the prompt modes: the detector's (``text``, ``exemplars``) and the tracker's (``boxes``)
 MODES = ("text", "boxes", "exemplars")
+#: the modes that run on the tracker head (one mask per prompt, no score threshold)
+TRACKER_MODES = ("boxes",)
 #: SAM3's text encoder reads at most this many tokens (start and end tokens included)
 MAX_TEXT_TOKENS = 32
 #: the text transformers' processor uses for a query with boxes and no words
 VISUAL_PROMPT = "visual"
 
 
-def validate_mode(mode: str) -> str:
-    """Returns ``mode`` if it is one of :data:`MODES`, else raises a ``ValueError`` listing them."""
-    if mode not in MODES:
-        raise ValueError(f"Unknown mode {mode!r}; the valid modes are {', '.join(MODES)}")
-    return mode
+@dataclass(frozen=True)
+class TextPrompt:
+    """One text prompt with its own settings.
 
-
-def validate_prompts(prompts: str | Iterable[str] | None, mode: str) -> tuple[str, ...]:
-    """Checks and normalises text prompts for ``mode``.
-
-    A single string is one prompt; surrounding white space is removed and duplicates are dropped
-    (first occurrence kept). ``text`` mode needs at least one prompt; ``exemplars`` takes any
-    number; ``boxes`` takes none.
-
-    Raises:
-        ValueError: naming the problem (empty list, a blank or non-string prompt, prompts in
-            ``boxes`` mode)
+    Attributes:
+        text: what SAM3 reads (``"person wearing a hard hat"``)
+        label: what its hits are called; ``None`` for the text itself
+        threshold: its own score threshold; ``None`` for the run's
     """
-    validate_mode(mode)
-    if prompts is None:
-        prompts = ()
-    elif isinstance(prompts, str):
-        prompts = (prompts,)
-    elif not isinstance(prompts, Iterable):
-        raise ValueError(f"prompts must be a string or a list of strings, not {type(prompts).__name__}")
 
-    cleaned: list[str] = []
-    for i, prompt in enumerate(prompts):
-        if not isinstance(prompt, str):
-            raise ValueError(f"prompt {i} is a {type(prompt).__name__} ({prompt!r}); prompts must be strings")
-        text = " ".join(prompt.split())
-        if not text:
-            raise ValueError(f"prompt {i} is blank; every prompt must contain words, e.g. 'cat'")
-        if text in cleaned:
-            logger.warning("Ignoring duplicate prompt %r", text)
-            continue
-        cleaned.append(text)
+    text: str
+    label: str | None = None
+    threshold: float | None = None
 
-    if mode == "text" and not cleaned:
-        raise ValueError("mode='text' needs at least one prompt, e.g. prompts=['cat', 'dog']")
-    if mode == "boxes" and cleaned:
-        raise ValueError(
-            "mode='boxes' takes no text prompts (each box gets its own mask); use mode='exemplars' "
-            "to combine boxes with text"
-        )
-    return tuple(cleaned)
+    @property
+    def name(self) -> str:
+        """The label its hits get."""
+        return self.label if self.label is not None else self.text
 
 
-def sanitize_boxes(boxes_xyxy: np.ndarray | Sequence, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+def sanitize_boxes(boxes_xyxy, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     """Keeps the usable boxes of an image, clipped to it.
 
     Dropped: boxes with NaN or infinite coordinates, inverted or zero-area boxes, and boxes with no
@@ -102,24 +73,37 @@ def sanitize_boxes(boxes_xyxy: np.ndarray | Sequence, width: int, height: int) -
     return clipped[keep].astype(np.float32), keep
 
 
+def describe_box_problems(n_given: int, n_kept: int, what: str) -> str | None:
+    """A one-line warning for dropped boxes, or ``None`` when every box was kept."""
+    dropped = n_given - n_kept
+    if dropped <= 0:
+        return None
+    noun = "box" if n_given == 1 else "boxes"
+    return f"dropped {dropped} of {n_given} {what} {noun}: degenerate (NaN, inverted, zero area) or outside the image"
+
+
+def _text_prompt(prompt) -> TextPrompt:
+    return prompt if isinstance(prompt, TextPrompt) else TextPrompt(str(prompt))
+
+
 @dataclass
 class ImagePrompts:
     """The prompts of one image, boxes in pixel ``xyxy``.
 
     Attributes:
-        texts: text prompts (``text``/``exemplars`` modes)
+        texts: text prompts (``text``/``exemplars`` modes): :class:`TextPrompt` or plain strings
         boxes: ``(N, 4)`` prompt boxes: one mask each (``boxes``) or visual examples (``exemplars``)
         box_labels: a label per prompt box (``None`` where unknown)
         negative_boxes: ``(M, 4)`` boxes of things that are not wanted
     """
 
-    texts: tuple[str, ...] = ()
+    texts: tuple = ()
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     box_labels: tuple[str | None, ...] = ()
     negative_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
 
     def __post_init__(self):
-        self.texts = tuple(self.texts)
+        self.texts = tuple(_text_prompt(p) for p in self.texts)
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
         self.negative_boxes = np.asarray(self.negative_boxes, dtype=np.float32).reshape(-1, 4)
         self.box_labels = tuple(self.box_labels) if len(self.box_labels) else (None,) * len(self.boxes)
@@ -132,11 +116,12 @@ class Query:
     """One question to SAM3 about one image.
 
     Attributes:
-        label: what hits are called (the text prompt, the examples' label, or the box's label)
-        text: the text prompt, or ``None`` (box query of the tracker head)
+        label: what hits are called (the prompt's label, the examples' label, or the box's label)
+        text: the text SAM3 reads, or ``None`` (a query of the tracker head)
         positive_boxes, negative_boxes: ``(n, 4)`` pixel ``xyxy`` boxes
         negative_points: ``(p, 2)`` pixel ``xy`` points (``boxes`` mode only)
         prompt_index: the prompt box this query answers (``boxes`` mode), else ``-1``
+        threshold: the score above which its hits are kept (detector queries)
     """
 
     label: str | None
@@ -145,6 +130,7 @@ class Query:
     negative_boxes: np.ndarray
     negative_points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
     prompt_index: int = -1
+    threshold: float = 0.5
 
 
 def _empty_boxes() -> np.ndarray:
@@ -156,22 +142,30 @@ def _centres_inside(points: np.ndarray, box: np.ndarray) -> np.ndarray:
     return points[inside]
 
 
-def build_queries(mode: str, prompts: ImagePrompts) -> list[Query]:
-    """The queries the engine runs for one image's prompts in ``mode`` (see the module docstring)."""
-    validate_mode(mode)
+def build_queries(mode: str, prompts: ImagePrompts, threshold: float = 0.5) -> list[Query]:
+    """The queries the engine runs for one image's prompts in ``mode`` (see the module docstring).
+
+    ``threshold`` is the run's score threshold, for prompts without one of their own.
+    """
+    if mode not in MODES:
+        raise ValueError(f"Unknown mode {mode!r}; the valid modes are {', '.join(MODES)}")
     negatives = prompts.negative_boxes
+
+    def own(prompt: TextPrompt) -> float:
+        return threshold if prompt.threshold is None else prompt.threshold
+
     if mode == "text":
-        return [Query(text, text, _empty_boxes(), negatives) for text in prompts.texts]
+        return [Query(p.name, p.text, _empty_boxes(), negatives, threshold=own(p)) for p in prompts.texts]
 
     if mode == "exemplars":
         if not len(prompts.boxes):
             return []
         if prompts.texts:
-            return [Query(text, text, prompts.boxes, negatives) for text in prompts.texts]
+            return [Query(p.name, p.text, prompts.boxes, negatives, threshold=own(p)) for p in prompts.texts]
         queries = []
         for label in dict.fromkeys(prompts.box_labels):  # distinct labels, in order of appearance
             chosen = np.array([lab == label for lab in prompts.box_labels])
-            queries.append(Query(label, VISUAL_PROMPT, prompts.boxes[chosen], negatives))
+            queries.append(Query(label, VISUAL_PROMPT, prompts.boxes[chosen], negatives, threshold=threshold))
         return queries
 
     centres = np.stack([(negatives[:, 0] + negatives[:, 2]) / 2, (negatives[:, 1] + negatives[:, 3]) / 2], axis=1)
@@ -179,20 +173,3 @@ def build_queries(mode: str, prompts: ImagePrompts) -> list[Query]:
         Query(label, None, box[None], _empty_boxes(), _centres_inside(centres, box), index)
         for index, (box, label) in enumerate(zip(prompts.boxes, prompts.box_labels))
     ]
-
-
-def describe_box_problems(n_given: int, n_kept: int, what: str) -> str | None:
-    """A one-line warning for dropped boxes, or ``None`` when every box was kept."""
-    dropped = n_given - n_kept
-    if dropped <= 0:
-        return None
-    noun = "box" if n_given == 1 else "boxes"
-    return (
-        f"dropped {dropped} of {n_given} {what} {noun}: degenerate (NaN, inverted, zero area) "
-        "or outside the image"
-    )
-
-
-def is_finite_number(value) -> bool:
-    """Whether ``value`` is a real, finite number (used to validate thresholds)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

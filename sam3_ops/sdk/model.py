@@ -1,4 +1,5 @@
-"""The FiftyOne ``Model`` that ``dataset.apply_model`` runs: SAM3 through :class:`Sam3Engine`.
+"""The FiftyOne ``Model`` that ``dataset.apply_model`` runs: SAM3 through the engine. The one
+inference path: ``segment()``, the operators, QA and refinement all run through it.
 
 A ``SupportsGetItem`` + ``TorchModelMixin`` model (not ``SamplesMixin``): FiftyOne's data loader
 runs :class:`Sam3GetItem` in its workers, which decodes each image and converts its prompt fields
@@ -12,48 +13,31 @@ field stays as it was.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 from dataclasses import dataclass, field
 
 import fiftyone as fo
 import fiftyone.core.models as fom
 import fiftyone.core.utils as fou
 import fiftyone.utils.torch as fout
+import numpy as np
 
+from ..core.engine import Sam3Engine
+from ..core.images import ImageLoadError, load_image
 from .convert import prompts_from_detections, to_detections
-from .engine import DEFAULT_MODEL, Sam3Engine
-from .images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
-from .prompts import is_finite_number, validate_mode, validate_prompts
+from .settings import Sam3Settings
 
 logger = logging.getLogger(__name__)
 
 PROMPT_FIELD = "prompt_field"
 NEGATIVE_FIELD = "negative_field"
-
-
-@dataclass
-class Sam3Config:
-    """What a :class:`Sam3Model` runs: see :func:`sam3_ops.load_model` for each setting."""
-
-    model_path: str = DEFAULT_MODEL
-    mode: str = "text"
-    prompts: tuple[str, ...] = ()
-    threshold: float = 0.5
-    mask_threshold: float = 0.5
-    device: str | None = None
-    max_image_pixels: int | None = DEFAULT_MAX_PIXELS
-    #: where masks go when a sample's labels would not fit in a MongoDB document
-    mask_dir: str | None = None
-    max_label_bytes: int = 12 * 1024 * 1024  # below MongoDB's 16 MB, leaving room for the rest
-
-    def __post_init__(self):
-        validate_mode(self.mode)
-        self.prompts = validate_prompts(self.prompts, self.mode)
-        for name in ("threshold", "mask_threshold"):
-            value = getattr(self, name)
-            if not is_finite_number(value) or not 0 <= value <= 1:
-                raise ValueError(f"{name} must be a number in [0, 1], not {value!r}")
+_PROMPT_KEYS = (PROMPT_FIELD, NEGATIVE_FIELD)
+#: the labels of one sample may take at most this many bytes of masks: below MongoDB's 16 MB
+#: document limit, leaving room for the rest of the sample
+MAX_LABEL_BYTES = 12 * 1024 * 1024
 
 
 @dataclass
@@ -79,14 +63,18 @@ class _Item:
 class Sam3GetItem(fout.GetItem):
     """Loads one sample for SAM3, in a data-loader worker: the image and its prompt boxes.
 
-    ``required_keys`` are ``filepath`` plus ``prompt_field`` / ``negative_field`` when the caller
-    maps them (``apply_model(..., prompt_field="ground_truth")``). Never raises: a problem becomes
-    an error record, so one bad sample cannot fail its batch.
+    ``required_keys`` are ``filepath`` plus ``prompt_field`` / ``negative_field`` when the run
+    reads them, and ``id`` when some samples' prompts are given in memory (``prompt_overrides``:
+    ``{sample_id: {"prompt_field": Detections, "negative_field": Detections}}``, which replace
+    what the fields hold: a refinement's chosen boxes). Never raises: a problem becomes an error
+    record, so one bad sample cannot fail its batch.
     """
 
-    def __init__(self, config: Sam3Config, field_mapping=None):
-        self.config = config
-        self._keys = ["filepath"] + [k for k in (PROMPT_FIELD, NEGATIVE_FIELD) if field_mapping and k in field_mapping]
+    def __init__(self, settings: Sam3Settings, field_mapping=None, prompt_overrides=None):
+        self.settings = settings
+        self.prompt_overrides = prompt_overrides or {}
+        keys = ["filepath"] + [k for k in _PROMPT_KEYS if field_mapping and k in field_mapping]
+        self._keys = keys + (["id"] if self.prompt_overrides else [])
         super().__init__(field_mapping=field_mapping)
 
     @property
@@ -94,17 +82,19 @@ class Sam3GetItem(fout.GetItem):
         return self._keys
 
     def __call__(self, d):
+        _die_with_parent()
         filepath = d.get("filepath") or ""
         try:
-            image = load_image(filepath, max_pixels=self.config.max_image_pixels)
+            image = load_image(filepath, max_pixels=self.settings.max_image_pixels)
             height, width = image.shape[:2]
+            values = {key: d.get(key) for key in _PROMPT_KEYS} | self.prompt_overrides.get(d.get("id"), {})
             prompts, prompt_ids, warnings = prompts_from_detections(
-                _detections_or_none(d.get(PROMPT_FIELD), PROMPT_FIELD),
-                _detections_or_none(d.get(NEGATIVE_FIELD), NEGATIVE_FIELD),
+                _detections_or_none(values[PROMPT_FIELD], PROMPT_FIELD),
+                _detections_or_none(values[NEGATIVE_FIELD], NEGATIVE_FIELD),
                 width,
                 height,
-                texts=self.config.prompts,
-                mode=self.config.mode,
+                texts=self.settings.prompts,
+                mode=self.settings.mode,
             )
             return _Item(filepath, image, prompts, prompt_ids, warnings=warnings)
         except ImageLoadError as error:
@@ -119,24 +109,72 @@ def _detections_or_none(value, key):
     raise ValueError(f"{key} must hold Detections, but this sample's value is a {type(value).__name__}")
 
 
+_PR_SET_PDEATHSIG = 1
+_parent_watch_pid: int | None = None
+
+
+def _die_with_parent() -> None:
+    """In a data-loader worker (Linux), asks the kernel to kill this process when its parent dies.
+
+    A SIGKILLed ``apply_model`` cannot shut its loader workers down, and they would stay alive
+    (blocked, holding their memory) indefinitely. Set once per worker process, on its first item.
+    """
+    global _parent_watch_pid
+    if _parent_watch_pid == os.getpid() or not hasattr(os, "getppid"):
+        return
+    import torch.utils.data
+
+    if torch.utils.data.get_worker_info() is None:  # the main process itself (num_workers=0)
+        return
+    _parent_watch_pid = os.getpid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the worker's own parent check applies
+        return
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 class Sam3Model(fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
     """SAM3 as a FiftyOne model for ``apply_model``; build it with :func:`sam3_ops.load_model`.
+
+    Args:
+        settings: the :class:`~sam3_ops.sdk.settings.Sam3Settings` of the run
+        engine (None): the :class:`~sam3_ops.core.engine.Sam3Engine` to run on (``None``: a new one)
+        cache_features (False): key each image by its filepath so that the engine's feature cache
+            (pooled engines keep 8 images) spares the image encoder on a re-run of the same image
+        prompt_overrides (None): prompts given in memory for some samples (see :class:`Sam3GetItem`)
 
     Attributes:
         failures: the samples skipped so far, with reasons (:class:`Failure`)
         num_processed, num_detections: counts of samples segmented and detections produced
     """
 
-    def __init__(self, config: Sam3Config, engine: Sam3Engine | None = None, token: str | None = None):
-        self.config = config
-        self.engine = engine or Sam3Engine(config.model_path, device=config.device, token=token)
+    def __init__(
+        self,
+        settings: Sam3Settings,
+        engine: Sam3Engine | None = None,
+        cache_features: bool = False,
+        prompt_overrides=None,
+    ):
+        self.settings = settings
+        self.engine = engine or Sam3Engine(settings.model_path, device=settings.device, compile=settings.compile)
+        self.cache_features = cache_features
+        self.prompt_overrides = dict(prompt_overrides or {})
+        self._options = settings.segment_options()
         self._preprocess = False
         self.failures: list[Failure] = []
         self.num_processed = 0
         self.num_detections = 0
 
+    @property
+    def config(self) -> Sam3Settings:
+        """The settings (FiftyOne's name for a model's configuration)."""
+        return self.settings
+
     def __repr__(self) -> str:
-        return f"Sam3Model(mode={self.config.mode!r}, prompts={list(self.config.prompts)!r}, engine={self.engine!r})"
+        return f"Sam3Model(mode={self.settings.mode!r}, prompts={self.settings.labels!r}, engine={self.engine!r})"
 
     # -- the Model interface --------------------------------------------------------------------
 
@@ -182,13 +220,19 @@ class Sam3Model(fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
     def _using_gpu(self):
         return self.engine.device.type == "cuda"
 
+    def prompt_fields(self, field_mapping=None) -> dict:
+        """The prompt fields the run reads: the settings' own, then what ``apply_model`` was given."""
+        mapping = {key: getattr(self.settings, key) for key in _PROMPT_KEYS if getattr(self.settings, key)}
+        return mapping | dict(field_mapping or {})
+
     def build_get_item(self, field_mapping=None):
-        if self.config.mode in ("boxes", "exemplars") and not (field_mapping and PROMPT_FIELD in field_mapping):
+        mapping = self.prompt_fields(field_mapping)
+        if self.settings.mode in ("boxes", "exemplars") and PROMPT_FIELD not in mapping and not self.prompt_overrides:
             raise ValueError(
-                f"mode={self.config.mode!r} needs the boxes to prompt with: "
+                f"mode={self.settings.mode!r} needs the boxes to prompt with: "
                 "apply_model(model, label_field=..., prompt_field='<a Detections field>')"
             )
-        return Sam3GetItem(self.config, field_mapping=field_mapping)
+        return Sam3GetItem(self.settings, field_mapping=mapping, prompt_overrides=self.prompt_overrides)
 
     def predict(self, arg):
         """Segments one image: a path, an RGB uint8 array, or an item from :class:`Sam3GetItem`."""
@@ -196,7 +240,7 @@ class Sam3Model(fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
 
     def predict_all(self, args):
         """Segments a batch; returns one ``fo.Detections`` per input, or ``None`` for a failure."""
-        items = [_as_item(arg, self.config) for arg in args]
+        items = [_as_item(arg, self.settings) for arg in args]
         good = [item for item in items if item.error is None]
         for item in items:
             if item.error is not None:
@@ -211,9 +255,8 @@ class Sam3Model(fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
                 segmentations = self.engine.segment(
                     [item.image for item in good],
                     [item.prompts for item in good],
-                    mode=self.config.mode,
-                    threshold=self.config.threshold,
-                    mask_threshold=self.config.mask_threshold,
+                    self._options,
+                    image_keys=[item.filepath for item in good] if self.cache_features else None,
                 )
                 for item, segmentation in zip(good, segmentations):
                     labels = to_detections(segmentation, item.prompt_ids)
@@ -239,10 +282,10 @@ class Sam3Model(fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
     def _fit_in_document(self, labels, filepath: str):
         """Moves the masks to PNG files (``mask_path``) when the labels would not fit in the
         sample's MongoDB document (16 MB); FiftyOne's convention for on-disk masks."""
-        size = stored_mask_bytes(labels, self.config.max_label_bytes)
-        if size <= self.config.max_label_bytes:
+        size = stored_mask_bytes(labels, MAX_LABEL_BYTES)
+        if size <= MAX_LABEL_BYTES:
             return labels
-        mask_dir = self.config.mask_dir or os.path.join(fo.config.default_dataset_dir, "sam3_masks")
+        mask_dir = self.settings.mask_dir or os.path.join(fo.config.default_dataset_dir, "sam3_masks")
         logger.warning(
             "%s: %d masks take %.1f MB, too much for one database document; writing them as PNG files under %s",
             filepath,
@@ -280,15 +323,15 @@ def stored_mask_bytes(labels, limit: int) -> int:
     return sum(len(fou.serialize_numpy_array(mask)) for mask in masks)
 
 
-def _as_item(arg, config: Sam3Config) -> _Item:
+def _as_item(arg, settings: Sam3Settings) -> _Item:
     if isinstance(arg, _Item):
         return arg
     if isinstance(arg, str):
-        return Sam3GetItem(config)({"filepath": arg})
-    import numpy as np
-
+        return Sam3GetItem(settings)({"filepath": arg})
     image = np.asarray(arg)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         return _Item("<array>", error=f"expected an RGB uint8 (H, W, 3) array, got {image.dtype} {image.shape}")
-    prompts, ids, _ = prompts_from_detections(None, None, image.shape[1], image.shape[0], config.prompts, config.mode)
+    prompts, ids, _ = prompts_from_detections(
+        None, None, image.shape[1], image.shape[0], settings.prompts, settings.mode
+    )
     return _Item("<array>", image, prompts, ids)

@@ -1,17 +1,19 @@
-"""Negative-box refinement of SAM3 results: the logic behind the refinement panel.
+"""Refinement of SAM3 results with negative and positive boxes: the logic behind the refinement panel.
 
-A curator refines a sample's SAM3 field by re-running the run that wrote it (its prompts, mode,
-thresholds and model, recorded by :func:`sam3_ops.runs.record_run`) with extra negative boxes
-("not this") and, optionally, extra positive example boxes ("more like this"). Everything here
-takes a dataset and sample ids and returns results, so it is testable without the App.
+A curator refines a sample's SAM3 field by re-running the run that wrote it (its settings, read
+from the run record: :mod:`sam3_ops.sdk.runs`) with extra negative boxes ("not this") and,
+optionally, extra positive example boxes ("more like this"). Everything here takes a dataset and
+sample ids and returns results, so it is testable without the App. It runs SAM3 through the one
+inference path (:func:`sam3_ops.segment` with the chosen boxes given to the loader in memory),
+never beside it.
 
 The life of one refinement, per sample and field ``F``:
 
 1. :func:`refine_samples` validates everything first (nothing is written on bad input), runs
    SAM3 (the image is keyed by its filepath, so the engine's feature cache spares the image
-   encoder on the next refinement of the same image), then writes the proposal to the preview
-   field ``F_refined`` (:func:`preview_field_name`), which the App shows next to ``F``, and appends
-   a record (status ``"proposed"``) to the sample's :data:`REFINEMENTS_FIELD` list.
+   encoder on the next refinement of the same image), writes the proposal to the preview field
+   ``F_refined`` (:func:`preview_field_name`), which the App shows next to ``F``, and appends a
+   record (status ``"proposed"``) to the sample's :data:`REFINEMENTS_FIELD` list.
 2. :func:`accept_refinement` moves the proposal into ``F``; the record becomes ``"accepted"`` and
    keeps an exact backup of what ``F`` held (FiftyOne's own JSON serialisation: ids, masks and
    every attribute the user added).
@@ -25,7 +27,6 @@ they came from), when, the counts per prompt before and after, and what happened
 from __future__ import annotations
 
 import dataclasses
-import logging
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -36,12 +37,15 @@ import fiftyone.core.fields as fof
 import fiftyone.core.labels as fol
 import numpy as np
 
-from .convert import prompts_from_detections, relative_to_xyxy, to_detections
-from .images import ImageLoadError, load_image
-from .prompts import VISUAL_PROMPT, ImagePrompts
-from .runs import get_run
-
-logger = logging.getLogger(__name__)
+from ..core.checkpoint import ModelLoadError, device_problem, resolve_device
+from ..core.images import ImageLoadError, image_size
+from ..core.queries import VISUAL_PROMPT
+from ..sdk.convert import relative_to_xyxy, xyxy_to_relative
+from ..sdk.fields import detections_fields as all_detections_fields
+from ..sdk.model import Sam3Model
+from ..sdk.runs import RunRecord, get_run, recorded_fields
+from ..sdk.segment import build_engine, segment
+from ..sdk.settings import Sam3Settings, SettingsError
 
 #: the sample field (a list of dicts) holding each sample's refinement records
 REFINEMENTS_FIELD = "sam3_refinements"
@@ -200,21 +204,17 @@ def preview_field_name(field_name: str) -> str:
     return f"{field_name}{PREVIEW_SUFFIX}"
 
 
-def _detections_fields(dataset) -> list[str]:
-    schema = dataset.get_field_schema(embedded_doc_type=fol.Detections)
-    return list(schema)
-
-
 def detections_fields(dataset) -> list[str]:
     """The dataset's Detections fields (without refinement previews): sources of boxes."""
-    names = _detections_fields(dataset)
+    names = all_detections_fields(dataset)
     previews = {preview_field_name(name) for name in names}
     return [name for name in names if name not in previews]
 
 
 def sam3_fields(dataset) -> list[str]:
     """The Detections fields that a recorded SAM3 run wrote: the fields that can be refined."""
-    return [name for name in detections_fields(dataset) if get_run(dataset, name) is not None]
+    recorded = set(recorded_fields(dataset))
+    return [name for name in detections_fields(dataset) if name in recorded]
 
 
 def count_per_prompt(detections, prompts: Sequence[str] = ()) -> dict[str, int]:
@@ -225,7 +225,7 @@ def count_per_prompt(detections, prompts: Sequence[str] = ()) -> dict[str, int]:
     return counts
 
 
-def validate_field(dataset, field_name: str | None) -> dict:
+def validate_field(dataset, field_name: str | None) -> RunRecord:
     """The recorded run of a field that can be refined.
 
     Raises:
@@ -235,21 +235,20 @@ def validate_field(dataset, field_name: str | None) -> dict:
         fields = sam3_fields(dataset)
         if not fields:
             raise RefineError(
-                "This dataset has no SAM3 result field: run 'Segment with text prompts' (or "
-                "sam3_ops.load_model + apply_model and record_run) first"
+                "This dataset has no SAM3 result field: run 'Segment with text prompts' (or sam3_ops.segment) first"
             )
         raise RefineError(f"Choose the SAM3 field to refine ({', '.join(fields)})")
     if not dataset.has_sample_field(field_name):
         raise RefineError(f"The dataset has no field '{field_name}'")
-    if field_name not in _detections_fields(dataset):
+    if field_name not in all_detections_fields(dataset):
         raise RefineError(f"Field '{field_name}' does not hold Detections; only SAM3 Detections fields can be refined")
-    run = get_run(dataset, field_name)
-    if run is None:
+    record = get_run(dataset, field_name)
+    if record is None:
         raise RefineError(
             f"Field '{field_name}' has no recorded SAM3 prompts, so it cannot be re-run: refine a field "
             "written by a SAM3 run of this plugin"
         )
-    return run
+    return record
 
 
 def _get_sample(dataset, sample_id: str):
@@ -267,28 +266,35 @@ def describe_field(dataset, field_name: str, sample_ids: Sequence[str] = ()) -> 
     """What the panel shows about a field: its run's settings and detections per prompt.
 
     Returns:
-        ``{"field", "model_path", "mode", "prompts", "threshold", "mask_threshold", "prompt_field",
-        "negative_field", "counts", "pending", "accepted"}``: ``counts`` summed over
-        ``sample_ids``; ``pending`` the number of those samples with a proposal to accept;
-        ``accepted`` the number with an accepted refinement that can be undone
+        the run's settings (``model_path``, ``mode``, ``prompts`` (the labels), ``threshold``, ...)
+        plus ``field``, ``counts`` summed over ``sample_ids``, ``pending`` (the number of those
+        samples with a proposal to accept) and ``accepted`` (the number with an accepted
+        refinement that can be undone)
 
     Raises:
         RefineError: as :func:`validate_field`
     """
-    run = validate_field(dataset, field_name)
+    settings = validate_field(dataset, field_name).settings
+    prompts = settings.labels
     counts: Counter = Counter()
     pending = accepted = 0
     preview = preview_field_name(field_name)
     has_preview = dataset.has_sample_field(preview)
     for sample_id in sample_ids:
         sample = _get_sample(dataset, sample_id)
-        counts.update(count_per_prompt(sample[field_name], run.get("prompts") or ()))
+        counts.update(count_per_prompt(sample[field_name], prompts))
         pending += bool(has_preview and sample[preview] is not None)
         accepted += _last_record(sample, field_name, ACCEPTED) is not None
-    prompts = list(run.get("prompts") or ())
     ordered = {p: counts.pop(p, 0) for p in prompts}
     ordered.update(sorted(counts.items()))
-    return {"field": field_name, **run, "prompts": prompts, "counts": ordered, "pending": pending, "accepted": accepted}
+    return {
+        **settings.to_dict(),
+        "field": field_name,
+        "prompts": prompts,
+        "counts": ordered,
+        "pending": pending,
+        "accepted": accepted,
+    }
 
 
 # -- planning and running -----------------------------------------------------------------------
@@ -296,17 +302,17 @@ def describe_field(dataset, field_name: str, sample_ids: Sequence[str] = ()) -> 
 
 @dataclass
 class SamplePlan:
-    """One sample's refinement, checked and ready to run."""
+    """One sample's refinement, checked and ready to run: the prompts that replace its run's
+    prompt fields (the run's own boxes plus the curator's)."""
 
     sample_id: str
-    filepath: str
-    image: np.ndarray
+    image_size: tuple[int, int]
     mode: str
-    prompts: ImagePrompts
-    prompt_ids: list
-    negative_boxes: np.ndarray
+    prompt_boxes: fol.Detections | None
+    negative_boxes: fol.Detections
+    added_negatives: np.ndarray
     negative_sources: list
-    positive_boxes: np.ndarray
+    added_positives: np.ndarray
     positive_sources: list
 
 
@@ -368,9 +374,73 @@ def _boxes_for_sample(spec: BoxSpec, sample, width: int, height: int, what: str)
     return check_boxes(stacked, width, height, what), sources
 
 
-def _check_box_field(dataset, name: str | None, what: str) -> None:
-    if name and name not in detections_fields(dataset):
-        raise RefineError(f"The {what} field '{name}' is not a Detections field of this dataset")
+def _as_detections(boxes_xyxy: np.ndarray, labels: Sequence, width: int, height: int) -> list:
+    return [
+        fol.Detection(label=label, bounding_box=xyxy_to_relative(box, width, height))
+        for box, label in zip(boxes_xyxy, labels)
+    ]
+
+
+def _check_refinement(dataset, settings: Sam3Settings, negatives: BoxSpec, positives: BoxSpec) -> None:
+    """Raises :class:`RefineError` for a refinement that cannot run on a field's recorded run."""
+    for name, what in ((negatives.field, "negative-box"), (positives.field, "positive-example")):
+        if name and name not in detections_fields(dataset):
+            raise RefineError(f"The {what} field '{name}' is not a Detections field of this dataset")
+    if settings.mode == "boxes" and not positives.is_empty():
+        raise RefineError(
+            "This field was made in 'boxes' mode (one mask per prompt box): positive examples apply to "
+            "text or exemplar runs; use negative boxes only"
+        )
+    for key in ("prompt_field", "negative_field"):
+        name = getattr(settings, key)
+        if name and name not in detections_fields(dataset):
+            raise RefineError(
+                f"The run that wrote this field used {key} '{name}', which is no longer a Detections field"
+            )
+    if negatives.is_empty() and positives.is_empty():
+        raise RefineError(
+            "Add negative boxes first: select the unwanted detections and use them as negatives, pick a field of "
+            "negative boxes, or type pixel boxes"
+        )
+
+
+def _plan_sample(sample, settings: Sam3Settings, negatives: BoxSpec, positives: BoxSpec) -> SamplePlan | None:
+    """One sample's :class:`SamplePlan`, or ``None`` when no chosen box belongs to it."""
+    try:
+        height, width = image_size(sample.filepath)
+    except ImageLoadError as error:
+        raise RefineError(f"Cannot read the image of sample {sample.id}: {error}") from None
+    added_negatives, negative_sources = _boxes_for_sample(negatives, sample, width, height, "Negative box")
+    added_positives, positive_sources = _boxes_for_sample(positives, sample, width, height, "Positive example box")
+    if not len(added_negatives) and not len(added_positives):
+        return None
+    prompt_value = sample[settings.prompt_field] if settings.prompt_field else None
+    negative_value = sample[settings.negative_field] if settings.negative_field else None
+    prompt_boxes = list(prompt_value.detections) if prompt_value is not None else []
+    mode = settings.mode
+    if len(added_positives):
+        # text prompts + examples = exemplar mode with text; examples without a label take the
+        # run's first label, so they join the query of what they are examples of
+        mode = "exemplars"
+        default_label = (
+            next((d.label for d in prompt_boxes if d.label is not None), None)
+            or (settings.labels or [VISUAL_PROMPT])[0]
+        )
+        labels = [src.get("label") or default_label for src in positive_sources]
+        prompt_boxes += _as_detections(added_positives, labels, width, height)
+    negative_boxes = list(negative_value.detections) if negative_value is not None else []
+    negative_boxes += _as_detections(added_negatives, [None] * len(added_negatives), width, height)
+    return SamplePlan(
+        sample_id=sample.id,
+        image_size=(height, width),
+        mode=mode,
+        prompt_boxes=fol.Detections(detections=prompt_boxes) if prompt_value is not None or prompt_boxes else None,
+        negative_boxes=fol.Detections(detections=negative_boxes),
+        added_negatives=added_negatives,
+        negative_sources=negative_sources,
+        added_positives=added_positives,
+        positive_sources=positive_sources,
+    )
 
 
 def plan_refinement(
@@ -379,7 +449,7 @@ def plan_refinement(
     field_name: str | None,
     negatives: BoxSpec | None = None,
     positives: BoxSpec | None = None,
-) -> tuple[dict, list[SamplePlan], list[str]]:
+) -> tuple[RunRecord, list[SamplePlan], list[str]]:
     """Checks a refinement and prepares it, writing nothing.
 
     Args:
@@ -396,82 +466,18 @@ def plan_refinement(
         RefineError: saying what is wrong (no sample, no/unknown field, no recorded prompts, a bad
             box, an unreadable image, no boxes at all)
     """
-    negatives = negatives or BoxSpec()
-    positives = positives or BoxSpec()
+    negatives, positives = negatives or BoxSpec(), positives or BoxSpec()
     if not sample_ids:
         raise RefineError("No sample to refine: open a sample, or select samples in the grid")
     run = validate_field(dataset, field_name)
-    mode = run.get("mode", "text")
-    _check_box_field(dataset, negatives.field, "negative-box")
-    _check_box_field(dataset, positives.field, "positive-example")
-    if mode == "boxes" and not positives.is_empty():
-        raise RefineError(
-            f"Field '{field_name}' was made in 'boxes' mode (one mask per prompt box): positive examples apply to "
-            "text or exemplar runs; use negative boxes only"
-        )
-    for key in ("prompt_field", "negative_field"):
-        name = run.get(key)
-        if name and name not in detections_fields(dataset):
-            raise RefineError(
-                f"The run that wrote '{field_name}' used {key} '{name}', which is no longer a Detections field"
-            )
-    if negatives.is_empty() and positives.is_empty():
-        raise RefineError(
-            "Add negative boxes first: select the unwanted detections and use them as negatives, pick a field of "
-            "negative boxes, or type pixel boxes"
-        )
-
+    _check_refinement(dataset, run.settings, negatives, positives)
     plans, skipped = [], []
     for sample_id in dict.fromkeys(sample_ids):
-        sample = _get_sample(dataset, sample_id)
-        try:
-            image = load_image(sample.filepath)
-        except ImageLoadError as error:
-            raise RefineError(f"Cannot read the image of sample {sample_id}: {error}") from None
-        height, width = image.shape[:2]
-        negative_boxes, negative_sources = _boxes_for_sample(negatives, sample, width, height, "Negative box")
-        positive_boxes, positive_sources = _boxes_for_sample(positives, sample, width, height, "Positive example box")
-        if not len(negative_boxes) and not len(positive_boxes):
+        plan = _plan_sample(_get_sample(dataset, sample_id), run.settings, negatives, positives)
+        if plan is None:
             skipped.append(sample_id)
-            continue
-        base, prompt_ids, warnings = prompts_from_detections(
-            sample[run["prompt_field"]] if run.get("prompt_field") else None,
-            sample[run["negative_field"]] if run.get("negative_field") else None,
-            width,
-            height,
-            texts=run.get("prompts") or (),
-            mode=mode,
-        )
-        for warning in warnings:
-            logger.warning("%s: %s", sample.filepath, warning)
-        sample_mode = mode
-        box_labels = list(base.box_labels)
-        if len(positive_boxes):
-            # text prompts + examples = exemplar mode with text; examples without a label take the
-            # run's first label, so they join the query of what they are examples of
-            sample_mode = "exemplars"
-            default_label = next((lab for lab in box_labels if lab is not None), None) or VISUAL_PROMPT
-            box_labels += [src.get("label") or default_label for src in positive_sources]
-        prompts = ImagePrompts(
-            texts=base.texts,
-            boxes=np.concatenate([base.boxes, positive_boxes]),
-            box_labels=tuple(box_labels),
-            negative_boxes=np.concatenate([base.negative_boxes, negative_boxes]),
-        )
-        plans.append(
-            SamplePlan(
-                sample_id=sample_id,
-                filepath=sample.filepath,
-                image=image,
-                mode=sample_mode,
-                prompts=prompts,
-                prompt_ids=list(prompt_ids) + [None] * len(positive_boxes),
-                negative_boxes=negative_boxes,
-                negative_sources=negative_sources,
-                positive_boxes=positive_boxes,
-                positive_sources=positive_sources,
-            )
-        )
+        else:
+            plans.append(plan)
     if not plans:
         raise RefineError("None of the chosen boxes belong to the current sample(s): select labels on these samples")
     notes = [f"Skipped {len(skipped)} sample(s) with no boxes to add: {', '.join(skipped)}"] if skipped else []
@@ -503,20 +509,55 @@ def _ensure_fields(dataset, field_name: str) -> None:
         dataset.add_sample_field(REFINEMENTS_FIELD, fof.ListField, subfield=fof.DictField)
 
 
+def _run_plans(dataset, preview: str, settings: Sam3Settings, plans: list[SamplePlan], token) -> list[str]:
+    """Runs the plans through the one inference path into ``preview``; returns notes on failures.
+
+    One :func:`~sam3_ops.sdk.segment.segment` call per mode (a sample given positive examples runs
+    as ``exemplars``), on the process's pooled engine with its feature cache, so refining an
+    image again costs no image-encoder work. Loader workers are not used: the App's server
+    process must not fork.
+    """
+    notes = []
+    for mode in dict.fromkeys(plan.mode for plan in plans):
+        group = [plan for plan in plans if plan.mode == mode]
+        overrides = {
+            plan.sample_id: {"prompt_field": plan.prompt_boxes, "negative_field": plan.negative_boxes} for plan in group
+        }
+        try:
+            run_settings = settings.replace(mode=mode)
+            model = Sam3Model(
+                run_settings, build_engine(run_settings, token), cache_features=True, prompt_overrides=overrides
+            )
+        except (ModelLoadError, SettingsError) as error:
+            raise RefineError(str(error)) from None
+        segment(
+            dataset.select([plan.sample_id for plan in group]),
+            preview,
+            model=model,
+            record=False,
+            num_workers=0,
+            progress=False,
+        )
+        notes += [f"Skipped {failure.filepath}: {failure.reason}" for failure in model.failures]
+    return notes
+
+
 def refine_samples(
     dataset,
     sample_ids: Sequence[str],
     field_name: str | None,
     negatives: BoxSpec | None = None,
     positives: BoxSpec | None = None,
-    engine=None,
     token: str | None = None,
 ) -> RefineResult:
-    """Re-runs a SAM3 field's prompts on samples with extra negative (and positive) boxes.
+    """Re-runs a SAM3 field's recorded run on samples with extra negative (and positive) boxes.
 
-    The proposal goes to the preview field (:func:`preview_field_name`); ``field_name`` itself is
-    not touched until :func:`accept_refinement`. Each image is keyed by its filepath, so refining
-    an image again reuses its cached vision features (the image encoder does not run again).
+    The run's settings are read from its record and reproduced exactly (on this machine's best
+    device if the recorded one is not here). The proposal goes to the preview field
+    (:func:`preview_field_name`); ``field_name`` itself is not touched until
+    :func:`accept_refinement`. The images run through ``apply_model`` like any run (batched, with
+    the document guard, the pixel limit and per-sample failure isolation); each is keyed by its
+    filepath, so refining an image again reuses its cached vision features.
 
     Args:
         dataset: the dataset
@@ -525,78 +566,67 @@ def refine_samples(
         negatives (None): the negative boxes (:class:`BoxSpec`)
         positives (None): positive example boxes (:class:`BoxSpec`); they turn a text run into an
             exemplar run with the same prompts
-        engine (None): the :class:`~sam3_ops.engine.Sam3Engine`; ``None`` for the shared engine of
-            the run's model (:func:`sam3_ops.get_engine`)
         token (None): a Hugging Face token for a gated model
 
     Returns:
         a :class:`RefineResult`
 
     Raises:
-        RefineError: bad input (see :func:`plan_refinement`) or a model that cannot be loaded;
-            nothing is written then
+        RefineError: bad input (see :func:`plan_refinement`), a model that cannot be loaded, or no
+            sample that could be segmented; nothing is written to ``field_name``
     """
-    from . import get_engine
-    from .engine import ModelLoadError
-
     run, plans, notes = plan_refinement(dataset, sample_ids, field_name, negatives, positives)
-    try:
-        engine = engine or get_engine(run["model_path"], token=token)
-        segmentations = [
-            engine.segment(
-                [plan.image],
-                [plan.prompts],
-                mode=plan.mode,
-                threshold=run.get("threshold", 0.5),
-                mask_threshold=run.get("mask_threshold", 0.5),
-                image_keys=[plan.filepath],
-            )[0]
-            for plan in plans
-        ]
-    except ModelLoadError as error:
-        raise RefineError(str(error)) from None
-
-    # every sample has run: only now write, so a failure above leaves the dataset as it was
-    _ensure_fields(dataset, field_name)
+    settings = run.settings
+    if device_problem(settings.device):
+        notes.append(f"The run used device {settings.device!r}, which is not here: refined on {resolve_device(None)}")
+        settings = settings.replace(device=None)
     preview = preview_field_name(field_name)
-    prompts = list(run.get("prompts") or ())
-    outcomes = []
-    for plan, segmentation in zip(plans, segmentations):
-        sample = dataset[plan.sample_id]
-        detections = to_detections(segmentation, plan.prompt_ids)
-        before, after = count_per_prompt(sample[field_name], prompts), count_per_prompt(detections, prompts)
-        records = [
-            {**r, "status": SUPERSEDED} if r.get("field") == field_name and r.get("status") == PROPOSED else r
-            for r in _records(sample)
-        ]
-        records.append(
-            {
-                "field": field_name,
-                "status": PROPOSED,
-                "refined_at": _now(),
-                "model_path": run.get("model_path"),
-                "mode": plan.mode,
-                "prompts": prompts,
-                "threshold": run.get("threshold"),
-                "mask_threshold": run.get("mask_threshold"),
-                "image_size": [int(plan.image.shape[0]), int(plan.image.shape[1])],
-                "negative_boxes": plan.negative_boxes.round(2).tolist(),
-                "negative_sources": plan.negative_sources,
-                "positive_boxes": plan.positive_boxes.round(2).tolist(),
-                "positive_sources": plan.positive_sources,
-                "before": before,
-                "after": after,
-            }
-        )
-        sample[preview] = detections
-        sample[REFINEMENTS_FIELD] = records
-        sample.save()
-        outcomes.append(
-            RefineOutcome(
-                plan.sample_id, before, after, plan.negative_boxes.tolist(), plan.positive_boxes.tolist(), detections
-            )
-        )
+    _ensure_fields(dataset, field_name)
+    dataset.select([plan.sample_id for plan in plans]).set_field(preview, None).save(preview)  # no stale proposal
+    notes += _run_plans(dataset, preview, settings, plans, token)
+    outcomes = [_record_outcome(dataset[plan.sample_id], field_name, settings, plan) for plan in plans]
+    outcomes = [outcome for outcome in outcomes if outcome is not None]
+    if not outcomes:
+        raise RefineError("No sample could be refined: " + " ".join(notes))
     return RefineResult(field_name, preview, outcomes, notes)
+
+
+def _record_outcome(sample, field_name: str, settings: Sam3Settings, plan: SamplePlan) -> RefineOutcome | None:
+    """Appends the refinement record of a sample whose proposal was written; ``None`` if none was."""
+    sample.reload()
+    detections = sample[preview_field_name(field_name)]
+    if detections is None:  # the sample failed (logged and noted)
+        return None
+    prompts = settings.labels
+    before, after = count_per_prompt(sample[field_name], prompts), count_per_prompt(detections, prompts)
+    records = [
+        {**r, "status": SUPERSEDED} if r.get("field") == field_name and r.get("status") == PROPOSED else r
+        for r in _records(sample)
+    ]
+    records.append(
+        {
+            "field": field_name,
+            "status": PROPOSED,
+            "refined_at": _now(),
+            "model_path": settings.model_path,
+            "mode": plan.mode,
+            "prompts": prompts,
+            "threshold": settings.threshold,
+            "mask_threshold": settings.mask_threshold,
+            "image_size": list(plan.image_size),
+            "negative_boxes": plan.added_negatives.round(2).tolist(),
+            "negative_sources": plan.negative_sources,
+            "positive_boxes": plan.added_positives.round(2).tolist(),
+            "positive_sources": plan.positive_sources,
+            "before": before,
+            "after": after,
+        }
+    )
+    sample[REFINEMENTS_FIELD] = records
+    sample.save()
+    return RefineOutcome(
+        plan.sample_id, before, after, plan.added_negatives.tolist(), plan.added_positives.tolist(), detections
+    )
 
 
 # -- accept, undo, discard ----------------------------------------------------------------------

@@ -1,7 +1,7 @@
-"""The negative-box refinement panel: a thin App door into :mod:`sam3_ops.refine`.
+"""The negative-box refinement panel: a thin App door into :mod:`sam3_ops.curation.refine`.
 
 Each callback reads the App's context (current or selected samples, selected labels, the panel's
-state), calls one function of :mod:`sam3_ops.refine`, and puts the outcome in the panel state;
+state), calls one function of :mod:`sam3_ops.curation.refine`, and puts the outcome in the panel state;
 :meth:`RefineWithNegativeBoxes.render` draws the state. Bad input never raises: the panel shows
 the message and nothing is written.
 
@@ -17,8 +17,7 @@ import logging
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from .operators import hf_token
-from .refine import (
+from ..curation.refine import (
     BoxSpec,
     RefineError,
     accept_refinement,
@@ -34,6 +33,7 @@ from .refine import (
     target_sample_ids,
     undo_refinement,
 )
+from .forms import hf_token
 
 logger = logging.getLogger(__name__)
 
@@ -153,13 +153,30 @@ class RefineWithNegativeBoxes(foo.Panel):
 
     def render(self, ctx):
         panel = types.Object()
-        state = ctx.panel.state
-        dataset = ctx.dataset
-        targets = self._targets(ctx)
-        if dataset is None:
+        if ctx.dataset is None:
             panel.view("no_dataset", types.Warning(label="Open a dataset to refine its SAM3 results"))
             return types.Property(panel)
+        targets = self._targets(ctx)
+        self._render_targets(ctx, panel, targets)
+        description = self._render_field(ctx, panel, targets)
+        kinds = (
+            ("negative",)
+            if description is not None and description.get("mode") == "boxes"
+            else ("negative", "positive")
+        )
+        for kind in kinds:
+            self._render_boxes(ctx, panel, kind)
+        actions = panel.h_stack("actions", gap=1)
+        actions.btn("refine", label="Refine", variant="contained", on_click=self.refine, disabled=not targets)
+        actions.btn("accept", label="Accept", variant="outlined", on_click=self.accept, disabled=not targets)
+        actions.btn("discard", label="Discard", on_click=self.discard, disabled=not targets)
+        actions.btn("undo", label="Undo", on_click=self.undo, disabled=not targets)
+        actions.btn("clear_boxes", label="Clear boxes", on_click=self.clear_boxes)
+        self._render_outcome(ctx, panel, targets, description)
+        return types.Property(panel, view=types.GridView(orientation="vertical", align_x="left", gap=1))
 
+    @staticmethod
+    def _render_targets(ctx, panel, targets) -> None:
         if ctx.current_sample:
             panel.md(f"Refining the open sample `{ctx.current_sample}`", name="targets")
         elif targets:
@@ -167,7 +184,10 @@ class RefineWithNegativeBoxes(foo.Panel):
         else:
             panel.view("no_sample", types.Warning(label="No sample: open a sample, or select samples in the grid"))
 
-        fields = sam3_fields(dataset)
+    def _render_field(self, ctx, panel, targets) -> dict | None:
+        """The field chooser and its run's description (``None`` when there is none to show)."""
+        state = ctx.panel.state
+        fields = sam3_fields(ctx.dataset)
         if not fields:
             panel.view(
                 "no_field",
@@ -180,63 +200,57 @@ class RefineWithNegativeBoxes(foo.Panel):
             panel.enum(
                 "field", choices.values(), view=choices, default=state.get("field"), on_change=self.on_change_field
             )
+        if not state.get("field"):
+            return None
+        try:
+            description = describe_field(ctx.dataset, state.get("field"), targets)
+        except RefineError as error:
+            panel.view("field_error", types.Error(label=str(error)))
+            return None
+        panel.md(_describe_markdown(description), name="run")
+        return description
 
-        description = None
-        if state.get("field"):
-            try:
-                description = describe_field(dataset, state.get("field"), targets)
-            except RefineError as error:
-                panel.view("field_error", types.Error(label=str(error)))
-        if description is not None:
-            panel.md(_describe_markdown(description), name="run")
-
+    def _render_boxes(self, ctx, panel, kind: str) -> None:
+        """The inputs of one kind of box: selected labels, a field, typed pixel boxes."""
+        state = ctx.panel.state
         n_selected = len(ctx.selected_labels or ())
-        box_fields = detections_fields(dataset)
-        kinds = ("negative", "positive") if description is None or description.get("mode") != "boxes" else ("negative",)
-        for kind in kinds:
-            title = "Negative boxes (not this)" if kind == "negative" else "Positive examples (more like this)"
-            panel.md(f"#### {title}\n{_labels_markdown(state.get(f'{kind}_labels') or [])}", name=f"{kind}_header")
-            panel.btn(
-                f"use_selected_{kind}",
-                label=f"Use selected labels as {kind}s ({n_selected} selected)",
-                on_click=getattr(self, f"use_selected_as_{kind}s"),
-                disabled=not n_selected,
-            )
-            field_choices = types.Dropdown(label=f"{kind.capitalize()} boxes from a Detections field (optional)")
-            for name in box_fields:
-                field_choices.add_choice(name, label=name)
-            panel.enum(f"{kind}_field", field_choices.values(), view=field_choices, default=state.get(f"{kind}_field"))
-            panel.str(
-                f"{kind}_boxes",
-                label=f"{kind.capitalize()} boxes in pixels (optional)",
-                description="x1, y1, x2, y2 per box, boxes separated by ';' (applies to every sample refined)",
-                default=state.get(f"{kind}_boxes"),
-            )
+        title = "Negative boxes (not this)" if kind == "negative" else "Positive examples (more like this)"
+        panel.md(f"#### {title}\n{_labels_markdown(state.get(f'{kind}_labels') or [])}", name=f"{kind}_header")
+        panel.btn(
+            f"use_selected_{kind}",
+            label=f"Use selected labels as {kind}s ({n_selected} selected)",
+            on_click=getattr(self, f"use_selected_as_{kind}s"),
+            disabled=not n_selected,
+        )
+        field_choices = types.Dropdown(label=f"{kind.capitalize()} boxes from a Detections field (optional)")
+        for name in detections_fields(ctx.dataset):
+            field_choices.add_choice(name, label=name)
+        panel.enum(f"{kind}_field", field_choices.values(), view=field_choices, default=state.get(f"{kind}_field"))
+        panel.str(
+            f"{kind}_boxes",
+            label=f"{kind.capitalize()} boxes in pixels (optional)",
+            description="x1, y1, x2, y2 per box, boxes separated by ';' (applies to every sample refined)",
+            default=state.get(f"{kind}_boxes"),
+        )
 
-        actions = panel.h_stack("actions", gap=1)
-        actions.btn("refine", label="Refine", variant="contained", on_click=self.refine, disabled=not targets)
-        actions.btn("accept", label="Accept", variant="outlined", on_click=self.accept, disabled=not targets)
-        actions.btn("discard", label="Discard", on_click=self.discard, disabled=not targets)
-        actions.btn("undo", label="Undo", on_click=self.undo, disabled=not targets)
-        actions.btn("clear_boxes", label="Clear boxes", on_click=self.clear_boxes)
-
+    @staticmethod
+    def _render_outcome(ctx, panel, targets, description) -> None:
+        """The last refinement's counts, the message, and the sample's refinement history."""
+        state = ctx.panel.state
         if state.get("result"):
             lines = "\n".join(f"- {line}" for line in state.get("result").splitlines())
             panel.md(
-                f"#### Before → after (proposal in `{preview_field_name(state.get('field'))}`)\n{lines}", name="result_md"
+                f"#### Before → after (proposal in `{preview_field_name(state.get('field'))}`)\n{lines}",
+                name="result_md",
             )
-
         message = state.get("message")
         if message:
             view = {"error": types.Error, "success": types.Success}.get(message.get("kind"), types.Notice)
             panel.view("message", view(label=message.get("text")))
-
         if description is not None and len(targets) == 1:
-            history = refinement_history(dataset[targets[0]], state.get("field"))
+            history = refinement_history(ctx.dataset[targets[0]], state.get("field"))
             if history:
                 panel.md(_history_markdown(history), name="history")
-
-        return types.Property(panel, view=types.GridView(orientation="vertical", align_x="left", gap=1))
 
     # -- helpers ------------------------------------------------------------------------------
 

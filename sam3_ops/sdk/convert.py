@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import fiftyone.core.labels as fol
 import numpy as np
 
-from .engine import ImageSegmentation
-from .prompts import ImagePrompts, describe_box_problems, sanitize_boxes
+from ..core.engine import ImageSegmentation
+from ..core.queries import ImagePrompts, describe_box_problems, sanitize_boxes
 
 
 def relative_to_xyxy(boxes_xywh: np.ndarray | Sequence, width: int, height: int) -> np.ndarray:
@@ -79,8 +79,12 @@ def prompts_from_detections(
         positives = [d for d in positives if not _is_negative(d)]
 
     warnings = []
-    pos_boxes, pos_keep = sanitize_boxes(relative_to_xyxy([_box_of(d) for d in positives], width, height), width, height)
-    neg_boxes, neg_keep = sanitize_boxes(relative_to_xyxy([_box_of(d) for d in negatives], width, height), width, height)
+    pos_boxes, pos_keep = sanitize_boxes(
+        relative_to_xyxy([_box_of(d) for d in positives], width, height), width, height
+    )
+    neg_boxes, neg_keep = sanitize_boxes(
+        relative_to_xyxy([_box_of(d) for d in negatives], width, height), width, height
+    )
     for given, kept, what in ((len(positives), len(pos_keep), "prompt"), (len(negatives), len(neg_keep), "negative")):
         message = describe_box_problems(given, kept, what)
         if message:
@@ -95,9 +99,7 @@ def prompts_from_detections(
     return prompts, [d.id for d in kept], warnings
 
 
-def to_detections(
-    segmentation: ImageSegmentation, prompt_ids: Sequence[str | None] | None = None
-) -> fol.Detections:
+def to_detections(segmentation: ImageSegmentation, prompt_ids: Sequence[str | None] | None = None) -> fol.Detections:
     """The engine's hits on one image as ``fo.Detections`` (an empty one for no hits).
 
     Each Detection: ``label`` (the prompt or the prompt box's label), relative ``bounding_box``

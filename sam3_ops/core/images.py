@@ -73,3 +73,31 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageLoadError(f"cannot decode image {path}: {error}") from error
+
+
+#: EXIF orientations that turn an image by 90 or 270 degrees (its width and height swap)
+_TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """The ``(height, width)`` :func:`load_image` would return for ``path``, read from the header only
+    (EXIF orientation applied), without decoding the pixels.
+
+    Raises:
+        ImageLoadError: the file is missing, empty or not an image
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ImageLoadError(f"image file not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise ImageLoadError(f"image file is empty (0 bytes): {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if image.getexif().get(0x0112) in _TRANSPOSED_ORIENTATIONS:
+                    width, height = height, width
+                return height, width
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageLoadError(f"cannot decode image {path}: {error}") from error

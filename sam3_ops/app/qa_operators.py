@@ -1,7 +1,7 @@
 """App operators for QA review: review a ground-truth field, upgrade boxes to masks, accept, restore.
 
-Each operator reads its form and makes one call to the public function in :mod:`sam3_ops.qa`
-(which runs SAM3 through ``sam3_ops.load_model`` + ``apply_model``). Bad input is flagged on the
+Each operator reads its form and makes one call to the public function in :mod:`sam3_ops.curation`
+(which runs SAM3 through :func:`sam3_ops.segment`). Bad input is flagged on the
 form (``prop.invalid`` + ``prop.error_message``), not raised: no ``Detections`` field, a field
 without labels, blank class labels, an eval key in use, a backup field that already exists, no
 detection tagged as accepted. Immediate runs use ``num_workers=0`` and end with
@@ -14,9 +14,21 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 from fiftyone import ViewField as F
 
-from . import DEFAULT_MODEL, qa
-from .operators import hf_token
-from .operators import operator_config as _config
+from ..core.checkpoint import DEFAULT_MODEL
+from ..curation import edits, review
+from ..sdk.fields import detections_fields
+from ..sdk.settings import Sam3Settings
+from .forms import (
+    flag,
+    hf_token,
+    markdown_output,
+    model_input,
+    num_workers,
+    operator_config,
+    reload_after,
+    report,
+    slider,
+)
 
 TABLE_COLUMNS = (
     ("class", "Class"),
@@ -36,7 +48,7 @@ class ReviewAnnotations(foo.Operator):
 
     @property
     def config(self):
-        return _config(
+        return operator_config(
             "review_annotations",
             "Review annotations with SAM3",
             "Find possibly missing, spurious and loose annotations with SAM3 and FiftyOne's evaluation",
@@ -49,26 +61,26 @@ class ReviewAnnotations(foo.Operator):
 
     def execute(self, ctx):
         params = ctx.params
-        classes = [c.strip() for c in params.get("classes") or [] if c.strip()] or None
-        _stage(ctx, 0.05, "Running SAM3 and evaluating")
-        result = qa.review_annotations(
+        values = _review_values(params)
+        report(ctx, 0.05, "Running SAM3 and evaluating")
+        result = review.review_annotations(
             ctx.target_view(),
-            params["gt_field"],
+            values["gt_field"],
             model_path=params.get("model_path") or DEFAULT_MODEL,
-            pred_field=params.get("pred_field") or "sam3_review",
-            eval_key=params.get("eval_key") or "sam3_review",
-            classes=classes,
+            pred_field=values["pred_field"],
+            eval_key=values["eval_key"],
+            classes=values["classes"],
             per_sample_classes=params.get("classes_from") == "sample",
-            check_boxes=params.get("check_boxes", True),
-            threshold=params.get("threshold", 0.5),
-            missing_confidence=params.get("missing_confidence", 0.5),
-            loose_iou=params.get("loose_iou", 0.75),
+            check_boxes=values["box_field"] is not None,
+            threshold=values["threshold"],
+            missing_confidence=values["missing_confidence"],
+            loose_iou=values["loose_iou"],
             overwrite=bool(params.get("overwrite")),
-            num_workers=_num_workers(ctx),
+            num_workers=num_workers(ctx),
             device=params.get("device") or None,
             token=hf_token(ctx),
         )
-        _finish(ctx)
+        reload_after(ctx)
         return {
             "summary": (
                 f"Reviewed {result.num_reviewed} samples ({result.num_skipped} skipped): "
@@ -86,7 +98,9 @@ class ReviewAnnotations(foo.Operator):
         for key, label in TABLE_COLUMNS:
             table.add_column(key, label=label)
         outputs.list("table", types.Object(), label="Per-class agreement", view=table)
-        outputs.plot("plot", label="Recall and precision per class", layout={"barmode": "group", "yaxis": {"range": [0, 1]}})
+        outputs.plot(
+            "plot", label="Recall and precision per class", layout={"barmode": "group", "yaxis": {"range": [0, 1]}}
+        )
         return types.Property(outputs, view=types.View(label="SAM3 review"))
 
 
@@ -95,7 +109,7 @@ class UpgradeBoxesToMasks(foo.Operator):
 
     @property
     def config(self):
-        return _config(
+        return operator_config(
             "upgrade_boxes_to_masks",
             "Upgrade boxes to masks",
             "Add SAM3 instance masks to existing boxes (ids, labels, attributes kept; field backed up first)",
@@ -108,19 +122,19 @@ class UpgradeBoxesToMasks(foo.Operator):
 
     def execute(self, ctx):
         params = ctx.params
-        _stage(ctx, 0.05, "Running SAM3 on the boxes")
-        result = qa.upgrade_boxes_to_masks(
+        report(ctx, 0.05, "Running SAM3 on the boxes")
+        result = edits.upgrade_boxes_to_masks(
             ctx.target_view(),
             params["field"],
             model_path=params.get("model_path") or DEFAULT_MODEL,
             min_score=params.get("min_score", 0.5),
             backup_field=params.get("backup_field") or None,
             replace_masks=bool(params.get("replace_masks")),
-            num_workers=_num_workers(ctx),
+            num_workers=num_workers(ctx),
             device=params.get("device") or None,
             token=hf_token(ctx),
         )
-        _finish(ctx)
+        reload_after(ctx)
         return {
             "summary": (
                 f"Added masks to {result.changed} detections of '{result.field}'; {result.below_threshold} scored "
@@ -130,7 +144,7 @@ class UpgradeBoxesToMasks(foo.Operator):
         }
 
     def resolve_output(self, ctx):
-        return _summary_output("Upgrade boxes to masks")
+        return markdown_output("Upgrade boxes to masks")
 
 
 class RestoreFieldBackup(foo.Operator):
@@ -138,7 +152,9 @@ class RestoreFieldBackup(foo.Operator):
 
     @property
     def config(self):
-        return _config("restore_field_backup", "Restore field backup", "Undo a mask upgrade or an accept from its backup")
+        return operator_config(
+            "restore_field_backup", "Restore field backup", "Undo a mask upgrade or an accept from its backup"
+        )
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -147,14 +163,14 @@ class RestoreFieldBackup(foo.Operator):
 
     def execute(self, ctx):
         params = ctx.params
-        restored = qa.restore_field(
+        restored = edits.restore_field(
             ctx.target_view(), params["field"], params["backup_field"], delete_backup=bool(params.get("delete_backup"))
         )
-        _finish(ctx)
+        reload_after(ctx)
         return {"summary": f"Restored '{params['field']}' from '{params['backup_field']}' on {restored} samples."}
 
     def resolve_output(self, ctx):
-        return _summary_output("Restore field backup")
+        return markdown_output("Restore field backup")
 
 
 class AcceptReviewedDetections(foo.Operator):
@@ -162,7 +178,7 @@ class AcceptReviewedDetections(foo.Operator):
 
     @property
     def config(self):
-        return _config(
+        return operator_config(
             "accept_reviewed_detections",
             "Accept reviewed detections",
             "Copy SAM3 detections tagged as accepted into the ground truth (field backed up first)",
@@ -175,14 +191,14 @@ class AcceptReviewedDetections(foo.Operator):
 
     def execute(self, ctx):
         params = ctx.params
-        result = qa.accept_reviewed(
+        result = edits.accept_reviewed(
             ctx.target_view(),
             params["pred_field"],
             params["gt_field"],
-            tag=params.get("tag") or qa.ACCEPTED_TAG,
+            tag=params.get("tag") or edits.ACCEPTED_TAG,
             backup_field=params.get("backup_field") or None,
         )
-        _finish(ctx)
+        reload_after(ctx)
         return {
             "summary": (
                 f"Copied {result.changed} detections into '{result.field}' ({result.skipped} were already there). "
@@ -191,7 +207,7 @@ class AcceptReviewedDetections(foo.Operator):
         }
 
     def resolve_output(self, ctx):
-        return _summary_output("Accept reviewed detections")
+        return markdown_output("Accept reviewed detections")
 
 
 OPERATORS = [ReviewAnnotations, UpgradeBoxesToMasks, RestoreFieldBackup, AcceptReviewedDetections]
@@ -202,7 +218,6 @@ OPERATORS = [ReviewAnnotations, UpgradeBoxesToMasks, RestoreFieldBackup, AcceptR
 
 def _review_inputs(ctx, inputs):
     target = ctx.target_view()
-    dataset = ctx.dataset
     gt_field = _detections_choice(ctx, inputs, "gt_field", "Ground truth field", target, "The annotations to review")
     if gt_field is None:
         return
@@ -210,39 +225,47 @@ def _review_inputs(ctx, inputs):
     classes_from.add_choice("dataset", label="All classes of the field")
     classes_from.add_choice("sample", label="Each sample's own classes")
     inputs.enum("classes_from", classes_from.values(), default="dataset", label="Prompt with", view=classes_from)
-    classes_prop = inputs.list(
-        "classes", types.String(), label="Classes (optional)", description="Only these classes; empty for all"
-    )
-    classes = ctx.params.get("classes") or []
-    if any(not isinstance(c, str) or not c.strip() for c in classes):
-        _flag(classes_prop, "A class is blank: type a class name or remove the entry")
-    elif not classes:
-        blank = [label for label in target.distinct(f"{gt_field}.detections.label") if not str(label or "").strip()]
-        if blank:
-            _flag(
-                classes_prop,
-                f"'{gt_field}' has detections labelled {blank[0]!r}, which cannot be a text prompt: list the classes to review",
-            )
-    inputs.str("model_path", default=DEFAULT_MODEL, required=True, label="Model", description="Hub id or local directory")
-    pred_field = inputs.str("pred_field", default="sam3_review", required=True, label="SAM3 output field")
-    eval_prop = inputs.str("eval_key", default="sam3_review", required=True, label="Evaluation key")
+    props = {
+        "classes": inputs.list(
+            "classes", types.String(), label="Classes (optional)", description="Only these classes; empty for all"
+        ),
+        "model_path": model_input(ctx, inputs),
+        "pred_field": inputs.str("pred_field", default="sam3_review", required=True, label="SAM3 output field"),
+        "eval_key": inputs.str("eval_key", default="sam3_review", required=True, label="Evaluation key"),
+    }
     inputs.bool("check_boxes", default=True, label="Look for loose boxes", description="Also prompt SAM3 with each box")
-    inputs.float("threshold", default=0.5, label="SAM3 score threshold", view=_slider())
-    inputs.float("missing_confidence", default=0.5, label="Flag unmatched SAM3 hits from confidence", view=_slider())
-    inputs.float("loose_iou", default=0.75, label="Loose box below tight-box IoU", view=_slider())
-    inputs.bool("overwrite", default=False, label="Overwrite", description="Replace an earlier review's field and evaluation")
-    overwrite = bool(ctx.params.get("overwrite"))
-    eval_key = ctx.params.get("eval_key") or "sam3_review"
-    if not str(eval_key).isidentifier():
-        _flag(eval_prop, "Use letters, digits and underscores, starting with a letter")
-    elif dataset.has_evaluation(eval_key) and not overwrite:
-        _flag(eval_prop, f"Evaluation '{eval_key}' already exists: tick 'Overwrite' or choose another key")
-    name = ctx.params.get("pred_field") or "sam3_review"
-    if name == gt_field:
-        _flag(pred_field, "Write SAM3's output to another field than the ground truth")
-    elif dataset.get_field(name) is not None and not overwrite:
-        _flag(pred_field, f"Field '{name}' already exists: tick 'Overwrite' or choose another name")
+    props["threshold"] = inputs.float("threshold", default=0.5, label="SAM3 score threshold", view=slider())
+    props["missing_confidence"] = inputs.float(
+        "missing_confidence", default=0.5, label="Flag unmatched SAM3 hits from confidence", view=slider()
+    )
+    props["loose_iou"] = inputs.float("loose_iou", default=0.75, label="Loose box below tight-box IoU", view=slider())
+    inputs.bool(
+        "overwrite", default=False, label="Overwrite", description="Replace an earlier review's field and evaluation"
+    )
+    values = _review_values(ctx.params)
+    problems = review.review_problems(
+        target, {**values, "gt_field": gt_field}, overwrite=bool(ctx.params.get("overwrite"))
+    )
+    problems |= Sam3Settings.problems({"threshold": values["threshold"], "mode": "exemplars"})
+    for name, message in problems.items():
+        flag(props.get(name, props["pred_field"] if name == "box_field" else props["classes"]), message)
     _execution_note(ctx, inputs)
+
+
+def _review_values(params) -> dict:
+    """The review's fields and criteria as the form holds them (``classes`` ``None`` for all)."""
+    pred_field = params.get("pred_field") or "sam3_review"
+    return {
+        "gt_field": params.get("gt_field"),
+        "pred_field": pred_field,
+        "box_field": f"{pred_field}_boxes" if params.get("check_boxes", True) else None,
+        "eval_key": params.get("eval_key") or "sam3_review",
+        "classes": [c.strip() if isinstance(c, str) else c for c in params.get("classes") or []] or None,
+        "threshold": params.get("threshold", 0.5),
+        "iou": 0.5,
+        "missing_confidence": params.get("missing_confidence", 0.5),
+        "loose_iou": params.get("loose_iou", 0.75),
+    }
 
 
 def _upgrade_inputs(ctx, inputs):
@@ -250,8 +273,10 @@ def _upgrade_inputs(ctx, inputs):
     field = _detections_choice(ctx, inputs, "field", "Field", target, "The boxes to give masks to")
     if field is None:
         return
-    inputs.str("model_path", default=DEFAULT_MODEL, required=True, label="Model", description="Hub id or local directory")
-    inputs.float("min_score", default=0.5, label="Minimum mask score", description="SAM3's predicted IoU", view=_slider())
+    model_input(ctx, inputs)
+    inputs.float(
+        "min_score", default=0.5, label="Minimum mask score", description="SAM3's predicted IoU", view=slider()
+    )
     inputs.bool("replace_masks", default=False, label="Replace existing masks")
     _backup_input(ctx, inputs, field)
     _execution_note(ctx, inputs)
@@ -262,17 +287,17 @@ def _restore_inputs(ctx, inputs):
     field = _detections_choice(ctx, inputs, "field", "Field", None, "The field to put back", require_labels=False)
     if field is None:
         return
-    backups = [name for name in qa.detections_fields(dataset) if name != field]
+    backups = [name for name in detections_fields(dataset) if name != field]
     choices = types.Dropdown()
     for name in backups:
         choices.add_choice(name, label=name)
     default = f"{field}_backup" if f"{field}_backup" in backups else None
     prop = inputs.enum("backup_field", choices.values(), default=default, required=True, label="Backup", view=choices)
     if not backups:
-        _flag(prop, "There is no other Detections field to restore from")
+        flag(prop, "There is no other Detections field to restore from")
     inputs.bool("delete_backup", default=False, label="Delete the backup afterwards (whole dataset only)")
     if ctx.params.get("delete_backup") and len(ctx.target_view()) != len(dataset):
-        _flag(inputs.get_property("delete_backup"), "Only a restore of the whole dataset can delete the backup")
+        flag(inputs.get_property("delete_backup"), "Only a restore of the whole dataset can delete the backup")
 
 
 def _accept_inputs(ctx, inputs):
@@ -285,33 +310,35 @@ def _accept_inputs(ctx, inputs):
     )
     if gt_field is None:
         return
-    tag_prop = inputs.str("tag", default=qa.ACCEPTED_TAG, required=True, label="Label tag of accepted detections")
-    tag = ctx.params.get("tag") or qa.ACCEPTED_TAG
+    tag_prop = inputs.str("tag", default=edits.ACCEPTED_TAG, required=True, label="Label tag of accepted detections")
+    tag = ctx.params.get("tag") or edits.ACCEPTED_TAG
     if gt_field == pred_field:
-        _flag(inputs.get_property("gt_field"), "Choose a field other than the SAM3 field")
+        flag(inputs.get_property("gt_field"), "Choose a field other than the SAM3 field")
     elif not target.filter_labels(pred_field, F("tags").contains(tag)).count(f"{pred_field}.detections"):
-        _flag(tag_prop, f"No '{pred_field}' detection is tagged '{tag}' here: tag the ones to keep in the App first")
+        flag(tag_prop, f"No '{pred_field}' detection is tagged '{tag}' here: tag the ones to keep in the App first")
     _backup_input(ctx, inputs, gt_field)
 
 
 def _detections_choice(ctx, inputs, name, label, target, description, require_labels=True):
     """A dropdown of the dataset's Detections fields; returns the chosen one, or None if unusable."""
-    fields = qa.detections_fields(ctx.dataset)
+    fields = detections_fields(ctx.dataset)
     choices = types.Dropdown()
     for field in fields:
         choices.add_choice(field, label=field)
     default = "ground_truth" if "ground_truth" in fields and name in ("gt_field", "field") else None
-    prop = inputs.enum(name, choices.values(), default=default, required=True, label=label, description=description, view=choices)
+    prop = inputs.enum(
+        name, choices.values(), default=default, required=True, label=label, description=description, view=choices
+    )
     if not fields:
-        _flag(prop, "This dataset has no Detections field")
+        flag(prop, "This dataset has no Detections field")
         return None
     value = ctx.params.get(name, default)
     if value not in fields:
         if value is not None:
-            _flag(prop, f"'{value}' is not a Detections field of this dataset")
+            flag(prop, f"'{value}' is not a Detections field of this dataset")
         return None
     if require_labels and target is not None and not target.count(f"{value}.detections"):
-        _flag(prop, f"'{value}' has no detections on the target samples")
+        flag(prop, f"'{value}' has no detections on the target samples")
         return None
     return value
 
@@ -319,13 +346,17 @@ def _detections_choice(ctx, inputs, name, label, target, description, require_la
 def _backup_input(ctx, inputs, field):
     default = f"{field}_backup"
     prop = inputs.str(
-        "backup_field", default=default, required=True, label="Backup field", description="A copy made before any change"
+        "backup_field",
+        default=default,
+        required=True,
+        label="Backup field",
+        description="A copy made before any change",
     )
     name = ctx.params.get("backup_field") or default
     if name == field:
-        _flag(prop, "The backup must be another field")
+        flag(prop, "The backup must be another field")
     elif ctx.dataset.get_field(name) is not None:
-        _flag(prop, f"Field '{name}' already exists: restore it first ('Restore field backup'), or choose another name")
+        flag(prop, f"Field '{name}' already exists: restore it first ('Restore field backup'), or choose another name")
 
 
 def _execution_note(ctx, inputs):
@@ -333,43 +364,23 @@ def _execution_note(ctx, inputs):
     inputs.view("note", types.Notice(label=f"SAM3 will run on {len(target)} samples"))
 
 
-def _slider():
-    return types.SliderView(componentsProps={"slider": {"min": 0, "max": 1, "step": 0.01}})
-
-
-def _flag(prop, message):
-    prop.invalid = True
-    prop.error_message = message
-
-
-def _summary_output(label):
-    outputs = types.Object()
-    outputs.str("summary", label="Summary", view=types.MarkdownView())
-    return types.Property(outputs, view=types.View(label=label))
-
-
 # -- execution ------------------------------------------------------------------------------------
-
-
-def _num_workers(ctx):
-    # the App's server process must not fork data-loader workers: immediate runs load in-process
-    return None if ctx.delegated else 0
-
-
-def _stage(ctx, progress, label):
-    if ctx.delegated:
-        ctx.set_progress(progress=progress, label=label)
-
-
-def _finish(ctx):
-    if not ctx.delegated and ctx.executor is not None:
-        ctx.trigger("reload_dataset")
 
 
 def agreement_plot(table: list[dict]) -> list[dict]:
     """Plotly bar traces of recall and precision per class (the review's table as a picture)."""
     classes = [row["class"] for row in table]
     return [
-        {"type": "bar", "name": "Recall (ground truth SAM3 found)", "x": classes, "y": [row["recall"] for row in table]},
-        {"type": "bar", "name": "Precision (SAM3 hits annotated)", "x": classes, "y": [row["precision"] for row in table]},
+        {
+            "type": "bar",
+            "name": "Recall (ground truth SAM3 found)",
+            "x": classes,
+            "y": [row["recall"] for row in table],
+        },
+        {
+            "type": "bar",
+            "name": "Precision (SAM3 hits annotated)",
+            "x": classes,
+            "y": [row["precision"] for row in table],
+        },
     ]

@@ -1,0 +1,542 @@
+"""The SAM3 engine: owns the model, the processor and the device; runs batches of images.
+
+Knows torch, transformers and numpy only (never fiftyone), so the speed benchmark runs where
+fiftyone is absent.
+
+How a batch runs (:meth:`Sam3Engine.segment`):
+
+1. the images are resized and normalised once by transformers' image processor;
+2. the vision encoder runs ONCE per image (or not at all, for an image whose features are in the
+   small LRU cache that interactive refinement uses);
+3. each image's prompts become queries (:func:`sam3_ops.core.queries.build_queries`); the vision
+   features are expanded over the queries (an index along the batch), and the queries run through
+   the prompt/decoder heads in chunks of ``max_queries_per_forward``;
+4. text features are computed once per distinct prompt string per engine and cached;
+5. scores are filtered BEFORE any mask is upsampled; each kept mask is upsampled only over its own
+   box (the crop FiftyOne stores), thresholded on the device, and all crops of the batch come back
+   to the host in one copy.
+
+An engine never changes after it is built: what it loads depends only on its checkpoint, device
+and ``compile``; everything a run chooses (mode, thresholds, mask size) is an argument of
+:meth:`Sam3Engine.segment` (:class:`SegmentOptions`). So one engine serves every caller of a
+process (:mod:`sam3_ops.core.pool`). One lock guards the lazy loading, both caches and the
+forward passes: a device is a serial resource, and concurrent callers queue per batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .checkpoint import (
+    DEFAULT_MODEL,
+    load_detector,
+    load_processor,
+    load_tracker,
+    resolve_device,
+    uses_bf16,
+    validate_model_path,
+)
+from .masks import crop_box, logit, mask_shape, memory_groups, upsample_crops
+from .queries import MAX_TEXT_TOKENS, MODES, TRACKER_MODES, ImagePrompts, Query, build_queries
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """What one call of :meth:`Sam3Engine.segment` computes (validated by the settings layer).
+
+    Attributes:
+        mode: ``"text"``, ``"boxes"`` or ``"exemplars"``
+        threshold: keep detector hits scoring above this (a text prompt may carry its own);
+            tracker modes keep one mask per prompt whatever its score
+        mask_threshold: a pixel is in the mask where its probability exceeds this
+        max_mask_size: the longest side of a returned mask; larger boxes get a mask scaled down to
+            it (SAM3 predicts masks at 288 x 288: nothing real is lost); ``None`` for no limit
+    """
+
+    mode: str = "text"
+    threshold: float = 0.5
+    mask_threshold: float = 0.5
+    max_mask_size: int | None = 2048
+
+    def head(self) -> str:
+        """The head this mode runs on: ``"tracker"`` or ``"detector"``."""
+        return "tracker" if self.mode in TRACKER_MODES else "detector"
+
+
+@dataclass
+class ImageSegmentation:
+    """SAM3's hits on one image.
+
+    Attributes:
+        image_size: ``(height, width)`` in pixels
+        labels: the label of each hit (text prompt, the examples' label, or the prompt box's label)
+        prompt_index: ``(N,)`` the prompt box each hit answers (``boxes`` mode), else -1
+        scores: ``(N,)`` float32 in [0, 1]
+        boxes_xyxy: ``(N, 4)`` float32 pixel boxes, on whole pixels, inside the image
+        masks: ``N`` bool arrays, mask ``i`` covering exactly box ``i``
+    """
+
+    image_size: tuple[int, int]
+    labels: list = field(default_factory=list)
+    prompt_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    boxes_xyxy: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    masks: list = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class Sam3Engine:
+    """Loads SAM3 once and runs batches of images with their prompts.
+
+    Args:
+        model_path ("facebook/sam3"): hub id or local ``save_pretrained`` directory
+        device (None): ``"cuda"``, ``"mps"``, ``"cpu"``, or ``None`` for the best available
+        compile (False): ``torch.compile`` the vision encoder of each head as it loads (the bulk
+            of the compute; worth it for long GPU runs, costs a warm-up per new batch shape)
+        feature_cache_size (0): how many images' vision features to keep for re-runs on the same
+            image (refinement); keyed by the ``image_keys`` given to :meth:`segment`
+        max_queries_per_forward (32): queries (image x prompt pairs) per decoder forward; bounds
+            memory when images have many prompts
+
+    A Hugging Face token is an argument of :meth:`load` only: it is used to load and not kept.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike = DEFAULT_MODEL,
+        device: str | torch.device | None = None,
+        compile: bool = False,
+        feature_cache_size: int = 0,
+        max_queries_per_forward: int = 32,
+    ):
+        self.model_path = validate_model_path(model_path)
+        self.device = resolve_device(device)
+        self.compile = bool(compile)
+        self.feature_cache_size = int(feature_cache_size)
+        self.max_queries_per_forward = max(1, int(max_queries_per_forward))
+        self.bf16 = uses_bf16(self.device)
+        self._processor = None
+        self._detector = None
+        self._tracker = None
+        self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._feature_cache: OrderedDict = OrderedDict()
+        self._lock = threading.RLock()
+
+    def __repr__(self) -> str:  # no token in here, ever
+        return f"Sam3Engine(model_path={self.model_path!r}, device={str(self.device)!r})"
+
+    # -- loading ------------------------------------------------------------------------------
+
+    def load(self, mode: str, token: str | None = None) -> Sam3Engine:
+        """Loads the processor and the head ``mode`` needs, if not loaded yet (to fail early, before
+        a long run). ``token`` (``None``: the environment's ``HF_TOKEN`` or a cached login) is used
+        for this load only."""
+        if mode not in MODES:
+            raise ValueError(f"Unknown mode {mode!r}; the valid modes are {', '.join(MODES)}")
+        self._ensure("_processor", token)
+        self._ensure("_tracker" if SegmentOptions(mode).head() == "tracker" else "_detector", token)
+        return self
+
+    def _ensure(self, attribute: str, token: str | None = None):
+        """The processor or head held in ``attribute``, loaded once (under the lock) on first use."""
+        loaded = getattr(self, attribute)
+        if loaded is None:
+            with self._lock:
+                loaded = getattr(self, attribute)
+                if loaded is None:
+                    if attribute == "_processor":
+                        loaded = load_processor(self.model_path, token)
+                    else:
+                        loader = load_tracker if attribute == "_tracker" else load_detector
+                        loaded = self._prepare(loader(self.model_path, token))
+                    setattr(self, attribute, loaded)
+        return loaded
+
+    @property
+    def processor(self):
+        """The ``Sam3Processor`` (image processor + tokenizer) of the checkpoint."""
+        return self._ensure("_processor")
+
+    @property
+    def detector(self):
+        """The ``Sam3Model`` (text and exemplar prompts), loaded on first use."""
+        return self._ensure("_detector")
+
+    @property
+    def tracker(self):
+        """The ``Sam3TrackerModel`` (boxes), loaded on first use, every weight checked."""
+        return self._ensure("_tracker")
+
+    def _prepare(self, model):
+        model = model.to(self.device).eval()
+        if self.compile:
+            model.vision_encoder = torch.compile(model.vision_encoder)
+        return model
+
+    # -- running ------------------------------------------------------------------------------
+
+    def _autocast(self):
+        if self.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    #: the most source pixels resized in one call of the image processor: on a GPU it turns
+    #: uint8 images into float32 before resizing (12 bytes a pixel), stacking same-size images
+    preprocess_pixel_budget = 64 * 2**20
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Resizes and normalises RGB uint8 images of any sizes into one ``(B, 3, S, S)`` batch on the device."""
+        # device=: transformers' torchvision backend resizes and normalises on the device (uint8
+        # goes over the bus, not a float32 1008x1008 tensor per image); a no-op on the CPU
+        runs, run, pixels = [], [], 0
+        for image in images:
+            size = int(image.shape[0]) * int(image.shape[1])
+            if run and pixels + size > self.preprocess_pixel_budget:
+                runs.append(run)
+                run, pixels = [], 0
+            run.append(image)
+            pixels += size
+        if run:
+            runs.append(run)
+        processor = self.processor.image_processor
+        batches = [processor(images=run, return_tensors="pt", device=self.device)["pixel_values"] for run in runs]
+        return batches[0] if len(batches) == 1 else torch.cat(batches)
+
+    def text_features(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text features ``(len(texts), 32, D)`` and their attention mask, each text encoded once."""
+        with self._lock:
+            new = [text for text in dict.fromkeys(texts) if text not in self._text_cache]
+            if new:
+                self._encode_texts(new)
+            embeds = torch.cat([self._text_cache[text][0] for text in texts])
+            mask = torch.cat([self._text_cache[text][1] for text in texts])
+        return embeds, mask
+
+    def _encode_texts(self, texts: list[str]) -> None:
+        tokenizer = self.processor.tokenizer
+        encoded = tokenizer(
+            texts, padding="max_length", max_length=MAX_TEXT_TOKENS, truncation=True, return_tensors="pt"
+        )
+        for text in texts:
+            if len(tokenizer(text)["input_ids"]) > MAX_TEXT_TOKENS:
+                logger.warning("Prompt %r is longer than SAM3's %d tokens; its end is ignored", text, MAX_TEXT_TOKENS)
+        with torch.inference_mode(), self._autocast():
+            output = self.detector.get_text_features(
+                input_ids=encoded["input_ids"].to(self.device),
+                attention_mask=encoded["attention_mask"].to(self.device),
+            )
+        for i, text in enumerate(texts):
+            # clone: a slice would keep the whole batch's features alive as long as the cache
+            self._text_cache[text] = (
+                output.pooler_output[i : i + 1].clone(),
+                encoded["attention_mask"][i : i + 1].to(self.device),
+            )
+
+    def _vision_features(self, head: str, images, image_keys) -> list:
+        """Per image, its feature tuple (each tensor with batch 1); the encoder runs on cache misses only."""
+        keys = list(image_keys) if image_keys is not None and self.feature_cache_size > 0 else [None] * len(images)
+        features: list = [None] * len(images)
+        todo = []
+        for i, key in enumerate(keys):
+            cached = self._feature_cache.get((head, key)) if key is not None else None
+            if cached is not None:
+                self._feature_cache.move_to_end((head, key))
+                features[i] = cached
+            else:
+                todo.append(i)
+        if todo:
+            pixel_values = self.preprocess([images[i] for i in todo]).to(
+                self.device
+            )  # a no-op where the processor resized on the device
+            with torch.inference_mode(), self._autocast():
+                if head == "detector":
+                    output = self.detector.get_vision_features(pixel_values=pixel_values)
+                    levels = (output.fpn_hidden_states, output.fpn_position_encoding)
+                    per_image = [
+                        tuple(tuple(t[j : j + 1] for t in level) for level in levels) for j in range(len(todo))
+                    ]
+                else:
+                    embeddings = self.tracker.get_image_embeddings(pixel_values)
+                    per_image = [tuple(t[j : j + 1] for t in embeddings) for j in range(len(todo))]
+            for j, i in enumerate(todo):
+                features[i] = per_image[j]
+                if keys[i] is not None:
+                    # cloned out of the batch: a slice would keep the whole batch's features alive
+                    with torch.inference_mode():
+                        cached = per_image[j] if len(todo) == 1 else _clone(per_image[j])
+                    self._feature_cache[(head, keys[i])] = features[i] = cached
+                    while len(self._feature_cache) > self.feature_cache_size:
+                        self._feature_cache.popitem(last=False)
+        return features
+
+    def clear_cache(self) -> None:
+        """Forgets cached vision features (text features are kept: they do not depend on images)."""
+        with self._lock:
+            self._feature_cache.clear()
+
+    def segment(
+        self,
+        images: Sequence[np.ndarray],
+        prompts: Sequence[ImagePrompts],
+        options: SegmentOptions | None = None,
+        image_keys: Sequence[Hashable] | None = None,
+        **overrides,
+    ) -> list[ImageSegmentation]:
+        """Segments a batch of images, each with its own prompts.
+
+        Args:
+            images: RGB uint8 ``(H, W, 3)`` arrays, any sizes
+            prompts: one :class:`~sam3_ops.core.queries.ImagePrompts` per image (pixel boxes,
+                already sanitised with :func:`~sam3_ops.core.queries.sanitize_boxes`)
+            options (None): a :class:`SegmentOptions` (default: text mode, threshold 0.5)
+            image_keys (None): hashable identities of the images, to reuse cached vision features
+                (needs ``feature_cache_size > 0``)
+            **overrides: fields of :class:`SegmentOptions` to change, e.g. ``mode="boxes"``
+
+        Returns:
+            one :class:`ImageSegmentation` per image, in order
+
+        On CUDA out-of-memory the batch is halved and retried (down to one image).
+        """
+        options = dataclasses.replace(options or SegmentOptions(), **overrides)
+        if options.mode not in MODES:
+            raise ValueError(f"Unknown mode {options.mode!r}; the valid modes are {', '.join(MODES)}")
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images but {len(prompts)} prompt sets")
+        if not len(images):
+            return []
+        try:
+            with self._lock:
+                return self._segment(images, prompts, options, image_keys)
+        except torch.OutOfMemoryError:
+            if len(images) == 1:
+                raise
+        # retried here, not inside ``except``: the exception's traceback holds the failed attempt's
+        # frames, and with them its activations; they are released only when the block is left
+        half = len(images) // 2
+        logger.warning(
+            "Out of device memory on a batch of %d images; retrying as %d + %d", len(images), half, len(images) - half
+        )
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        keys = list(image_keys) if image_keys is not None else None
+        return self.segment(images[:half], prompts[:half], options, keys and keys[:half]) + self.segment(
+            images[half:], prompts[half:], options, keys and keys[half:]
+        )
+
+    def _segment(self, images, prompts, options: SegmentOptions, image_keys):
+        sizes = [(int(image.shape[0]), int(image.shape[1])) for image in images]
+        queries = [
+            (i, query)
+            for i, image_prompts in enumerate(prompts)
+            for query in build_queries(options.mode, image_prompts, options.threshold)
+        ]
+        results = [_HitCollector(options.max_mask_size) for _ in images]
+        if queries:
+            head = options.head()
+            features = self._vision_features(head, images, image_keys)
+            step = self.max_queries_per_forward
+            for start in range(0, len(queries), step):
+                chunk = queries[start : start + step]
+                if head == "detector":
+                    self._run_detector(chunk, features, sizes, options.mask_threshold, results)
+                else:
+                    self._run_tracker(chunk, features, sizes, options.mask_threshold, results)
+        return _finish(results, sizes)
+
+    def _run_detector(self, chunk, features, sizes, mask_threshold, results):
+        from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+
+        image_index = [i for i, _ in chunk]
+        n = len(chunk)
+        first_hidden, first_position = features[image_index[0]]
+        # the forward reads hidden levels 0..2 and position level 2 (its [:-1], then [-1]); position
+        # encodings depend on the shape alone: one image's, broadcast, not n copies (in float32
+        # under CUDA autocast, 113 MB per query at 1008 px); the unread last level a placeholder
+        hidden = tuple(torch.cat(level) for level in zip(*(features[i][0][:-1] for i in image_index)))
+        hidden += (first_hidden[-1].expand(n, *first_hidden[-1].shape[1:]),)
+        position = tuple(level.expand(n, *level.shape[1:]) for level in first_position)
+        text_embeds, text_mask = self.text_features([query.text for _, query in chunk])
+        boxes, box_labels = _detector_boxes(chunk, sizes, self.device)
+        with torch.inference_mode(), self._autocast():
+            output = self.detector(
+                vision_embeds=Sam3VisionEncoderOutput(fpn_hidden_states=hidden, fpn_position_encoding=position),
+                text_embeds=_TextEmbeds(text_embeds),
+                attention_mask=text_mask,
+                input_boxes=boxes,
+                input_boxes_labels=box_labels,
+            )
+            scores = output.pred_logits.float().sigmoid()
+            if output.presence_logits is not None:
+                scores = scores * output.presence_logits.float().sigmoid()
+            # each query its own threshold (a prompt may carry one); every kept hit of the chunk at
+            # once: one device-to-host copy, not several per query
+            thresholds = torch.tensor([query.threshold for _, query in chunk], device=scores.device, dtype=scores.dtype)
+            rows, columns = torch.nonzero(scores > thresholds[:, None], as_tuple=True)
+            if not len(rows):
+                return
+            scale = torch.tensor(
+                [[sizes[i][1], sizes[i][0]] * 2 for i in image_index], device=scores.device, dtype=torch.float32
+            )
+            kept = torch.cat(
+                [
+                    rows[:, None].float(),
+                    scores[rows, columns, None],
+                    output.pred_boxes[rows, columns].float() * scale[rows],
+                ],
+                1,
+            )
+            kept = kept.cpu().numpy()
+            probabilities = output.pred_masks[rows, columns].float().sigmoid()
+            # nonzero is row-major: each query's hits are one contiguous run
+            query_rows, starts, counts = np.unique(kept[:, 0].astype(np.int64), return_index=True, return_counts=True)
+            for row, start, count in zip(query_rows, starts, counts):
+                i, query = chunk[row]
+                hits = slice(start, start + count)
+                results[i].add(query, kept[hits, 1], kept[hits, 2:], probabilities[hits], sizes[i], mask_threshold)
+
+    def _run_tracker(self, chunk, features, sizes, mask_threshold, results):
+        image_index = [i for i, _ in chunk]
+        embeddings = [torch.cat(level) for level in zip(*(features[i] for i in image_index))]
+        target = self.tracker.prompt_encoder.input_image_size
+        scales = np.array([[target / sizes[i][1], target / sizes[i][0]] for i in image_index], np.float32)
+        boxes = np.stack([query.positive_boxes[0] for _, query in chunk]) * np.tile(scales, 2)
+        input_boxes = torch.from_numpy(boxes[:, None]).to(self.device)
+        points, point_labels = _negative_points(chunk, scales, self.device)
+        with torch.inference_mode(), self._autocast():
+            output = self.tracker(
+                image_embeddings=embeddings,
+                input_boxes=input_boxes,
+                input_points=points,
+                input_labels=point_labels,
+                multimask_output=False,
+            )
+            iou = output.iou_scores[:, 0, 0].float().clamp(0, 1).cpu().numpy()
+            logit_threshold = logit(mask_threshold)
+            for row, (i, query) in enumerate(chunk):
+                box = query.positive_boxes[:1]
+                # threshold logits: transformers' tracker post-processing interpolates logits
+                results[i].add(query, iou[row : row + 1], box, output.pred_masks[row, 0], sizes[i], logit_threshold)
+
+
+def _clone(nested):
+    """A copy of a (nested) tuple of tensors that owns its memory."""
+    return tuple(_clone(t) if isinstance(t, tuple) else t.clone() for t in nested)
+
+
+class _TextEmbeds:
+    """What ``Sam3Model.forward`` reads of ``text_embeds`` (its ``pooler_output``)."""
+
+    def __init__(self, pooler_output: torch.Tensor):
+        self.pooler_output = pooler_output
+
+
+class _HitCollector:
+    """Gathers one image's hits; masks stay on the device until :func:`_finish`."""
+
+    #: the most float elements one batched upsampling holds, output and intermediates (64 M = 256 MB)
+    element_budget = 64 * 1024 * 1024
+
+    def __init__(self, max_mask_size: int | None):
+        self.max_mask_size = max_mask_size
+        self.labels, self.prompt_index, self.scores, self.boxes, self.crops = [], [], [], [], []
+
+    def add(self, query: Query, scores, boxes_px, low_res_maps: torch.Tensor, size, threshold):
+        """Adds hits: their scores, pixel boxes and low-res mask maps ``(n, h, w)`` (same device)."""
+        height, width = size
+        crops = [crop_box(box, width, height) for box in boxes_px]
+        shapes = [mask_shape(crop, self.max_mask_size) for crop in crops]
+        masks = [None] * len(crops)
+        for group in memory_groups(shapes, self.element_budget, tuple(low_res_maps.shape[-2:])):
+            upsampled = upsample_crops(low_res_maps[group], [crops[i] for i in group], size, [shapes[i] for i in group])
+            for k, i in enumerate(group):
+                mask_height, mask_width = shapes[i]
+                masks[i] = upsampled[k, :mask_height, :mask_width] > threshold
+        for score, crop, mask in zip(scores, crops, masks):
+            self.labels.append(query.label)
+            self.prompt_index.append(query.prompt_index)
+            self.scores.append(float(score))
+            self.boxes.append(crop)
+            self.crops.append(mask)
+
+
+def _finish(collectors: list[_HitCollector], sizes) -> list[ImageSegmentation]:
+    """Copies every mask crop of the batch to the host at once and builds the results."""
+    crops = [crop for collector in collectors for crop in collector.crops]
+    flat = torch.cat([crop.flatten() for crop in crops]).cpu().numpy() if crops else np.zeros(0, bool)
+    offset = 0
+    results = []
+    for collector, size in zip(collectors, sizes):
+        masks = []
+        for crop in collector.crops:
+            count = crop.numel()
+            masks.append(flat[offset : offset + count].reshape(tuple(crop.shape)))
+            offset += count
+        results.append(
+            ImageSegmentation(
+                image_size=size,
+                labels=collector.labels,
+                prompt_index=np.asarray(collector.prompt_index, np.int64),
+                scores=np.asarray(collector.scores, np.float32),
+                boxes_xyxy=np.asarray(collector.boxes, np.float32).reshape(-1, 4),
+                masks=masks,
+            )
+        )
+    return results
+
+
+def _detector_boxes(chunk, sizes, device):
+    """Example boxes as the detector takes them: normalised cxcywh, labels 1/0, padding -10."""
+    per_query = []
+    for i, query in chunk:
+        height, width = sizes[i]
+        boxes = np.concatenate([query.positive_boxes, query.negative_boxes]).reshape(-1, 4)
+        labels = [1] * len(query.positive_boxes) + [0] * len(query.negative_boxes)
+        normalised = boxes / np.array([width, height, width, height], np.float32)
+        cxcywh = np.stack(
+            [
+                (normalised[:, 0] + normalised[:, 2]) / 2,
+                (normalised[:, 1] + normalised[:, 3]) / 2,
+                normalised[:, 2] - normalised[:, 0],
+                normalised[:, 3] - normalised[:, 1],
+            ],
+            axis=1,
+        )
+        per_query.append((cxcywh, labels))
+    count = max(len(labels) for _, labels in per_query)
+    if count == 0:
+        return None, None
+    boxes = np.zeros((len(chunk), count, 4), np.float32)
+    labels = np.full((len(chunk), count), -10, np.int64)
+    for row, (cxcywh, query_labels) in enumerate(per_query):
+        boxes[row, : len(query_labels)] = cxcywh
+        labels[row, : len(query_labels)] = query_labels
+    return torch.from_numpy(boxes).to(device), torch.from_numpy(labels).to(device)
+
+
+def _negative_points(chunk, scales, device):
+    """Negative points for the tracker, in its input resolution, padded with label -10."""
+    count = max(len(query.negative_points) for _, query in chunk)
+    if count == 0:
+        return None, None
+    points = np.zeros((len(chunk), 1, count, 2), np.float32)
+    labels = np.full((len(chunk), 1, count), -10, np.int64)
+    for row, (_, query) in enumerate(chunk):
+        n = len(query.negative_points)
+        points[row, 0, :n] = query.negative_points * scales[row]
+        labels[row, 0, :n] = 0
+    return torch.from_numpy(points).to(device), torch.from_numpy(labels).to(device)

@@ -1,0 +1,50 @@
+"""The engine pool: one :class:`~sam3_ops.core.engine.Sam3Engine` per set of weights in a process.
+
+An engine is keyed by what its weights depend on: the checkpoint, the device and ``compile``.
+Nothing else: a run's mode, thresholds and mask size are arguments of each call, and a token is
+used to load and not kept, so the App's operators, its panel and SDK calls in one process share
+loaded weights without changing each other's results.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from .checkpoint import DEFAULT_MODEL, resolve_device, validate_model_path
+from .engine import Sam3Engine
+
+#: images whose vision features a pooled engine keeps (interactive refinement re-runs one image)
+POOLED_FEATURE_CACHE_SIZE = 8
+
+_engines: dict[tuple[str, str, bool], Sam3Engine] = {}
+_lock = threading.Lock()
+
+
+def engine_key(
+    model_path: str | os.PathLike = DEFAULT_MODEL, device=None, compile: bool = False
+) -> tuple[str, str, bool]:
+    """What a pooled engine is keyed by: ``(checkpoint, device, compile)``, normalised."""
+    return validate_model_path(model_path), str(resolve_device(device)), bool(compile)
+
+
+def get_engine(model_path: str | os.PathLike = DEFAULT_MODEL, device=None, compile: bool = False) -> Sam3Engine:
+    """The process-wide engine for ``(model_path, device, compile)``, created on first use.
+
+    Loaded weights stay in memory, so a second run (an operator run again, the panel) does not
+    load them again. The engine loads its heads lazily; call ``engine.load(mode, token)`` to load
+    the ones a mode needs with a token.
+    """
+    key = engine_key(model_path, device, compile)
+    with _lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = Sam3Engine(key[0], device=key[1], compile=key[2], feature_cache_size=POOLED_FEATURE_CACHE_SIZE)
+            _engines[key] = engine
+        return engine
+
+
+def clear_pool() -> None:
+    """Forgets every pooled engine (their memory is freed once no caller holds them)."""
+    with _lock:
+        _engines.clear()

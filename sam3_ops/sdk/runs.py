@@ -1,0 +1,132 @@
+"""Run provenance on FiftyOne's runs framework: what wrote a SAM3 field, and with which settings.
+
+Each field a SAM3 run writes gets a run (``dataset.list_runs()``, ``dataset.get_run_info(key)``,
+as brain and evaluation runs do) under the key :func:`run_key` (``sam3_<field>``). Its config holds
+the field and the complete :class:`~sam3_ops.sdk.settings.Sam3Settings` as a plain dict; its
+results, once the run ends, the summary (samples processed, detections, skipped). So a refinement
+reads the run of the field it refines and reproduces its settings exactly.
+
+:func:`sam3_ops.segment` records its runs itself; callers of ``dataset.apply_model`` can call
+:func:`record_run` afterwards.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from .fields import ensure_detections_field, root_dataset
+from .settings import Sam3Settings
+
+#: the ``method`` of every run this plugin records
+METHOD = "sam3_ops.segment"
+#: where the first version of this plugin kept its run settings (read, never written)
+LEGACY_INFO_KEY = "sam3_ops_runs"
+
+
+def run_key(label_field: str) -> str:
+    """The run key of the SAM3 run that writes ``label_field``: ``sam3_<field>`` (an identifier)."""
+    return "sam3_" + re.sub(r"\W", "_", label_field)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A recorded SAM3 run.
+
+    Attributes:
+        key: its run key
+        label_field: the field it wrote
+        settings: its settings, exactly
+        timestamp: when it was registered (UTC), ``None`` for a legacy record
+        summary: its results (``samples_processed``, ``detections``, ``samples_skipped``, ...)
+            once it ended, else ``None``
+    """
+
+    key: str
+    label_field: str
+    settings: Sam3Settings
+    timestamp: datetime | None = None
+    summary: dict | None = None
+
+
+def record_run(
+    samples,
+    label_field: str,
+    source,
+    prompt_field: str | None = None,
+    negative_field: str | None = None,
+    summary: dict | None = None,
+) -> RunRecord:
+    """Records the run that wrote ``label_field`` on ``samples``, after making sure the field is
+    declared (see :func:`~sam3_ops.sdk.fields.ensure_detections_field`).
+
+    Args:
+        samples: the dataset or view the run segmented
+        label_field: the field it wrote
+        source: its :class:`~sam3_ops.sdk.settings.Sam3Settings`, or the
+            :class:`~sam3_ops.sdk.model.Sam3Model` it ran
+        prompt_field (None), negative_field (None): the fields given to ``apply_model``, when
+            they are not in the settings
+        summary (None): the model's summary, stored as the run's results
+
+    Returns:
+        the :class:`RunRecord`
+    """
+    settings = getattr(source, "settings", source)
+    changes = {k: v for k, v in (("prompt_field", prompt_field), ("negative_field", negative_field)) if v}
+    settings = settings.replace(**changes) if changes else settings
+    ensure_detections_field(samples, label_field)
+    key = run_key(label_field)
+    config = samples.init_run(method=METHOD, label_field=label_field, settings=settings.to_dict())
+    samples.register_run(key, config, overwrite=True)
+    if summary is not None:
+        save_summary(samples, label_field, summary)
+    return get_run(samples, label_field)
+
+
+def save_summary(samples, label_field: str, summary: dict) -> None:
+    """Stores ``summary`` as the results of the run of ``label_field``."""
+    key = run_key(label_field)
+    samples.save_run_results(key, samples.init_run_results(key, **summary), overwrite=True)
+
+
+def finish_run(samples, label_field: str, settings: Sam3Settings, summary: dict) -> None:
+    """Stores the summary of the run of ``label_field``, recording the run again if a concurrent
+    write to the dataset lost its record meanwhile."""
+    if root_dataset(samples).has_run(run_key(label_field)):
+        save_summary(samples, label_field, summary)
+    else:
+        record_run(samples, label_field, settings, summary=summary)
+
+
+def get_run(samples, label_field: str) -> RunRecord | None:
+    """The recorded run that wrote ``label_field``, or ``None``."""
+    dataset = root_dataset(samples)
+    key = run_key(label_field)
+    if dataset.has_run(key):
+        info = dataset.get_run_info(key)
+        config = info.config
+        if getattr(config, "method", None) == METHOD and getattr(config, "label_field", None) == label_field:
+            results = dataset.load_run_results(key, cache=False, load_view=False)
+            summary = None
+            if results is not None:
+                summary = {
+                    k: v
+                    for k, v in vars(results).items()
+                    if not k.startswith("_") and k not in ("samples", "config", "key", "backend")
+                }
+            return RunRecord(key, label_field, Sam3Settings.from_dict(config.settings), info.timestamp, summary)
+    legacy = (dataset.info.get(LEGACY_INFO_KEY) or {}).get(label_field)
+    if legacy:
+        known = {k: v for k, v in legacy.items() if k in Sam3Settings.names()}
+        return RunRecord(key, label_field, Sam3Settings.from_dict(known))
+    return None
+
+
+def recorded_fields(samples) -> list[str]:
+    """The fields of ``samples`` that a recorded SAM3 run wrote."""
+    dataset = root_dataset(samples)
+    fields = [dataset.get_run_info(key).config.label_field for key in dataset.list_runs(method=METHOD)]
+    fields += list(dataset.info.get(LEGACY_INFO_KEY) or {})
+    return [name for name in dict.fromkeys(fields) if dataset.has_field(name)]

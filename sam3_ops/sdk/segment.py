@@ -1,0 +1,215 @@
+"""The SDK's entry points: :func:`load_model` (a model for ``dataset.apply_model``) and
+:func:`segment` (apply_model + checks + the run record, in one call). The operators, QA, the
+refinement panel and the demo call these; there is no other way in.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+
+from ..core.checkpoint import DEFAULT_MODEL, device_problem
+from ..core.engine import Sam3Engine
+from ..core.pool import get_engine
+from .fields import check_label_field, ensure_detections_field, output_field_problem
+from .model import Sam3Model
+from .runs import finish_run, record_run, run_key
+from .settings import Sam3Settings, SettingsError
+
+#: images per forward pass when the caller does not say
+DEFAULT_BATCH_SIZE = 8
+
+
+def build_engine(settings: Sam3Settings, token: str | None = None, reuse: bool = True) -> Sam3Engine:
+    """The engine for ``settings`` (the pooled one with ``reuse``), its heads for the mode loaded now
+    (a clear error before a long run rather than on every batch). ``token`` is used to load only.
+
+    Raises:
+        SettingsError: the settings' device is not on this machine
+        ModelLoadError: the checkpoint cannot be loaded
+    """
+    problem = device_problem(settings.device)
+    if problem:
+        raise SettingsError("device", problem)
+    if reuse:
+        engine = get_engine(settings.model_path, settings.device, settings.compile)
+    else:
+        engine = Sam3Engine(settings.model_path, device=settings.device, compile=settings.compile)
+    return engine.load(settings.mode, token)
+
+
+def load_model(
+    model_path: str | os.PathLike = DEFAULT_MODEL,
+    mode: str = "text",
+    prompts=None,
+    *,
+    token: str | None = None,
+    reuse: bool = False,
+    cache_features: bool = False,
+    **settings,
+) -> Sam3Model:
+    """Loads SAM3 as a FiftyOne model for ``dataset.apply_model(...)``.
+
+    Args:
+        model_path ("facebook/sam3"): a hub id, or a local directory in the ``save_pretrained``
+            layout (``sam3_ops.testing.build_tiny_checkpoint`` writes a tiny one)
+        mode ("text"): ``"text"`` (every instance of each prompt), ``"boxes"`` (one mask per box of
+            ``prompt_field``) or ``"exemplars"`` (``prompt_field`` boxes as visual examples)
+        prompts (None): text prompts: strings, or dicts ``{"text", "label", "threshold"}`` (the
+            label the hits get, default the text; a threshold of its own, default ``threshold``).
+            Required in ``text`` mode, optional in ``exemplars``, not allowed in ``boxes``
+        token (None): a Hugging Face token, used to load and not kept; ``None`` reads ``HF_TOKEN``
+        reuse (False): share one in-memory engine per ``(model_path, device, compile)`` in this process
+        cache_features (False): keep the last images' vision features (re-running one image skips
+            its image encoder)
+        **settings: the rest of :class:`~sam3_ops.sdk.settings.Sam3Settings`:
+
+            - threshold (0.5): the score above which a detector hit is kept (``boxes`` mode writes
+              one mask per box whatever its score; ``confidence`` holds the predicted mask IoU)
+            - mask_threshold (0.5): the probability above which a pixel is in a mask
+            - device (None): ``"cuda"``, ``"cuda:N"``, ``"mps"``, ``"cpu"``, or ``None`` for the best available
+            - max_image_pixels (~268 M): refuse larger images (checked before decoding)
+            - max_mask_size (2048): the longest side of a stored mask; larger boxes get a mask
+              scaled down to it (FiftyOne stretches masks over their boxes; SAM3's are 288 x 288)
+            - mask_dir (None): where masks go as PNG files (``mask_path``) when a sample's labels
+              would exceed MongoDB's 16 MB document limit; default
+              ``<fo.config.default_dataset_dir>/sam3_masks``. To keep every mask on disk, pass
+              ``output_dir=`` to ``apply_model``
+            - compile (False): ``torch.compile`` the image encoder (long GPU runs)
+            - prompt_field (None), negative_field (None): the prompt fields, if not given to ``apply_model``
+
+    Returns:
+        a :class:`~sam3_ops.sdk.model.Sam3Model`
+
+    Raises:
+        ValueError: a bad setting (:class:`~sam3_ops.sdk.settings.SettingsError`, naming it)
+        ModelLoadError: the checkpoint does not exist, cannot be reached, or is incomplete
+    """
+    resolved = Sam3Settings(model_path=os.fspath(model_path), mode=mode, prompts=prompts, **settings)
+    return Sam3Model(resolved, engine=build_engine(resolved, token, reuse), cache_features=cache_features)
+
+
+def without_results(samples, label_field: str):
+    """The samples of ``samples`` that have no value in ``label_field`` yet: resume an interrupted
+    run with ``sam3_ops.without_results(dataset, "sam3").apply_model(model, label_field="sam3")``.
+    Samples that were segmented (even with no hits: an empty ``Detections``) are not redone."""
+    return samples.exists(label_field, False)
+
+
+@dataclass
+class SegmentResult:
+    """What :func:`segment` wrote.
+
+    Attributes:
+        label_field: the field written
+        run_key: the key of its run record (``dataset.get_run_info(run_key)``), ``None`` if not recorded
+        samples_processed, detections, samples_skipped: counts
+        skipped: ``{"filepath", "reason"}`` of each sample skipped
+    """
+
+    label_field: str
+    run_key: str | None
+    samples_processed: int = 0
+    detections: int = 0
+    samples_skipped: int = 0
+    skipped: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def split_options(options: dict) -> tuple[dict, dict]:
+    """``options`` split into settings (:class:`~sam3_ops.sdk.settings.Sam3Settings` names) and run
+    options (everything else: ``token``, ``batch_size``, ``num_workers``, ``progress``, ...)."""
+    names = set(Sam3Settings.names())
+    return {k: v for k, v in options.items() if k in names}, {k: v for k, v in options.items() if k not in names}
+
+
+def check_prompt_fields(samples, settings: Sam3Settings) -> None:
+    """Checks that the prompt fields of ``settings`` are ``Detections`` fields of ``samples``.
+
+    Raises:
+        ValueError: naming the field and the ``Detections`` fields there are
+    """
+    for name in ("prompt_field", "negative_field"):
+        value = getattr(settings, name)
+        if value:
+            check_label_field(samples, value, what=name)
+
+
+def segment(
+    samples,
+    label_field: str = "sam3",
+    *,
+    token: str | None = None,
+    reuse: bool = True,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    num_workers: int | None = None,
+    skip_failures: bool = True,
+    progress=None,
+    only_missing: bool = False,
+    output_dir: str | None = None,
+    record: bool = True,
+    model: Sam3Model | None = None,
+    **settings,
+) -> SegmentResult:
+    """Segments ``samples`` with SAM3 into ``label_field`` and records the run: the one-call SDK entry point.
+
+    ``sam3_ops.segment(dataset, "sam3", prompts=["cat", "dog"])`` is
+    ``dataset.apply_model(sam3_ops.load_model(prompts=["cat", "dog"]), label_field="sam3")`` plus
+    the checks a curator expects before a long run and a run record on FiftyOne's runs framework
+    (``dataset.get_run_info("sam3_sam3")``) holding every setting, so the field can be refined and
+    re-run exactly.
+
+    Args:
+        samples: a dataset or view
+        label_field ("sam3"): the ``Detections`` field to write (an existing field of another type is
+            never overwritten; an existing ``Detections`` field is replaced on ``samples``)
+        token (None): a Hugging Face token, used to load and not kept; ``None`` reads ``HF_TOKEN``
+        reuse (True): run on this process's pooled engine for the checkpoint (weights loaded once)
+        batch_size (8), num_workers (None), skip_failures (True), progress (None), output_dir (None):
+            as for ``apply_model``
+        only_missing (False): segment only the samples without a value in ``label_field`` (resume)
+        record (True): record the run on the dataset
+        model (None): a model from :func:`load_model` to run, instead of building one from
+            ``settings`` (then only ``prompt_field`` / ``negative_field`` may be given)
+        **settings: :class:`~sam3_ops.sdk.settings.Sam3Settings` (``model_path``, ``mode``,
+            ``prompts``, ``threshold``, ``prompt_field``, ...; see :func:`load_model`)
+
+    Returns:
+        a :class:`SegmentResult`
+
+    Raises:
+        ValueError: a bad setting, output field or prompt field
+        ModelLoadError: the checkpoint cannot be loaded
+    """
+    # a given model's prompt fields may still be chosen here, as apply_model allows
+    fields = {k: settings.pop(k) for k in ("prompt_field", "negative_field") if k in settings} if model else {}
+    if model is not None and settings:
+        raise ValueError(f"give either a model or settings ({', '.join(sorted(settings))}), not both")
+    resolved = model.settings.replace(**fields) if model is not None else Sam3Settings(**settings)
+    reserved = tuple(name for name in (resolved.prompt_field, resolved.negative_field) if name)
+    problem = output_field_problem(samples, label_field, overwrite=True, reserved=reserved)
+    if problem:
+        raise ValueError(problem)
+    check_prompt_fields(samples, resolved)
+    model = model or Sam3Model(resolved, engine=build_engine(resolved, token, reuse))
+    if record:  # before the run: an interrupted run leaves its provenance, and resumes with it
+        record_run(samples, label_field, resolved)
+    target = without_results(samples, label_field) if only_missing else samples
+    if len(target):
+        target.apply_model(
+            model,
+            label_field=label_field,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            skip_failures=skip_failures,
+            progress=progress,
+            output_dir=output_dir,
+            **{key: value for key, value in fields.items() if value},
+        )
+    ensure_detections_field(samples, label_field)
+    summary = model.summary()
+    if record:
+        finish_run(samples, label_field, resolved, summary)
+    return SegmentResult(label_field, run_key(label_field) if record else None, **summary)

@@ -1,0 +1,308 @@
+"""The one settings object: everything that decides what a SAM3 run writes, validated in one place.
+
+:class:`Sam3Settings` is immutable and round-trips through a plain dict (:meth:`~Sam3Settings.to_dict`
+/ :meth:`~Sam3Settings.from_dict`), which is what a run record stores. ``load_model``,
+``segment``, the operators, the panel, QA and the demo all build it the same way, and its
+validation is the only validation: the SDK raises the first problem
+(:class:`SettingsError`, a ``ValueError``; a bad checkpoint path raises
+:class:`~sam3_ops.core.checkpoint.ModelLoadError`), a form flags every problem on its own input
+(:meth:`Sam3Settings.problems`).
+
+Prompts may be strings or dicts ``{"text": ..., "label": ..., "threshold": ...}``: ``label``
+defaults to the text, ``threshold`` to the run's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from ..core.checkpoint import DEFAULT_MODEL, ModelLoadError, validate_model_path
+from ..core.engine import SegmentOptions
+from ..core.images import DEFAULT_MAX_PIXELS
+from ..core.queries import MODES, TRACKER_MODES, TextPrompt
+
+logger = logging.getLogger(__name__)
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used; ``field`` names it (for a form to flag its input)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+def is_number(value) -> bool:
+    """Whether ``value`` is a real, finite number (``True``/``False`` are not numbers here)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def unit_interval_problem(value, name: str) -> str | None:
+    """Why ``value`` is not a number in ``[0, 1]``, or ``None`` if it is (every threshold's rule)."""
+    if not is_number(value) or not 0 <= value <= 1:
+        return f"{name} must be a number in [0, 1], not {value!r}"
+    return None
+
+
+def _prompt_entry(entry, i: int) -> TextPrompt:
+    """One entry of ``prompts`` as a :class:`TextPrompt`; raises :class:`SettingsError` naming it."""
+    if isinstance(entry, TextPrompt):
+        entry = dataclasses.asdict(entry)
+    if isinstance(entry, str):
+        entry = {"text": entry}
+    if not isinstance(entry, Mapping):
+        raise SettingsError(
+            "prompts", f"prompt {i} is a {type(entry).__name__} ({entry!r}); prompts are strings or dicts with a 'text'"
+        )
+    unknown = set(entry) - {"text", "label", "threshold"}
+    if unknown:
+        raise SettingsError(
+            "prompts", f"prompt {i} has unknown keys {sorted(unknown)}; allowed: text, label, threshold"
+        )
+    text = entry.get("text")
+    if not isinstance(text, str):
+        raise SettingsError("prompts", f"prompt {i} has no text ({text!r}); prompts must be strings, e.g. 'cat'")
+    text = " ".join(text.split())
+    if not text:
+        raise SettingsError("prompts", f"prompt {i} is blank; every prompt must contain words, e.g. 'cat'")
+    label = entry.get("label")
+    if label is not None:
+        if not isinstance(label, str) or not label.strip():
+            raise SettingsError("prompts", f"prompt {i} ({text!r}) has label {label!r}; a label must be non-blank text")
+        label = label.strip()
+    threshold = entry.get("threshold")
+    if threshold is not None:
+        problem = unit_interval_problem(threshold, f"the threshold of prompt {i} ({text!r})")
+        if problem:
+            raise SettingsError("prompts", problem)
+        threshold = float(threshold)
+    return TextPrompt(text, label, threshold)
+
+
+def normalize_prompts(prompts, mode: str) -> tuple[TextPrompt, ...]:
+    """Checks and normalises ``prompts`` for ``mode``: one :class:`TextPrompt` per distinct text.
+
+    A single string (or dict) is one prompt; white space is collapsed; a repeated text is dropped
+    with a warning (its first occurrence kept). ``text`` mode needs at least one prompt,
+    ``exemplars`` takes any number, ``boxes`` takes none.
+
+    Raises:
+        SettingsError: naming the entry and the problem
+    """
+    if prompts is None:
+        prompts = ()
+    elif isinstance(prompts, str | Mapping | TextPrompt):
+        prompts = (prompts,)
+    elif not isinstance(prompts, Iterable):
+        raise SettingsError(
+            "prompts", f"prompts must be a string or a list of strings or dicts, not {type(prompts).__name__}"
+        )
+    cleaned: dict[str, TextPrompt] = {}
+    for i, entry in enumerate(prompts, start=1):  # counted as a person counts: "prompt 1" is the first
+        prompt = _prompt_entry(entry, i)
+        if prompt.text in cleaned:
+            logger.warning("Ignoring duplicate prompt %r", prompt.text)
+            continue
+        cleaned[prompt.text] = prompt
+    if mode == "text" and not cleaned:
+        raise SettingsError("prompts", "text mode needs at least one prompt, e.g. 'cat'")
+    if mode in TRACKER_MODES and cleaned:
+        raise SettingsError(
+            "prompts",
+            f"mode={mode!r} takes no text prompts (each prompt box gets its own mask); use mode='exemplars' "
+            "to combine boxes with text",
+        )
+    return tuple(cleaned.values())
+
+
+@dataclass(frozen=True)
+class Sam3Settings:
+    """What a SAM3 run writes, and how: see :func:`sam3_ops.load_model` for each setting.
+
+    Attributes:
+        model_path: hub id or local checkpoint directory
+        mode: ``"text"``, ``"boxes"`` or ``"exemplars"``
+        prompts: the text prompts (:class:`~sam3_ops.core.queries.TextPrompt`)
+        threshold: the score threshold of prompts without their own
+        mask_threshold: the probability above which a pixel is in a mask
+        max_mask_size: the longest side of a stored mask (``None``: no limit)
+        max_image_pixels: larger images are refused before decoding
+        device: ``"cuda"``, ``"cuda:1"``, ``"mps"``, ``"cpu"`` or ``None`` (the best available)
+        compile: ``torch.compile`` the image encoder
+        prompt_field: the field holding prompt boxes (``boxes``, ``exemplars``)
+        negative_field: the field holding negative boxes
+        mask_dir: where masks go as PNG files when a sample's labels would exceed 16 MB
+    """
+
+    model_path: str = DEFAULT_MODEL
+    mode: str = "text"
+    prompts: tuple[TextPrompt, ...] = ()
+    threshold: float = 0.5
+    mask_threshold: float = 0.5
+    max_mask_size: int | None = 2048
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    device: str | None = None
+    compile: bool = False
+    prompt_field: str | None = None
+    negative_field: str | None = None
+    mask_dir: str | None = None
+
+    def __post_init__(self):
+        # shallow: values read back from the database may be mongoengine lists, which asdict cannot copy
+        normalized = _normalize({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        for name, value in normalized.items():
+            object.__setattr__(self, name, value)
+
+    # -- building ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> Sam3Settings:
+        """Settings from a plain dict (as :meth:`to_dict` writes it); unknown keys are an error."""
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise SettingsError(
+                sorted(unknown)[0], f"unknown settings {sorted(unknown)}; known: {', '.join(cls.names())}"
+            )
+        return cls(**values)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """The names of every setting."""
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def problems(cls, values: Mapping) -> dict[str, str]:
+        """Every problem of ``values`` (a dict of settings; missing ones take their defaults), by
+        setting name; ``{}`` if they are valid. For forms, which flag each problem on its input;
+        the SDK raises the first instead."""
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        problems: dict[str, str] = {}
+        _normalize(defaults | {k: v for k, v in values.items() if k in defaults}, problems)
+        return problems
+
+    def replace(self, **changes) -> Sam3Settings:
+        """A copy with ``changes`` applied (and validated)."""
+        return dataclasses.replace(self, **changes)
+
+    # -- using ------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        """A plain, JSON-serialisable dict; ``Sam3Settings.from_dict(s.to_dict()) == s``."""
+        values = dataclasses.asdict(self)
+        values["prompts"] = [
+            p.text
+            if p.label is None and p.threshold is None
+            else {k: v for k, v in dataclasses.asdict(p).items() if v is not None}
+            for p in self.prompts
+        ]
+        return values
+
+    def segment_options(self) -> SegmentOptions:
+        """The engine's per-call options for these settings."""
+        return SegmentOptions(
+            mode=self.mode,
+            threshold=self.threshold,
+            mask_threshold=self.mask_threshold,
+            max_mask_size=self.max_mask_size,
+        )
+
+    @property
+    def labels(self) -> list[str]:
+        """The labels the text prompts write, in order, each once."""
+        return list(dict.fromkeys(p.name for p in self.prompts))
+
+
+def _check_mode(mode, values):
+    if mode not in MODES:
+        values["mode"] = "exemplars"  # the most permissive, so later checks still run
+        raise SettingsError("mode", f"Unknown mode {mode!r}; the valid modes are {', '.join(MODES)}")
+    return mode
+
+
+def _check_unit(name):
+    def check(value, values):
+        problem = unit_interval_problem(value, name)
+        if problem:
+            raise SettingsError(name, problem)
+        return float(value)
+
+    return check
+
+
+def _check_max_mask_size(size, values):
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+        raise SettingsError(
+            "max_mask_size", f"max_mask_size must be a whole number of pixels >= 1 or None, not {size!r}"
+        )
+    return size
+
+
+def _check_max_image_pixels(pixels, values):
+    pixels = DEFAULT_MAX_PIXELS if pixels is None else pixels
+    if not isinstance(pixels, int) or isinstance(pixels, bool) or pixels < 1:
+        raise SettingsError("max_image_pixels", f"max_image_pixels must be a whole number >= 1, not {pixels!r}")
+    return pixels
+
+
+def _check_compile(value, values):
+    if not isinstance(value, bool):
+        raise SettingsError("compile", f"compile must be True or False, not {value!r}")
+    return value
+
+
+def _check_name(name):
+    def check(value, values):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise SettingsError(name, f"{name} must be a non-empty name or None, not {value!r}")
+        if name == "negative_field" and value and value == values.get("prompt_field"):
+            raise SettingsError(name, "negative_field must differ from prompt_field")
+        return value or None
+
+    return check
+
+
+def _check_device(device, values) -> str | None:
+    # the format only: a run recorded on a GPU machine stays readable on a CPU one (whether this
+    # machine has the device is checked when an engine is built: core.checkpoint.device_problem)
+    if device is None or device == "auto":
+        return None
+    if not isinstance(device, str) or not _DEVICE.match(device):
+        raise SettingsError("device", f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', not {device!r}")
+    return device
+
+
+#: each setting's rule, in dependency order (the prompts' rule reads the mode)
+_CHECKS = (
+    ("model_path", lambda value, values: validate_model_path(value)),
+    ("mode", _check_mode),
+    ("prompts", lambda value, values: normalize_prompts(value, values["mode"])),
+    ("threshold", _check_unit("threshold")),
+    ("mask_threshold", _check_unit("mask_threshold")),
+    ("max_mask_size", _check_max_mask_size),
+    ("max_image_pixels", _check_max_image_pixels),
+    ("device", _check_device),
+    ("compile", _check_compile),
+    ("prompt_field", _check_name("prompt_field")),
+    ("negative_field", _check_name("negative_field")),
+    ("mask_dir", _check_name("mask_dir")),
+)
+
+
+def _normalize(values: dict, problems: dict | None = None) -> dict:
+    """Every setting checked and normalised. Raises the first problem, or, given a ``problems``
+    dict, records every problem there by setting name and carries on."""
+    for name, check in _CHECKS:
+        try:
+            values[name] = check(values[name], values)
+        except (SettingsError, ModelLoadError) as error:
+            if problems is None:
+                raise
+            problems.setdefault(name, str(error))
+    return values
