@@ -17,7 +17,15 @@ from __future__ import annotations
 import copy
 import os
 
-__all__ = ["build_tiny_checkpoint", "tiny_config", "tiny_processor", "PrivateMongo", "LAYOUTS"]
+__all__ = [
+    "build_tiny_checkpoint",
+    "tiny_config",
+    "tiny_processor",
+    "PrivateMongo",
+    "LAYOUTS",
+    "build_tiny_video_checkpoint",
+    "VIDEO_IMAGE_SIZE",
+]
 
 _IMAGE_SIZE = 224
 _PATCH = 14
@@ -172,6 +180,67 @@ def build_tiny_checkpoint(path: str | os.PathLike, seed: int = 0, layout: str = 
     model.config.save_pretrained(path)
     tiny_processor().save_pretrained(path)
     return path
+
+
+#: the input size of :func:`build_tiny_video_checkpoint`
+VIDEO_IMAGE_SIZE = 112
+
+
+def build_tiny_video_checkpoint(path, seed: int = 0, **config_overrides) -> str:
+    """A tiny random ``sam3_video`` checkpoint whose VIDEO models run, written like
+    :func:`build_tiny_checkpoint` (hub layout, safetensors, processor). The image checkpoint is
+    too narrow for them (the memory attention needs a feature width other than its 64 key width,
+    and 64-channel memory); this one is wider (128), at 112 px. Random weights call every object
+    absent, so the tracker's object-score head is biased towards "present".
+
+    Args:
+        path: the directory to write
+        seed (0): the seed of the random weights
+        **config_overrides: ``Sam3VideoConfig`` fields (``tracker_<field>`` for tracker fields)
+    """
+    import torch
+    from safetensors.torch import save_file
+    from transformers import Sam3ImageProcessor, Sam3Processor, Sam3VideoConfig, Sam3VideoModel
+
+    width, grid = 128, VIDEO_IMAGE_SIZE // 14
+    config = tiny_config().to_dict()
+    for vision in (config["detector_config"]["vision_config"], config["tracker_config"]["vision_config"]):
+        vision["fpn_hidden_size"] = width
+        vision["backbone_feature_sizes"] = [[4 * grid, 4 * grid], [2 * grid, 2 * grid], [grid, grid]]
+        vision["backbone_config"].update(image_size=VIDEO_IMAGE_SIZE, pretrain_image_size=VIDEO_IMAGE_SIZE)
+    tracker = config["tracker_config"]
+    tracker.update(
+        image_size=VIDEO_IMAGE_SIZE,
+        memory_attention_hidden_size=width,
+        memory_encoder_hidden_size=width,
+        memory_encoder_output_channels=64,
+        mask_downsampler_embed_dim=width,
+        memory_fuser_embed_dim=width,
+        memory_attention_rope_feat_sizes=[grid, grid],
+    )
+    tracker["mask_decoder_config"]["hidden_size"] = width
+    tracker["prompt_encoder_config"].update(hidden_size=width, image_size=VIDEO_IMAGE_SIZE)
+    detector = config["detector_config"]
+    for head in ("geometry_encoder_config", "detr_encoder_config", "detr_decoder_config", "mask_decoder_config"):
+        detector[head]["hidden_size"] = width
+    detector["text_config"]["projection_dim"] = width
+    config["low_res_mask_size"] = 4 * grid
+    for name, value in config_overrides.items():
+        if name.startswith("tracker_"):
+            tracker[name[len("tracker_") :]] = value
+        else:
+            config[name] = value
+    torch.manual_seed(seed)
+    model = Sam3VideoModel(Sam3VideoConfig.from_dict(config))
+    # random weights call every object absent (then masks are empty); make the tracker see them
+    torch.nn.init.constant_(model.tracker_model.mask_decoder.pred_obj_score_head.proj_out.bias, 3.0)
+    os.makedirs(path, exist_ok=True)
+    state = {name: tensor.detach().clone().contiguous() for name, tensor in model.state_dict().items()}
+    save_file(state, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    model.config.save_pretrained(path)
+    image_processor = Sam3ImageProcessor(size={"height": VIDEO_IMAGE_SIZE, "width": VIDEO_IMAGE_SIZE})
+    Sam3Processor(image_processor=image_processor, tokenizer=tiny_processor().tokenizer).save_pretrained(path)
+    return os.fspath(path)
 
 
 class PrivateMongo:
