@@ -25,6 +25,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from ..core.checkpoint import DEFAULT_MODEL
+from ..core.queries import FIELD_MODES
 from ..sdk.fields import detections_fields, holds, output_field_problem
 from ..sdk.model import Sam3Model
 from ..sdk.runs import finish_run, record_run
@@ -136,7 +137,7 @@ def _settings_values(params: dict, mode: str) -> dict:
         "mask_threshold": params.get("mask_threshold", 0.5),
         "device": None if device == "auto" else device,
     }
-    if mode in ("boxes", "exemplars"):
+    if mode in FIELD_MODES:
         values["prompt_field"] = params.get("prompt_field")
         values["negative_field"] = params.get("negative_field") or None
     return values

@@ -57,18 +57,41 @@ class SegmentOptions:
     """What one call of :meth:`Sam3Engine.segment` computes (validated by the settings layer).
 
     Attributes:
-        mode: ``"text"``, ``"boxes"`` or ``"exemplars"``
+        mode: one of :data:`~sam3_ops.core.queries.MODES`
         threshold: keep detector hits scoring above this (a text prompt may carry its own);
             tracker modes keep one mask per prompt whatever its score
         mask_threshold: a pixel is in the mask where its probability exceeds this
         max_mask_size: the longest side of a returned mask; larger boxes get a mask scaled down to
             it (SAM3 predicts masks at 288 x 288: nothing real is lost); ``None`` for no limit
+        multimask: tracker modes: ``None`` (one mask per prompt), ``"best"`` (the most confident of
+            three) or ``"all"`` (three hits per prompt, ranked)
+        nms_iou: drop the lower-scoring of two hits of an image whose masks overlap with IoU above
+            this (``None``: no de-duplication)
+        nms_per_label: de-duplicate only hits with the same label
+        nms_containment: also drop a hit whose mask lies inside a higher-scoring one by at least
+            this fraction of its own area (``None``: no containment rule)
+        max_detections: keep at most this many hits per image, the highest-scoring (``None``: all)
+        min_area: drop hits whose mask covers less than this fraction of the image
+        points_per_side: ``auto``: the grid of point prompts is this many points a side
+        pred_iou_threshold, stability_threshold: ``auto``: keep masks whose predicted IoU and
+            stability score reach these
+        auto_label: ``auto``: the label of every hit
     """
 
     mode: str = "text"
     threshold: float = 0.5
     mask_threshold: float = 0.5
     max_mask_size: int | None = 2048
+    multimask: str | None = None
+    nms_iou: float | None = None
+    nms_per_label: bool = False
+    nms_containment: float | None = None
+    max_detections: int | None = None
+    min_area: float = 0.0
+    points_per_side: int = 32
+    pred_iou_threshold: float = 0.88
+    stability_threshold: float = 0.95
+    auto_label: str = "object"
 
     def head(self) -> str:
         """The head this mode runs on: ``"tracker"`` or ``"detector"``."""

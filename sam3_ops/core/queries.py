@@ -19,10 +19,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-#: the prompt modes: the detector's (``text``, ``exemplars``) and the tracker's (``boxes``)
-MODES = ("text", "boxes", "exemplars")
-#: the modes that run on the tracker head (one mask per prompt, no score threshold)
-TRACKER_MODES = ("boxes",)
+#: the prompt modes: the detector's (``text``, ``exemplars``) and the tracker's (``boxes``,
+#: ``points``, and ``auto``: a grid of points over the whole image)
+MODES = ("text", "boxes", "exemplars", "points", "auto")
+#: the modes that run on the tracker head (one mask per prompt object, no score threshold)
+TRACKER_MODES = ("boxes", "points", "auto")
+#: the modes whose prompt objects come from a label field (boxes: Detections; points: Keypoints)
+FIELD_MODES = ("boxes", "exemplars", "points")
+#: ``multimask`` choices for the tracker: one mask per prompt, its most confident of three, or all three
+MULTIMASK = (None, "best", "all")
 #: SAM3's text encoder reads at most this many tokens (start and end tokens included)
 MAX_TEXT_TOKENS = 32
 #: the text transformers' processor uses for a query with boxes and no words

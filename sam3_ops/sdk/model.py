@@ -27,6 +27,7 @@ import numpy as np
 
 from ..core.engine import Sam3Engine
 from ..core.images import ImageLoadError, load_image
+from ..core.queries import FIELD_MODES
 from .convert import prompts_from_detections, to_detections
 from .settings import Sam3Settings
 
@@ -227,7 +228,7 @@ class Sam3Model(fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
 
     def build_get_item(self, field_mapping=None):
         mapping = self.prompt_fields(field_mapping)
-        if self.settings.mode in ("boxes", "exemplars") and PROMPT_FIELD not in mapping and not self.prompt_overrides:
+        if self.settings.mode in FIELD_MODES and PROMPT_FIELD not in mapping and not self.prompt_overrides:
             raise ValueError(
                 f"mode={self.settings.mode!r} needs the boxes to prompt with: "
                 "apply_model(model, label_field=..., prompt_field='<a Detections field>')"

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from ..core.checkpoint import DEFAULT_MODEL, ModelLoadError, validate_model_path
 from ..core.engine import SegmentOptions
 from ..core.images import DEFAULT_MAX_PIXELS
-from ..core.queries import MODES, TRACKER_MODES, TextPrompt
+from ..core.queries import MODES, MULTIMASK, TRACKER_MODES, TextPrompt
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def normalize_prompts(prompts, mode: str) -> tuple[TextPrompt, ...]:
     if mode in TRACKER_MODES and cleaned:
         raise SettingsError(
             "prompts",
-            f"mode={mode!r} takes no text prompts (each prompt box gets its own mask); use mode='exemplars' "
+            f"mode={mode!r} takes no text prompts (each prompt object gets its own mask); use mode='exemplars' "
             "to combine boxes with text",
         )
     return tuple(cleaned.values())
@@ -128,7 +128,7 @@ class Sam3Settings:
 
     Attributes:
         model_path: hub id or local checkpoint directory
-        mode: ``"text"``, ``"boxes"`` or ``"exemplars"``
+        mode: ``"text"``, ``"boxes"``, ``"exemplars"``, ``"points"`` or ``"auto"``
         prompts: the text prompts (:class:`~sam3_ops.core.queries.TextPrompt`)
         threshold: the score threshold of prompts without their own
         mask_threshold: the probability above which a pixel is in a mask
@@ -136,9 +136,26 @@ class Sam3Settings:
         max_image_pixels: larger images are refused before decoding
         device: ``"cuda"``, ``"cuda:1"``, ``"mps"``, ``"cpu"`` or ``None`` (the best available)
         compile: ``torch.compile`` the image encoder
-        prompt_field: the field holding prompt boxes (``boxes``, ``exemplars``)
+        prompt_field: the field holding prompt boxes (``boxes``, ``exemplars``: ``Detections``) or
+            points (``points``: ``Keypoints``)
         negative_field: the field holding negative boxes
         mask_dir: where masks go as PNG files when a sample's labels would exceed 16 MB
+        multimask: ``boxes`` / ``points``: ``None`` (one mask per prompt), ``"best"`` (the most
+            confident of three) or ``"all"`` (three Detections per prompt, ``mask_rank`` 0-2)
+        nms_iou: drop the lower-scoring of two hits of a sample whose masks overlap with IoU above
+            this (``None``: off; ``auto`` mode uses 0.7 when off)
+        nms_per_label: de-duplicate only hits with the same label
+        nms_containment: also drop a hit lying inside a higher-scoring one by at least this fraction
+            of its own area (``None``: off)
+        max_detections: keep at most this many hits per sample, the highest-scoring (``None``: all)
+        min_area: drop hits whose mask covers less than this fraction of the image
+        points_per_side: ``auto``: the grid of point prompts has this many points a side
+        pred_iou_threshold, stability_threshold: ``auto``: keep masks whose predicted IoU and
+            stability score reach these
+        auto_label: ``auto``: the label every hit gets
+        direction: videos with prompts on chosen frames: propagate ``"forward"``, ``"backward"``
+            or ``"both"``
+        max_objects: videos: track at most this many objects (a warning says how many were dropped)
     """
 
     model_path: str = DEFAULT_MODEL
@@ -153,6 +170,18 @@ class Sam3Settings:
     prompt_field: str | None = None
     negative_field: str | None = None
     mask_dir: str | None = None
+    multimask: str | None = None
+    nms_iou: float | None = None
+    nms_per_label: bool = False
+    nms_containment: float | None = None
+    max_detections: int | None = None
+    min_area: float = 0.0
+    points_per_side: int = 32
+    pred_iou_threshold: float = 0.88
+    stability_threshold: float = 0.95
+    auto_label: str = "object"
+    direction: str = "forward"
+    max_objects: int = 50
 
     def __post_init__(self):
         # shallow: values read back from the database may be mongoengine lists, which asdict cannot copy
@@ -206,12 +235,8 @@ class Sam3Settings:
 
     def segment_options(self) -> SegmentOptions:
         """The engine's per-call options for these settings."""
-        return SegmentOptions(
-            mode=self.mode,
-            threshold=self.threshold,
-            mask_threshold=self.mask_threshold,
-            max_mask_size=self.max_mask_size,
-        )
+        names = {f.name for f in dataclasses.fields(SegmentOptions)}
+        return SegmentOptions(**{name: getattr(self, name) for name in names})
 
     @property
     def labels(self) -> list[str]:
@@ -278,6 +303,73 @@ def _check_device(device, values) -> str | None:
     return device
 
 
+def _check_bool(name):
+    def check(value, values):
+        if not isinstance(value, bool):
+            raise SettingsError(name, f"{name} must be True or False, not {value!r}")
+        return value
+
+    return check
+
+
+def _check_count(name, optional: bool):
+    def check(value, values):
+        if value is None and optional:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            allowed = "a whole number >= 1" + (" or None" if optional else "")
+            raise SettingsError(name, f"{name} must be {allowed}, not {value!r}")
+        return value
+
+    return check
+
+
+def _check_fraction(name, optional: bool, open_zero: bool = True):
+    """A number in (0, 1] (or [0, 1) with ``open_zero=False``), or ``None`` when ``optional``."""
+
+    def check(value, values):
+        if value is None and optional:
+            return None
+        low_ok = (value > 0) if open_zero else (value >= 0)
+        high_ok = (value <= 1) if open_zero else (value < 1)
+        if not is_number(value) or not (low_ok and high_ok):
+            interval = "(0, 1]" if open_zero else "[0, 1)"
+            raise SettingsError(
+                name, f"{name} must be a number in {interval}{' or None' if optional else ''}, not {value!r}"
+            )
+        return float(value)
+
+    return check
+
+
+def _check_choice(name, choices):
+    def check(value, values):
+        if value not in choices:
+            shown = ", ".join(repr(c) for c in choices)
+            raise SettingsError(name, f"{name} must be one of {shown}, not {value!r}")
+        return value
+
+    return check
+
+
+def _check_multimask(value, values):
+    value = _check_choice("multimask", MULTIMASK)(value, values)
+    if value is not None and values["mode"] not in ("boxes", "points"):
+        raise SettingsError("multimask", f"multimask applies to the 'boxes' and 'points' modes, not {values['mode']!r}")
+    return value
+
+
+def _check_nms_iou(value, values):
+    value = _check_fraction("nms_iou", optional=True)(value, values)
+    return 0.7 if value is None and values["mode"] == "auto" else value  # segment everything: always de-duplicated
+
+
+def _check_label(value, values):
+    if not isinstance(value, str) or not value.strip():
+        raise SettingsError("auto_label", f"auto_label must be non-blank text, not {value!r}")
+    return value.strip()
+
+
 #: each setting's rule, in dependency order (the prompts' rule reads the mode)
 _CHECKS = (
     ("model_path", lambda value, values: validate_model_path(value)),
@@ -292,6 +384,18 @@ _CHECKS = (
     ("prompt_field", _check_name("prompt_field")),
     ("negative_field", _check_name("negative_field")),
     ("mask_dir", _check_name("mask_dir")),
+    ("multimask", _check_multimask),
+    ("nms_iou", _check_nms_iou),
+    ("nms_per_label", _check_bool("nms_per_label")),
+    ("nms_containment", _check_fraction("nms_containment", optional=True)),
+    ("max_detections", _check_count("max_detections", optional=True)),
+    ("min_area", _check_fraction("min_area", optional=False, open_zero=False)),
+    ("points_per_side", _check_count("points_per_side", optional=False)),
+    ("pred_iou_threshold", _check_unit("pred_iou_threshold")),
+    ("stability_threshold", _check_unit("stability_threshold")),
+    ("auto_label", _check_label),
+    ("direction", _check_choice("direction", ("forward", "backward", "both"))),
+    ("max_objects", _check_count("max_objects", optional=False)),
 )
 
 
