@@ -9,7 +9,15 @@ from sam3_ops.core.engine import ImageSegmentation
 from sam3_ops.core.masks import crop_box, mask_shape
 from sam3_ops.core.masks import memory_groups as _memory_groups
 from sam3_ops.core.masks import upsample_crops as _upsample_crops
-from sam3_ops.core.queries import VISUAL_PROMPT, ImagePrompts, TextPrompt, build_queries, sanitize_boxes
+from sam3_ops.core.queries import (
+    VISUAL_PROMPT,
+    ImagePrompts,
+    ObjectPrompt,
+    TextPrompt,
+    build_queries,
+    grid_points,
+    sanitize_boxes,
+)
 from sam3_ops.sdk.settings import Sam3Settings, SettingsError, normalize_prompts
 
 
@@ -174,8 +182,30 @@ def test_queries_boxes_mode_one_per_box_with_negative_points_inside():
     )
     queries = build_queries("boxes", prompts)
     assert [(q.label, q.prompt_index) for q in queries] == [("a", 0), ("b", 1)]
-    assert queries[0].negative_points.tolist() == [[20, 20]]
-    assert queries[1].negative_points.shape == (0, 2)
+    assert queries[0].points.tolist() == [[20, 20]] and queries[0].point_labels.tolist() == [0]
+    assert queries[1].points.shape == (0, 2)
+
+
+def test_queries_points_mode_one_per_object_with_every_negative_centre():
+    prompts = ImagePrompts(
+        objects=(
+            ObjectPrompt("cup", points=[[5, 5], [9, 9]], point_labels=[1, 0]),
+            ObjectPrompt("jug", points=[[70, 70]], point_labels=[1], box=[60, 60, 90, 90], mask_key=("img", "d1")),
+        ),
+        negative_boxes=[[10, 10, 30, 30]],
+    )
+    first, second = build_queries("points", prompts)
+    assert (first.label, first.prompt_index, second.prompt_index) == ("cup", 0, 1)
+    assert first.points.tolist() == [[5, 5], [9, 9], [20, 20]] and first.point_labels.tolist() == [1, 0, 0]
+    assert first.positive_boxes.shape == (0, 4) and second.positive_boxes.tolist() == [[60, 60, 90, 90]]
+    assert second.mask_key == ("img", "d1")
+    with pytest.raises(ValueError, match="2 points but 1 point labels"):
+        ObjectPrompt("x", points=[[1, 1], [2, 2]], point_labels=[1])
+
+
+def test_grid_points_cover_the_image_at_cell_centres():
+    points = grid_points(2, 100, 40)
+    assert points.tolist() == [[25, 10], [75, 10], [25, 30], [75, 30]]
 
 
 def test_image_prompts_checks_label_count():

@@ -47,7 +47,8 @@ from .checkpoint import (
     validate_model_path,
 )
 from .masks import crop_box, logit, mask_shape, memory_groups, upsample_crops
-from .queries import MAX_TEXT_TOKENS, MODES, TRACKER_MODES, ImagePrompts, Query, build_queries
+from .nms import mask_nms
+from .queries import MAX_TEXT_TOKENS, MODES, TRACKER_MODES, ImagePrompts, Query, build_queries, grid_points
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,10 @@ class ImageSegmentation:
         scores: ``(N,)`` float32 in [0, 1]
         boxes_xyxy: ``(N, 4)`` float32 pixel boxes, on whole pixels, inside the image
         masks: ``N`` bool arrays, mask ``i`` covering exactly box ``i``
+        mask_rank: ``(N,)`` with ``multimask="all"``, the rank of each of a prompt's three masks by
+            predicted IoU (0 = the most confident), else -1
+        low_res_logits: with ``keep_logits``, each hit's low-resolution mask logits (float16, on
+            the CPU: what a refinement passes back as ``input_masks``), else ``None``
     """
 
     image_size: tuple[int, int]
@@ -117,6 +122,8 @@ class ImageSegmentation:
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     boxes_xyxy: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     masks: list = field(default_factory=list)
+    mask_rank: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    low_res_logits: list | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -134,6 +141,8 @@ class Sam3Engine:
             image (refinement); keyed by the ``image_keys`` given to :meth:`segment`
         max_queries_per_forward (32): queries (image x prompt pairs) per decoder forward; bounds
             memory when images have many prompts
+        mask_cache_size (0): how many hits' low-resolution mask logits to keep (for refinement:
+            :meth:`remember_masks`, and a query's ``mask_key`` reads them back as ``input_masks``)
 
     A Hugging Face token is an argument of :meth:`load` only: it is used to load and not kept.
     """
@@ -145,6 +154,7 @@ class Sam3Engine:
         compile: bool = False,
         feature_cache_size: int = 0,
         max_queries_per_forward: int = 32,
+        mask_cache_size: int = 0,
     ):
         self.model_path = validate_model_path(model_path)
         self.device = resolve_device(device)
@@ -157,6 +167,8 @@ class Sam3Engine:
         self._tracker = None
         self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._feature_cache: OrderedDict = OrderedDict()
+        self.mask_cache_size = int(mask_cache_size)
+        self._mask_cache: OrderedDict = OrderedDict()
         self._lock = threading.RLock()
 
     def __repr__(self) -> str:  # no token in here, ever
@@ -307,27 +319,53 @@ class Sam3Engine:
         return features
 
     def clear_cache(self) -> None:
-        """Forgets cached vision features (text features are kept: they do not depend on images)."""
+        """Forgets cached vision features and mask logits (text features are kept: they do not
+        depend on images)."""
         with self._lock:
             self._feature_cache.clear()
+            self._mask_cache.clear()
+
+    def remember_masks(self, logits_by_key: dict) -> None:
+        """Keeps low-resolution mask logits under hashable keys (the newest ``mask_cache_size``), for
+        a later query with that ``mask_key`` to refine rather than restart."""
+        if self.mask_cache_size <= 0:
+            return
+        with self._lock:
+            for key, logits in logits_by_key.items():
+                self._mask_cache[key] = logits
+                self._mask_cache.move_to_end(key)
+            while len(self._mask_cache) > self.mask_cache_size:
+                self._mask_cache.popitem(last=False)
+
+    def cached_mask(self, key) -> torch.Tensor | None:
+        """The low-resolution logits kept under ``key``, or ``None``."""
+        if key is None:
+            return None
+        with self._lock:
+            logits = self._mask_cache.get(key)
+            if logits is not None:
+                self._mask_cache.move_to_end(key)
+            return logits
 
     def segment(
         self,
         images: Sequence[np.ndarray],
-        prompts: Sequence[ImagePrompts],
+        prompts: Sequence[ImagePrompts] | None = None,
         options: SegmentOptions | None = None,
         image_keys: Sequence[Hashable] | None = None,
+        keep_logits: bool = False,
         **overrides,
     ) -> list[ImageSegmentation]:
         """Segments a batch of images, each with its own prompts.
 
         Args:
             images: RGB uint8 ``(H, W, 3)`` arrays, any sizes
-            prompts: one :class:`~sam3_ops.core.queries.ImagePrompts` per image (pixel boxes,
-                already sanitised with :func:`~sam3_ops.core.queries.sanitize_boxes`)
+            prompts (None): one :class:`~sam3_ops.core.queries.ImagePrompts` per image (pixel
+                boxes, already sanitised); ``None`` for none (``auto`` mode)
             options (None): a :class:`SegmentOptions` (default: text mode, threshold 0.5)
             image_keys (None): hashable identities of the images, to reuse cached vision features
                 (needs ``feature_cache_size > 0``)
+            keep_logits (False): return each hit's low-resolution mask logits too
             **overrides: fields of :class:`SegmentOptions` to change, e.g. ``mode="boxes"``
 
         Returns:
@@ -338,13 +376,14 @@ class Sam3Engine:
         options = dataclasses.replace(options or SegmentOptions(), **overrides)
         if options.mode not in MODES:
             raise ValueError(f"Unknown mode {options.mode!r}; the valid modes are {', '.join(MODES)}")
+        prompts = [ImagePrompts() for _ in images] if prompts is None else list(prompts)
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompt sets")
         if not len(images):
             return []
         try:
             with self._lock:
-                return self._segment(images, prompts, options, image_keys)
+                return self._segment(images, prompts, options, image_keys, keep_logits)
         except torch.OutOfMemoryError:
             if len(images) == 1:
                 raise
@@ -357,31 +396,55 @@ class Sam3Engine:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         keys = list(image_keys) if image_keys is not None else None
-        return self.segment(images[:half], prompts[:half], options, keys and keys[:half]) + self.segment(
-            images[half:], prompts[half:], options, keys and keys[half:]
-        )
+        first = self.segment(images[:half], prompts[:half], options, keys and keys[:half], keep_logits)
+        return first + self.segment(images[half:], prompts[half:], options, keys and keys[half:], keep_logits)
 
-    def _segment(self, images, prompts, options: SegmentOptions, image_keys):
+    def _segment(self, images, prompts, options: SegmentOptions, image_keys, keep_logits: bool):
         sizes = [(int(image.shape[0]), int(image.shape[1])) for image in images]
-        queries = [
-            (i, query)
-            for i, image_prompts in enumerate(prompts)
-            for query in build_queries(options.mode, image_prompts, options.threshold)
-        ]
-        results = [_HitCollector(options.max_mask_size) for _ in images]
+        queries = self._queries(prompts, sizes, options)
+        results = [_HitCollector(options, size, keep_logits) for size in sizes]
         if queries:
             head = options.head()
             features = self._vision_features(head, images, image_keys)
-            step = self.max_queries_per_forward
-            for start in range(0, len(queries), step):
-                chunk = queries[start : start + step]
-                if head == "detector":
-                    self._run_detector(chunk, features, sizes, options.mask_threshold, results)
-                else:
-                    self._run_tracker(chunk, features, sizes, options.mask_threshold, results)
-        return _finish(results, sizes)
+            run = self._run_detector if head == "detector" else self._run_tracker
+            for chunk in self._chunks(queries, head):
+                run(chunk, features, sizes, options, results)
+        return _finish(results)
 
-    def _run_detector(self, chunk, features, sizes, mask_threshold, results):
+    @staticmethod
+    def _queries(prompts, sizes, options: SegmentOptions) -> list[tuple[int, Query]]:
+        """Every (image index, query) of a batch; ``auto`` mode lays its grid of single points."""
+        if options.mode != "auto":
+            return [
+                (i, q)
+                for i, image_prompts in enumerate(prompts)
+                for q in build_queries(options.mode, image_prompts, options.threshold)
+            ]
+        queries = []
+        empty = np.zeros((0, 4), np.float32)
+        for i, (height, width) in enumerate(sizes):
+            for k, point in enumerate(grid_points(options.points_per_side, width, height)):
+                queries.append((i, Query(options.auto_label, None, empty, empty, point[None], np.ones(1, np.int64), k)))
+        return queries
+
+    def _chunks(self, queries, head: str):
+        """Chunks of at most ``max_queries_per_forward`` queries. The tracker takes a box, and a
+        previous mask, for every query of a forward or for none: its chunks are uniform in both."""
+        groups = {}
+        for item in queries:
+            query = item[1]
+            if head == "tracker":
+                has_mask = self.cached_mask(query.mask_key) is not None
+                key = (len(query.positive_boxes) > 0 and not has_mask, has_mask)
+            else:
+                key = ()
+            groups.setdefault(key, []).append(item)
+        step = self.max_queries_per_forward
+        for group in groups.values():
+            for start in range(0, len(group), step):
+                yield group[start : start + step]
+
+    def _run_detector(self, chunk, features, sizes, options: SegmentOptions, results):
         from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
         image_index = [i for i, _ in chunk]
@@ -430,30 +493,73 @@ class Sam3Engine:
             for row, start, count in zip(query_rows, starts, counts):
                 i, query = chunk[row]
                 hits = slice(start, start + count)
-                results[i].add(query, kept[hits, 1], kept[hits, 2:], probabilities[hits], sizes[i], mask_threshold)
+                results[i].add(
+                    query,
+                    kept[hits, 1],
+                    kept[hits, 2:],
+                    probabilities[hits],
+                    options.mask_threshold,
+                    probabilities=True,
+                )
 
-    def _run_tracker(self, chunk, features, sizes, mask_threshold, results):
+    def _run_tracker(self, chunk, features, sizes, options: SegmentOptions, results):
         image_index = [i for i, _ in chunk]
         embeddings = [torch.cat(level) for level in zip(*(features[i] for i in image_index))]
         target = self.tracker.prompt_encoder.input_image_size
         scales = np.array([[target / sizes[i][1], target / sizes[i][0]] for i in image_index], np.float32)
-        boxes = np.stack([query.positive_boxes[0] for _, query in chunk]) * np.tile(scales, 2)
-        input_boxes = torch.from_numpy(boxes[:, None]).to(self.device)
-        points, point_labels = _negative_points(chunk, scales, self.device)
+        previous = [self.cached_mask(query.mask_key) for _, query in chunk]
+        input_boxes = None
+        # an object being refined has its previous mask; its box is only the fallback for a mask
+        # that is no longer cached (a box would stop a click from growing the mask past it)
+        if len(chunk[0][1].positive_boxes) and previous[0] is None:
+            boxes = np.stack([query.positive_boxes[0] for _, query in chunk]) * np.tile(scales, 2)
+            input_boxes = torch.from_numpy(boxes[:, None]).to(self.device)
+        points, point_labels = _tracker_points(chunk, scales, self.device)
+        input_masks = torch.stack(previous)[:, None].to(self.device) if previous[0] is not None else None
+        several = options.multimask is not None or options.mode == "auto"
         with torch.inference_mode(), self._autocast():
             output = self.tracker(
                 image_embeddings=embeddings,
                 input_boxes=input_boxes,
                 input_points=points,
                 input_labels=point_labels,
-                multimask_output=False,
+                input_masks=input_masks,
+                multimask_output=several,
             )
-            iou = output.iou_scores[:, 0, 0].float().clamp(0, 1).cpu().numpy()
-            logit_threshold = logit(mask_threshold)
+            iou = output.iou_scores[:, 0].float().clamp(0, 1)  # (n, k): k = 3 masks, or 1
+            logits = output.pred_masks[:, 0].float()  # (n, k, h, w)
+            choice = _choose_masks(iou, logits, options)
+            iou = iou.cpu().numpy()
+            threshold = logit(options.mask_threshold)
             for row, (i, query) in enumerate(chunk):
-                box = query.positive_boxes[:1]
+                picked, ranks = choice[row]
+                if not len(picked):
+                    continue
+                # boxes mode: the mask is cut to its prompt box; points and auto: a tight box
+                boxes = np.repeat(query.positive_boxes[:1], len(picked), 0) if options.mode == "boxes" else None
                 # threshold logits: transformers' tracker post-processing interpolates logits
-                results[i].add(query, iou[row : row + 1], box, output.pred_masks[row, 0], sizes[i], logit_threshold)
+                results[i].add(query, iou[row, picked], boxes, logits[row, picked], threshold, ranks=ranks)
+
+
+def _choose_masks(iou: torch.Tensor, logits: torch.Tensor, options: SegmentOptions) -> list:
+    """Per query, the indices of the masks to keep among the tracker's ``k`` and their ranks:
+    the single mask, the most confident of three (``best``), all three ranked (``all``), or, in
+    ``auto`` mode, those of the three whose predicted IoU and stability pass."""
+    k = iou.shape[1]
+    if k == 1:
+        return [([0], None)] * len(iou)
+    if options.multimask == "best":
+        return [([int(best)], None) for best in iou.argmax(1).tolist()]
+    if options.multimask == "all":
+        order = torch.argsort(iou, dim=1, descending=True, stable=True).tolist()
+        return [(row, list(range(k))) for row in order]
+    # auto: SAM's automatic mask generator keeps each of the three that is confident and stable
+    threshold = logit(options.mask_threshold)
+    inner = (logits > threshold + 1.0).flatten(2).sum(-1).float()
+    outer = (logits > threshold - 1.0).flatten(2).sum(-1).float()
+    stability = torch.where(outer > 0, inner / outer.clamp(min=1), torch.zeros_like(outer))
+    passed = (iou >= options.pred_iou_threshold) & (stability >= options.stability_threshold)
+    return [(torch.nonzero(row).flatten().tolist(), None) for row in passed.cpu()]
 
 
 def _clone(nested):
@@ -469,54 +575,155 @@ class _TextEmbeds:
 
 
 class _HitCollector:
-    """Gathers one image's hits; masks stay on the device until :func:`_finish`."""
+    """One image's candidate hits, kept as low-resolution maps on the device until :meth:`resolve`
+    filters them (empty, too small, duplicates, over the limit) and upsamples only the survivors."""
 
     #: the most float elements one batched upsampling holds, output and intermediates (64 M = 256 MB)
     element_budget = 64 * 1024 * 1024
 
-    def __init__(self, max_mask_size: int | None):
-        self.max_mask_size = max_mask_size
-        self.labels, self.prompt_index, self.scores, self.boxes, self.crops = [], [], [], [], []
+    def __init__(self, options: SegmentOptions, size: tuple[int, int], keep_logits: bool = False):
+        self.options, self.size, self.keep_logits = options, size, keep_logits
+        self.labels, self.prompt_index, self.ranks, self.scores, self.boxes = [], [], [], [], []
+        self.maps, self.thresholds, self.probabilities = [], [], []
 
-    def add(self, query: Query, scores, boxes_px, low_res_maps: torch.Tensor, size, threshold):
-        """Adds hits: their scores, pixel boxes and low-res mask maps ``(n, h, w)`` (same device)."""
-        height, width = size
-        crops = [crop_box(box, width, height) for box in boxes_px]
-        shapes = [mask_shape(crop, self.max_mask_size) for crop in crops]
-        masks = [None] * len(crops)
-        for group in memory_groups(shapes, self.element_budget, tuple(low_res_maps.shape[-2:])):
-            upsampled = upsample_crops(low_res_maps[group], [crops[i] for i in group], size, [shapes[i] for i in group])
-            for k, i in enumerate(group):
-                mask_height, mask_width = shapes[i]
-                masks[i] = upsampled[k, :mask_height, :mask_width] > threshold
-        for score, crop, mask in zip(scores, crops, masks):
-            self.labels.append(query.label)
-            self.prompt_index.append(query.prompt_index)
-            self.scores.append(float(score))
-            self.boxes.append(crop)
-            self.crops.append(mask)
+    def add(
+        self, query: Query, scores, boxes_px, maps: torch.Tensor, threshold: float, probabilities=False, ranks=None
+    ):
+        """Adds hits: scores, pixel boxes (``None``: tight around each mask) and low-res maps
+        ``(n, h, w)`` (probabilities, or logits) with the value above which a pixel is in the mask."""
+        n = len(scores)
+        self.labels += [query.label] * n
+        self.prompt_index += [query.prompt_index] * n
+        self.ranks += list(ranks) if ranks is not None else [-1] * n
+        self.scores += [float(score) for score in scores]
+        self.boxes += list(boxes_px) if boxes_px is not None else [None] * n
+        self.maps.append(maps)
+        self.thresholds += [threshold] * n
+        self.probabilities += [probabilities] * n
+
+    def resolve(self) -> dict:
+        """Filters the candidates and upsamples the survivors' masks over their boxes (on the device)."""
+        if not self.scores:
+            return {"keep": [], "crops": [], "masks": [], "logits": None}
+        maps = torch.cat(self.maps)
+        foreground = maps > torch.tensor(self.thresholds, device=maps.device)[:, None, None]
+        keep = self._filter(foreground)
+        crops, shapes, tight = [], [], []
+        height, width = self.size
+        coarse = _coarse_boxes(foreground[keep], width, height) if keep else []
+        for k, i in enumerate(keep):
+            box = self.boxes[i] if self.boxes[i] is not None else coarse[k]
+            crops.append(crop_box(box, width, height))
+            shapes.append(mask_shape(crops[-1], self.options.max_mask_size))
+            tight.append(self.boxes[i] is None)
+        masks = [None] * len(keep)
+        low_res = maps[keep] if keep else maps[:0]
+        for group in memory_groups(shapes, self.element_budget, tuple(maps.shape[-2:])):
+            upsampled = upsample_crops(low_res[group], [crops[k] for k in group], self.size, [shapes[k] for k in group])
+            for j, k in enumerate(group):
+                mask_height, mask_width = shapes[k]
+                masks[k] = upsampled[j, :mask_height, :mask_width] > self.thresholds[keep[k]]
+        logits = None
+        if self.keep_logits and keep:
+            as_logits = [
+                torch.logit(low_res[k], eps=1e-6) if self.probabilities[i] else low_res[k] for k, i in enumerate(keep)
+            ]
+            logits = [t.to("cpu", torch.float16) for t in as_logits]
+        return {"keep": keep, "crops": crops, "masks": masks, "tight": tight, "logits": logits}
+
+    def _filter(self, foreground: torch.Tensor) -> list[int]:
+        """The candidates to keep, in order: not empty where the box comes from the mask, at least
+        ``min_area``, not a duplicate (``nms_iou``, ``nms_containment``), within ``max_detections``."""
+        options = self.options
+        n, h, w = foreground.shape
+        areas = foreground.flatten(1).sum(1)
+        keep = torch.ones(n, dtype=torch.bool, device=foreground.device)
+        needs_pixels = torch.tensor([box is None for box in self.boxes], device=foreground.device)
+        keep &= ~needs_pixels | (areas > 0)
+        if options.min_area > 0:
+            keep &= areas >= options.min_area * h * w
+        index = torch.nonzero(keep).flatten()
+        scores = torch.tensor(self.scores, device=foreground.device)
+        if len(index) > 1 and (options.nms_iou is not None or options.nms_containment is not None):
+            labels = [self.labels[i] for i in index.tolist()] if options.nms_per_label else None
+            boxes = _coarse_boxes(foreground[index], w, h, margin=0)
+            survivors = mask_nms(
+                foreground[index], scores[index], options.nms_iou, options.nms_containment, labels, torch.tensor(boxes)
+            )
+            index = index[survivors.to(index.device)]
+        if options.max_detections is not None and len(index) > options.max_detections:
+            top = torch.sort(scores[index], descending=True, stable=True).indices[: options.max_detections]
+            index = torch.sort(index[top]).values
+        return index.tolist()
 
 
-def _finish(collectors: list[_HitCollector], sizes) -> list[ImageSegmentation]:
-    """Copies every mask crop of the batch to the host at once and builds the results."""
-    crops = [crop for collector in collectors for crop in collector.crops]
-    flat = torch.cat([crop.flatten() for crop in crops]).cpu().numpy() if crops else np.zeros(0, bool)
+def _coarse_boxes(foreground: torch.Tensor, width: int, height: int, margin: int = 1) -> np.ndarray:
+    """Pixel ``xyxy`` boxes around low-resolution masks ``(n, h, w)``, grown by ``margin`` low-res
+    pixels (a mask's upsampled edge may reach into its neighbours), one host copy. An empty mask
+    gets the whole image."""
+    n, h, w = foreground.shape
+    rows, cols = foreground.any(2), foreground.any(1)
+    index_h = torch.arange(h, device=foreground.device)
+    index_w = torch.arange(w, device=foreground.device)
+    y0 = torch.where(rows, index_h, h).min(1).values
+    y1 = torch.where(rows, index_h, -1).max(1).values + 1
+    x0 = torch.where(cols, index_w, w).min(1).values
+    x1 = torch.where(cols, index_w, -1).max(1).values + 1
+    low = torch.stack([x0, y0, x1, y1], 1).cpu().numpy().astype(np.float32)
+    empty = low[:, 2] <= low[:, 0]
+    low[:, :2] -= margin
+    low[:, 2:] += margin
+    boxes = low * np.array([width / w, height / h, width / w, height / h], np.float32)
+    boxes[empty] = [0, 0, width, height]
+    return np.clip(boxes, 0, [width, height, width, height])
+
+
+def _tighten(mask: torch.Tensor, crop) -> tuple:
+    """A mask cut to its own pixels' extent and its crop moved to match (a scaled-down mask's rows
+    and columns map back to the crop proportionally); ``(None, None)`` for an empty mask."""
+    rows, cols = torch.nonzero(mask.any(1)).flatten(), torch.nonzero(mask.any(0)).flatten()
+    if not len(rows):
+        return None, None
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    x0, y0, x1, y1 = crop
+    scale_y, scale_x = (y1 - y0) / mask.shape[0], (x1 - x0) / mask.shape[1]
+    tight = (
+        x0 + int(c0 * scale_x),
+        y0 + int(r0 * scale_y),
+        x0 + int(np.ceil(c1 * scale_x)),
+        y0 + int(np.ceil(r1 * scale_y)),
+    )
+    return mask[r0:r1, c0:c1], tight
+
+
+def _finish(collectors: list[_HitCollector]) -> list[ImageSegmentation]:
+    """Resolves each image's hits and copies every mask crop of the batch to the host at once."""
+    resolved = [collector.resolve() for collector in collectors]
+    for part in resolved:
+        for k, tight in enumerate(part.get("tight", [])):
+            if tight:
+                part["masks"][k], part["crops"][k] = _tighten(part["masks"][k], part["crops"][k])
+    masks = [mask for part in resolved for mask in part["masks"] if mask is not None]
+    flat = torch.cat([mask.flatten() for mask in masks]).cpu().numpy() if masks else np.zeros(0, bool)
     offset = 0
     results = []
-    for collector, size in zip(collectors, sizes):
-        masks = []
-        for crop in collector.crops:
-            count = crop.numel()
-            masks.append(flat[offset : offset + count].reshape(tuple(crop.shape)))
+    for collector, part in zip(collectors, resolved):
+        hits = [(k, i) for k, i in enumerate(part["keep"]) if part["masks"][k] is not None]
+        host_masks = []
+        for k, _ in hits:
+            count = part["masks"][k].numel()
+            host_masks.append(flat[offset : offset + count].reshape(tuple(part["masks"][k].shape)))
             offset += count
         results.append(
             ImageSegmentation(
-                image_size=size,
-                labels=collector.labels,
-                prompt_index=np.asarray(collector.prompt_index, np.int64),
-                scores=np.asarray(collector.scores, np.float32),
-                boxes_xyxy=np.asarray(collector.boxes, np.float32).reshape(-1, 4),
-                masks=masks,
+                image_size=collector.size,
+                labels=[collector.labels[i] for _, i in hits],
+                prompt_index=np.asarray([collector.prompt_index[i] for _, i in hits], np.int64),
+                scores=np.asarray([collector.scores[i] for _, i in hits], np.float32),
+                boxes_xyxy=np.asarray([part["crops"][k] for k, _ in hits], np.float32).reshape(-1, 4),
+                masks=host_masks,
+                mask_rank=np.asarray([collector.ranks[i] for _, i in hits], np.int64),
+                low_res_logits=[part["logits"][k] for k, _ in hits] if part["logits"] is not None else None,
             )
         )
     return results
@@ -551,15 +758,16 @@ def _detector_boxes(chunk, sizes, device):
     return torch.from_numpy(boxes).to(device), torch.from_numpy(labels).to(device)
 
 
-def _negative_points(chunk, scales, device):
-    """Negative points for the tracker, in its input resolution, padded with label -10."""
-    count = max(len(query.negative_points) for _, query in chunk)
+def _tracker_points(chunk, scales, device):
+    """The queries' points for the tracker, in its input resolution, ragged counts padded with
+    label -10 (which the prompt encoder skips), as transformers' processor pads them."""
+    count = max(len(query.points) for _, query in chunk)
     if count == 0:
         return None, None
     points = np.zeros((len(chunk), 1, count, 2), np.float32)
     labels = np.full((len(chunk), 1, count), -10, np.int64)
     for row, (_, query) in enumerate(chunk):
-        n = len(query.negative_points)
-        points[row, 0, :n] = query.negative_points * scales[row]
-        labels[row, 0, :n] = 0
+        n = len(query.points)
+        points[row, 0, :n] = query.points * scales[row]
+        labels[row, 0, :n] = query.point_labels
     return torch.from_numpy(points).to(device), torch.from_numpy(labels).to(device)

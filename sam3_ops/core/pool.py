@@ -16,6 +16,9 @@ from .engine import Sam3Engine
 
 #: images whose vision features a pooled engine keeps (interactive refinement re-runs one image)
 POOLED_FEATURE_CACHE_SIZE = 8
+#: hits whose low-resolution mask logits a pooled engine keeps (each click of a refinement starts
+#: from the previous mask: 166 KB each at full size)
+POOLED_MASK_CACHE_SIZE = 256
 
 _engines: dict[tuple[str, str, bool], Sam3Engine] = {}
 _lock = threading.Lock()
@@ -39,7 +42,13 @@ def get_engine(model_path: str | os.PathLike = DEFAULT_MODEL, device=None, compi
     with _lock:
         engine = _engines.get(key)
         if engine is None:
-            engine = Sam3Engine(key[0], device=key[1], compile=key[2], feature_cache_size=POOLED_FEATURE_CACHE_SIZE)
+            engine = Sam3Engine(
+                key[0],
+                device=key[1],
+                compile=key[2],
+                feature_cache_size=POOLED_FEATURE_CACHE_SIZE,
+                mask_cache_size=POOLED_MASK_CACHE_SIZE,
+            )
             _engines[key] = engine
         return engine
 

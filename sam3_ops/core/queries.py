@@ -10,7 +10,11 @@ engine runs for a mode:
   carrying every example; without, one query per distinct label of the examples (text
   ``"visual"``, as transformers' processor does), so "cat" boxes find cats and "dog" boxes dogs;
 - ``boxes``: one query per prompt box (SAM1-style, one mask each); negative boxes become negative
-  points at their centres, for the prompt boxes they overlap.
+  points at their centres, for the prompt boxes they overlap;
+- ``points``: one query per prompt object (:class:`ObjectPrompt`: points labelled positive or
+  negative, optionally a box and the key of a previous mask to refine); negative boxes become
+  negative points at their centres, for every object;
+- ``auto``: no prompts; the engine lays a grid of single-point queries over the image.
 """
 
 from __future__ import annotations
@@ -87,6 +91,34 @@ def describe_box_problems(n_given: int, n_kept: int, what: str) -> str | None:
     return f"dropped {dropped} of {n_given} {what} {noun}: degenerate (NaN, inverted, zero area) or outside the image"
 
 
+@dataclass
+class ObjectPrompt:
+    """One object to segment with the tracker, SAM1-style.
+
+    Attributes:
+        label: what its mask is called
+        points: ``(n, 2)`` pixel ``xy`` points
+        point_labels: ``(n,)`` 1 (the object is here) or 0 (it is not)
+        box: a pixel ``xyxy`` box around it, or ``None``
+        mask_key: the key of a previous mask's low-resolution logits in the engine's mask cache, to
+            refine rather than restart (``None``: none)
+    """
+
+    label: str | None
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
+    point_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    box: np.ndarray | None = None
+    mask_key: object = None
+
+    def __post_init__(self):
+        self.points = np.asarray(self.points, dtype=np.float32).reshape(-1, 2)
+        self.point_labels = np.asarray(self.point_labels, dtype=np.int64).reshape(-1)
+        if len(self.point_labels) != len(self.points):
+            raise ValueError(f"{len(self.points)} points but {len(self.point_labels)} point labels")
+        if self.box is not None:
+            self.box = np.asarray(self.box, dtype=np.float32).reshape(4)
+
+
 def _text_prompt(prompt) -> TextPrompt:
     return prompt if isinstance(prompt, TextPrompt) else TextPrompt(str(prompt))
 
@@ -100,14 +132,17 @@ class ImagePrompts:
         boxes: ``(N, 4)`` prompt boxes: one mask each (``boxes``) or visual examples (``exemplars``)
         box_labels: a label per prompt box (``None`` where unknown)
         negative_boxes: ``(M, 4)`` boxes of things that are not wanted
+        objects: the prompt objects of ``points`` mode (:class:`ObjectPrompt`)
     """
 
     texts: tuple = ()
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     box_labels: tuple[str | None, ...] = ()
     negative_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    objects: tuple = ()
 
     def __post_init__(self):
+        self.objects = tuple(self.objects)
         self.texts = tuple(_text_prompt(p) for p in self.texts)
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
         self.negative_boxes = np.asarray(self.negative_boxes, dtype=np.float32).reshape(-1, 4)
@@ -123,19 +158,23 @@ class Query:
     Attributes:
         label: what hits are called (the prompt's label, the examples' label, or the box's label)
         text: the text SAM3 reads, or ``None`` (a query of the tracker head)
-        positive_boxes, negative_boxes: ``(n, 4)`` pixel ``xyxy`` boxes
-        negative_points: ``(p, 2)`` pixel ``xy`` points (``boxes`` mode only)
-        prompt_index: the prompt box this query answers (``boxes`` mode), else ``-1``
+        positive_boxes, negative_boxes: ``(n, 4)`` pixel ``xyxy`` boxes (a tracker query: at most
+            one positive box)
+        points, point_labels: ``(p, 2)`` pixel ``xy`` points and their labels 1/0 (tracker queries)
+        prompt_index: the prompt box or object this query answers (tracker modes), else ``-1``
         threshold: the score above which its hits are kept (detector queries)
+        mask_key: the key of a previous mask to refine (tracker queries), or ``None``
     """
 
     label: str | None
     text: str | None
     positive_boxes: np.ndarray
     negative_boxes: np.ndarray
-    negative_points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
+    point_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     prompt_index: int = -1
     threshold: float = 0.5
+    mask_key: object = None
 
 
 def _empty_boxes() -> np.ndarray:
@@ -174,7 +213,27 @@ def build_queries(mode: str, prompts: ImagePrompts, threshold: float = 0.5) -> l
         return queries
 
     centres = np.stack([(negatives[:, 0] + negatives[:, 2]) / 2, (negatives[:, 1] + negatives[:, 3]) / 2], axis=1)
-    return [
-        Query(label, None, box[None], _empty_boxes(), _centres_inside(centres, box), index)
-        for index, (box, label) in enumerate(zip(prompts.boxes, prompts.box_labels))
-    ]
+    if mode == "points":
+        return [_object_query(index, obj, centres) for index, obj in enumerate(prompts.objects)]
+    if mode == "auto":
+        return []  # the engine lays the grid: it needs the image's size
+    queries = []
+    for index, (box, label) in enumerate(zip(prompts.boxes, prompts.box_labels)):
+        inside = _centres_inside(centres, box)
+        queries.append(Query(label, None, box[None], _empty_boxes(), inside, np.zeros(len(inside), np.int64), index))
+    return queries
+
+
+def _object_query(index: int, obj: ObjectPrompt, negative_centres: np.ndarray) -> Query:
+    points = np.concatenate([obj.points, negative_centres]).astype(np.float32)
+    labels = np.concatenate([obj.point_labels, np.zeros(len(negative_centres), np.int64)])
+    box = obj.box[None] if obj.box is not None else _empty_boxes()
+    return Query(obj.label, None, box, _empty_boxes(), points, labels, index, mask_key=obj.mask_key)
+
+
+def grid_points(points_per_side: int, width: int, height: int) -> np.ndarray:
+    """``points_per_side`` x ``points_per_side`` pixel points evenly covering an image, each at the
+    centre of its cell (as SAM's automatic mask generator lays them): ``(n, 2)`` float32."""
+    offsets = (np.arange(points_per_side, dtype=np.float32) + 0.5) / points_per_side
+    xs, ys = np.meshgrid(offsets * width, offsets * height)
+    return np.stack([xs.ravel(), ys.ravel()], axis=1)

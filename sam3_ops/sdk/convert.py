@@ -13,7 +13,7 @@ import fiftyone.core.labels as fol
 import numpy as np
 
 from ..core.engine import ImageSegmentation
-from ..core.queries import ImagePrompts, describe_box_problems, sanitize_boxes
+from ..core.queries import ImagePrompts, ObjectPrompt, describe_box_problems, sanitize_boxes
 
 
 def relative_to_xyxy(boxes_xywh: np.ndarray | Sequence, width: int, height: int) -> np.ndarray:
@@ -99,12 +99,109 @@ def prompts_from_detections(
     return prompts, [d.id for d in kept], warnings
 
 
+#: per-point positive/negative labels on a ``Keypoint``, FiftyOne's convention for SAM prompts
+POINT_LABEL_ATTRS = ("sam_labels", "sam2_labels")
+#: a prompt ``Keypoint`` with this attribute refines the detection with that id (its cached mask)
+REFINES_ATTR = "sam3_refines"
+#: ... and this one holds that detection's relative box, used when its mask is no longer cached
+REFINES_BOX_ATTR = "sam3_box"
+
+
+def _point_labels(keypoint, count: int) -> tuple[np.ndarray | None, str | None]:
+    """A keypoint's per-point labels (all 1 when it has none), or ``(None, why not)``."""
+    for name in POINT_LABEL_ATTRS:
+        value = keypoint.get_field(name) if keypoint.has_field(name) else None
+        if value is None:
+            continue
+        try:
+            labels = np.asarray(list(value), dtype=np.float64)
+        except (TypeError, ValueError):
+            return None, f"its {name} ({value!r}) is not a list of 0/1"
+        if len(labels) != count:
+            return None, f"it has {count} points but {len(labels)} {name}"
+        if not np.isin(labels, (0, 1)).all():
+            return None, f"its {name} must be 1 (positive) or 0 (negative), not {sorted(set(labels.tolist()))}"
+        return labels.astype(np.int64), None
+    return np.ones(count, np.int64), None
+
+
+def _object_from_keypoint(keypoint, width: int, height: int, image_key) -> tuple[ObjectPrompt | None, list[str]]:
+    """One keypoint object as an :class:`ObjectPrompt` (pixel points), or ``None``, with warnings."""
+    name = f"keypoint {keypoint.label!r}" if keypoint.label else "a keypoint"
+    try:
+        points = np.asarray(keypoint.points if keypoint.points is not None else [], dtype=np.float64).reshape(-1, 2)
+    except (TypeError, ValueError):
+        return None, [f"skipped {name}: its points are not [x, y] pairs"]
+    labels, problem = _point_labels(keypoint, len(points))
+    if problem:
+        return None, [f"skipped {name}: {problem}"]
+    visible = np.isfinite(points).all(axis=1)  # NaN: FiftyOne's "not visible"
+    inside = visible & (points >= 0).all(axis=1) & (points <= 1).all(axis=1)
+    warnings = []
+    if (~inside).any():
+        warnings.append(
+            f"dropped {int((~inside).sum())} of {len(points)} points of {name}: not visible (NaN) or outside the image"
+        )
+    points, labels = points[inside], labels[inside]
+    if not (labels == 1).any():
+        return None, [*warnings, f"skipped {name}: no positive point to segment from"]
+    box, key = None, None
+    if keypoint.has_field(REFINES_ATTR) and keypoint.get_field(REFINES_ATTR):
+        key = (image_key, str(keypoint.get_field(REFINES_ATTR)))
+        if keypoint.has_field(REFINES_BOX_ATTR) and keypoint.get_field(REFINES_BOX_ATTR) is not None:
+            box = relative_to_xyxy([keypoint.get_field(REFINES_BOX_ATTR)], width, height)[0]
+            box, kept = sanitize_boxes(box[None], width, height)
+            box = box[0] if len(kept) else None
+    scaled = (points * [width, height]).astype(np.float32)
+    return ObjectPrompt(keypoint.label, scaled, labels, box=box, mask_key=key), warnings
+
+
+def prompts_from_keypoints(
+    keypoints, negative_detections, width: int, height: int, image_key=None
+) -> tuple[ImagePrompts, list[str | None], list[str]]:
+    """Builds one image's ``points``-mode :class:`~sam3_ops.core.queries.ImagePrompts` from a
+    ``Keypoints`` field: one prompt object per ``Keypoint``.
+
+    Each keypoint's points are relative ``[x, y]``; their positive (1) / negative (0) labels come
+    from its ``sam_labels`` (or ``sam2_labels``) list, FiftyOne's convention, all positive without
+    one. NaN points (not visible) and points outside the image are dropped; a keypoint whose labels
+    do not fit its points, or with no positive point left, is skipped; each with a warning.
+
+    Args:
+        keypoints: the prompt field's value (``fo.Keypoints`` or ``None``)
+        negative_detections: the negative field's value (boxes whose centres become negative points)
+        width, height: the image size in pixels
+        image_key (None): the image's key, with which a keypoint that refines a detection
+            (:data:`REFINES_ATTR`) names that detection's cached mask
+
+    Returns:
+        ``(prompts, prompt_ids, warnings)``: ``prompt_ids[i]`` is the id of the keypoint that
+        became prompt object ``i``
+    """
+    objects, ids, warnings = [], [], []
+    for keypoint in keypoints.keypoints if keypoints is not None else []:
+        obj, notes = _object_from_keypoint(keypoint, width, height, image_key)
+        warnings += notes
+        if obj is not None:
+            objects.append(obj)
+            ids.append(keypoint.id)
+    negatives = list(negative_detections.detections) if negative_detections is not None else []
+    neg_boxes, neg_keep = sanitize_boxes(
+        relative_to_xyxy([_box_of(d) for d in negatives], width, height), width, height
+    )
+    message = describe_box_problems(len(negatives), len(neg_keep), "negative")
+    if message:
+        warnings.append(message)
+    return ImagePrompts(objects=tuple(objects), negative_boxes=neg_boxes), ids, warnings
+
+
 def to_detections(segmentation: ImageSegmentation, prompt_ids: Sequence[str | None] | None = None) -> fol.Detections:
     """The engine's hits on one image as ``fo.Detections`` (an empty one for no hits).
 
     Each Detection: ``label`` (the prompt or the prompt box's label), relative ``bounding_box``
-    clipped to [0, 1], ``mask`` (bool, exactly the box), ``confidence`` (the SAM3 score); and, for
-    hits that answer a prompt box, ``prompt_id`` (the id of that box's detection).
+    clipped to [0, 1], ``mask`` (bool, exactly the box), ``confidence`` (the SAM3 score); for hits
+    that answer a prompt box or keypoint, ``prompt_id`` (its id); with ``multimask="all"``,
+    ``mask_rank`` (0 = the most confident of the prompt's three masks).
     """
     height, width = segmentation.image_size
     detections = []
@@ -118,5 +215,7 @@ def to_detections(segmentation: ImageSegmentation, prompt_ids: Sequence[str | No
         index = int(segmentation.prompt_index[i])
         if prompt_ids is not None and index >= 0:
             detection["prompt_id"] = prompt_ids[index]
+        if len(segmentation.mask_rank) and segmentation.mask_rank[i] >= 0:
+            detection["mask_rank"] = int(segmentation.mask_rank[i])
         detections.append(detection)
     return fol.Detections(detections=detections)

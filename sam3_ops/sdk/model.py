@@ -28,7 +28,7 @@ import numpy as np
 from ..core.engine import Sam3Engine
 from ..core.images import ImageLoadError, load_image
 from ..core.queries import FIELD_MODES
-from .convert import prompts_from_detections, to_detections
+from .convert import prompts_from_detections, prompts_from_keypoints, to_detections
 from .settings import Sam3Settings
 
 logger = logging.getLogger(__name__)
@@ -89,14 +89,19 @@ class Sam3GetItem(fout.GetItem):
             image = load_image(filepath, max_pixels=self.settings.max_image_pixels)
             height, width = image.shape[:2]
             values = {key: d.get(key) for key in _PROMPT_KEYS} | self.prompt_overrides.get(d.get("id"), {})
-            prompts, prompt_ids, warnings = prompts_from_detections(
-                _detections_or_none(values[PROMPT_FIELD], PROMPT_FIELD),
-                _detections_or_none(values[NEGATIVE_FIELD], NEGATIVE_FIELD),
-                width,
-                height,
-                texts=self.settings.prompts,
-                mode=self.settings.mode,
-            )
+            negatives = _labels_or_none(values[NEGATIVE_FIELD], NEGATIVE_FIELD, "detections")
+            if self.settings.mode == "points":
+                keypoints = _labels_or_none(values[PROMPT_FIELD], PROMPT_FIELD, "keypoints")
+                prompts, prompt_ids, warnings = prompts_from_keypoints(keypoints, negatives, width, height, filepath)
+            else:
+                prompts, prompt_ids, warnings = prompts_from_detections(
+                    _labels_or_none(values[PROMPT_FIELD], PROMPT_FIELD, "detections"),
+                    negatives,
+                    width,
+                    height,
+                    texts=self.settings.prompts,
+                    mode=self.settings.mode,
+                )
             return _Item(filepath, image, prompts, prompt_ids, warnings=warnings)
         except ImageLoadError as error:
             return _Item(filepath, error=str(error))
@@ -104,10 +109,11 @@ class Sam3GetItem(fout.GetItem):
             return _Item(filepath, error=f"{type(error).__name__}: {error}")
 
 
-def _detections_or_none(value, key):
-    if value is None or hasattr(value, "detections"):
+def _labels_or_none(value, key: str, kind: str):
+    """``value`` if it is ``None`` or holds ``kind`` (``"detections"``, ``"keypoints"``) labels."""
+    if value is None or hasattr(value, kind):
         return value
-    raise ValueError(f"{key} must hold Detections, but this sample's value is a {type(value).__name__}")
+    raise ValueError(f"{key} must hold {kind.capitalize()}, but this sample's value is a {type(value).__name__}")
 
 
 _PR_SET_PDEATHSIG = 1
@@ -143,8 +149,10 @@ class Sam3Model(fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
     Args:
         settings: the :class:`~sam3_ops.sdk.settings.Sam3Settings` of the run
         engine (None): the :class:`~sam3_ops.core.engine.Sam3Engine` to run on (``None``: a new one)
-        cache_features (False): key each image by its filepath so that the engine's feature cache
-            (pooled engines keep 8 images) spares the image encoder on a re-run of the same image
+        cache_features (False): for interactive use: key each image by its filepath so that the
+            engine's feature cache (pooled engines keep 8 images) spares the image encoder on a
+            re-run of the same image, and keep each written detection's mask logits (pooled
+            engines keep 256) so that refining it with points starts from its mask
         prompt_overrides (None): prompts given in memory for some samples (see :class:`Sam3GetItem`)
 
     Attributes:
@@ -229,9 +237,10 @@ class Sam3Model(fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
     def build_get_item(self, field_mapping=None):
         mapping = self.prompt_fields(field_mapping)
         if self.settings.mode in FIELD_MODES and PROMPT_FIELD not in mapping and not self.prompt_overrides:
+            points = self.settings.mode == "points"
             raise ValueError(
-                f"mode={self.settings.mode!r} needs the boxes to prompt with: "
-                "apply_model(model, label_field=..., prompt_field='<a Detections field>')"
+                f"mode={self.settings.mode!r} needs the {'points' if points else 'boxes'} to prompt with: "
+                f"apply_model(model, label_field=..., prompt_field='<a {'Keypoints' if points else 'Detections'} field>')"
             )
         return Sam3GetItem(self.settings, field_mapping=mapping, prompt_overrides=self.prompt_overrides)
 
@@ -258,9 +267,11 @@ class Sam3Model(fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
                     [item.prompts for item in good],
                     self._options,
                     image_keys=[item.filepath for item in good] if self.cache_features else None,
+                    keep_logits=self.cache_features,
                 )
                 for item, segmentation in zip(good, segmentations):
                     labels = to_detections(segmentation, item.prompt_ids)
+                    self._remember_masks(item.filepath, labels, segmentation)
                     outputs[id(item)] = self._fit_in_document(labels, item.filepath)
             except Exception as error:
                 # the message only: the exception's traceback would hold the failed batch's device memory
@@ -279,6 +290,14 @@ class Sam3Model(fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
                 self.num_processed += 1
                 self.num_detections += len(labels.detections)
         return [outputs.get(id(item)) for item in items]
+
+    def _remember_masks(self, filepath: str, labels, segmentation) -> None:
+        """Interactive runs: keeps each written detection's low-resolution logits in the engine,
+        under ``(filepath, detection id)``, so that refining it starts from its mask."""
+        if segmentation.low_res_logits is not None:
+            self.engine.remember_masks(
+                {(filepath, d.id): logits for d, logits in zip(labels.detections, segmentation.low_res_logits)}
+            )
 
     def _fit_in_document(self, labels, filepath: str):
         """Moves the masks to PNG files (``mask_path``) when the labels would not fit in the
