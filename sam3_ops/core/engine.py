@@ -515,7 +515,7 @@ class Sam3Engine:
             boxes = np.stack([query.positive_boxes[0] for _, query in chunk]) * np.tile(scales, 2)
             input_boxes = torch.from_numpy(boxes[:, None]).to(self.device)
         points, point_labels = _tracker_points(chunk, scales, self.device)
-        input_masks = torch.stack(previous)[:, None].to(self.device) if previous[0] is not None else None
+        input_masks = torch.stack(previous)[:, None].to(self.device, torch.float32) if previous[0] is not None else None
         several = options.multimask is not None or options.mode == "auto"
         with torch.inference_mode(), self._autocast():
             output = self.tracker(

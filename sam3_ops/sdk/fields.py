@@ -40,6 +40,11 @@ def field_name_problem(name) -> str | None:
     return None
 
 
+def prompt_label_type(mode: str):
+    """The label type of a mode's prompt field: ``Keypoints`` in ``points`` mode, else ``Detections``."""
+    return fol.Keypoints if mode == "points" else fol.Detections
+
+
 def check_label_field(
     samples, field_name, label_type=fol.Detections, require_labels: bool = False, what: str = "field"
 ) -> str:

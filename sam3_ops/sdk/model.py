@@ -29,6 +29,7 @@ from ..core.engine import Sam3Engine
 from ..core.images import ImageLoadError, load_image
 from ..core.queries import FIELD_MODES
 from .convert import prompts_from_detections, prompts_from_keypoints, to_detections
+from .fields import prompt_label_type
 from .settings import Sam3Settings
 
 logger = logging.getLogger(__name__)
@@ -237,10 +238,10 @@ class Sam3Model(fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
     def build_get_item(self, field_mapping=None):
         mapping = self.prompt_fields(field_mapping)
         if self.settings.mode in FIELD_MODES and PROMPT_FIELD not in mapping and not self.prompt_overrides:
-            points = self.settings.mode == "points"
+            what = "points" if self.settings.mode == "points" else "boxes"
             raise ValueError(
-                f"mode={self.settings.mode!r} needs the {'points' if points else 'boxes'} to prompt with: "
-                f"apply_model(model, label_field=..., prompt_field='<a {'Keypoints' if points else 'Detections'} field>')"
+                f"mode={self.settings.mode!r} needs the {what} to prompt with: apply_model(model, label_field=..., "
+                f"prompt_field='<a {prompt_label_type(self.settings.mode).__name__} field>')"
             )
         return Sam3GetItem(self.settings, field_mapping=mapping, prompt_overrides=self.prompt_overrides)
 

@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass, field
 
 from ..core.checkpoint import DEFAULT_MODEL, device_problem
 from ..core.engine import Sam3Engine
-from ..core.pool import get_engine
-from .fields import check_label_field, ensure_detections_field, output_field_problem
+from ..core.pool import POOLED_FEATURE_CACHE_SIZE, POOLED_MASK_CACHE_SIZE, get_engine
+from .fields import check_label_field, ensure_detections_field, output_field_problem, prompt_label_type
 from .model import Sam3Model
 from .runs import finish_run, record_run, run_key
 from .settings import Sam3Settings, SettingsError
@@ -20,9 +20,12 @@ from .settings import Sam3Settings, SettingsError
 DEFAULT_BATCH_SIZE = 8
 
 
-def build_engine(settings: Sam3Settings, token: str | None = None, reuse: bool = True) -> Sam3Engine:
+def build_engine(
+    settings: Sam3Settings, token: str | None = None, reuse: bool = True, cache_features: bool = False
+) -> Sam3Engine:
     """The engine for ``settings`` (the pooled one with ``reuse``), its heads for the mode loaded now
     (a clear error before a long run rather than on every batch). ``token`` is used to load only.
+    A new engine gets the pool's feature and mask caches with ``cache_features`` (pooled ones have them).
 
     Raises:
         SettingsError: the settings' device is not on this machine
@@ -34,7 +37,14 @@ def build_engine(settings: Sam3Settings, token: str | None = None, reuse: bool =
     if reuse:
         engine = get_engine(settings.model_path, settings.device, settings.compile)
     else:
-        engine = Sam3Engine(settings.model_path, device=settings.device, compile=settings.compile)
+        sizes = (POOLED_FEATURE_CACHE_SIZE, POOLED_MASK_CACHE_SIZE) if cache_features else (0, 0)
+        engine = Sam3Engine(
+            settings.model_path,
+            device=settings.device,
+            compile=settings.compile,
+            feature_cache_size=sizes[0],
+            mask_cache_size=sizes[1],
+        )
     return engine.load(settings.mode, token)
 
 
@@ -54,14 +64,17 @@ def load_model(
         model_path ("facebook/sam3"): a hub id, or a local directory in the ``save_pretrained``
             layout (``sam3_ops.testing.build_tiny_checkpoint`` writes a tiny one)
         mode ("text"): ``"text"`` (every instance of each prompt), ``"boxes"`` (one mask per box of
-            ``prompt_field``) or ``"exemplars"`` (``prompt_field`` boxes as visual examples)
+            ``prompt_field``), ``"exemplars"`` (``prompt_field`` boxes as visual examples),
+            ``"points"`` (one mask per keypoint object of a ``Keypoints`` ``prompt_field``; per-point
+            ``sam_labels`` 1/0) or ``"auto"`` (segment everything: a grid of point prompts)
         prompts (None): text prompts: strings, or dicts ``{"text", "label", "threshold"}`` (the
             label the hits get, default the text; a threshold of its own, default ``threshold``).
             Required in ``text`` mode, optional in ``exemplars``, not allowed in ``boxes``
         token (None): a Hugging Face token, used to load and not kept; ``None`` reads ``HF_TOKEN``
         reuse (False): share one in-memory engine per ``(model_path, device, compile)`` in this process
         cache_features (False): keep the last images' vision features (re-running one image skips
-            its image encoder)
+            its image encoder) and the written masks' low-resolution logits (a prompt keypoint with
+            ``sam3_refines=<detection id>`` then refines that mask rather than restarting)
         **settings: the rest of :class:`~sam3_ops.sdk.settings.Sam3Settings`:
 
             - threshold (0.5): the score above which a detector hit is kept (``boxes`` mode writes
@@ -77,6 +90,11 @@ def load_model(
               ``output_dir=`` to ``apply_model``
             - compile (False): ``torch.compile`` the image encoder (long GPU runs)
             - prompt_field (None), negative_field (None): the prompt fields, if not given to ``apply_model``
+            - multimask (None): ``boxes`` / ``points``: ``"best"`` (the most confident of three
+              masks) or ``"all"`` (three Detections per prompt, attribute ``mask_rank``)
+            - nms_iou, nms_per_label, nms_containment, max_detections, min_area: de-duplication
+              and limits per sample, applied before masks are upsampled
+            - points_per_side, pred_iou_threshold, stability_threshold, auto_label: ``auto`` mode
 
     Returns:
         a :class:`~sam3_ops.sdk.model.Sam3Model`
@@ -86,7 +104,8 @@ def load_model(
         ModelLoadError: the checkpoint does not exist, cannot be reached, or is incomplete
     """
     resolved = Sam3Settings(model_path=os.fspath(model_path), mode=mode, prompts=prompts, **settings)
-    return Sam3Model(resolved, engine=build_engine(resolved, token, reuse), cache_features=cache_features)
+    engine = build_engine(resolved, token, reuse, cache_features)
+    return Sam3Model(resolved, engine=engine, cache_features=cache_features)
 
 
 def without_results(samples, label_field: str):
@@ -126,15 +145,16 @@ def split_options(options: dict) -> tuple[dict, dict]:
 
 
 def check_prompt_fields(samples, settings: Sam3Settings) -> None:
-    """Checks that the prompt fields of ``settings`` are ``Detections`` fields of ``samples``.
+    """Checks that the prompt fields of ``settings`` are fields of ``samples`` of the right type:
+    ``Keypoints`` for the prompt field in ``points`` mode, ``Detections`` otherwise.
 
     Raises:
-        ValueError: naming the field and the ``Detections`` fields there are
+        ValueError: naming the field and the fields of the right type there are
     """
-    for name in ("prompt_field", "negative_field"):
-        value = getattr(settings, name)
-        if value:
-            check_label_field(samples, value, what=name)
+    if settings.prompt_field:
+        check_label_field(samples, settings.prompt_field, prompt_label_type(settings.mode), what="prompt_field")
+    if settings.negative_field:
+        check_label_field(samples, settings.negative_field, what="negative_field")
 
 
 def segment(
