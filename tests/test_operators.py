@@ -12,7 +12,7 @@ from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionContext, ValidationContext
 
 import sam3_ops
-from sam3_ops.app.operators import SegmentWithBoxPrompts, SegmentWithTextPrompts, parse_prompts
+from sam3_ops.app.operators import SegmentEverything, SegmentWithBoxPrompts, SegmentWithTextPrompts, parse_prompts
 from sam3_ops.sdk.fields import output_field_problem
 from sam3_ops.sdk.runs import get_run
 from sam3_ops.sdk.settings import normalize_prompts
@@ -22,6 +22,7 @@ from .helpers import REPO_ROOT
 PLUGIN = "@sam3-ops/sam3"
 TEXT_URI = f"{PLUGIN}/segment_with_text_prompts"
 BOX_URI = f"{PLUGIN}/segment_with_box_prompts"
+AUTO_URI = f"{PLUGIN}/segment_everything"
 
 
 @pytest.fixture(scope="module")
@@ -83,17 +84,18 @@ def triggered(result, operator_name):
 # -- discovery ----------------------------------------------------------------------------------
 
 
-def test_plugin_is_discovered_with_both_operators_and_labels(plugins_dir):
+def test_plugin_is_discovered_with_its_segment_operators_and_labels(plugins_dir):
     import fiftyone.operators.registry as foor
     import fiftyone.plugins as fop
 
     assert PLUGIN in [plugin.name for plugin in fop.list_plugins()]
     registry = foor.OperatorRegistry()
     operators = {op.uri: op for op in registry.list_operators(builtin=False)}
-    assert TEXT_URI in operators and BOX_URI in operators, f"plugin errors: {registry.list_errors()}"
+    assert {TEXT_URI, BOX_URI, AUTO_URI} <= set(operators), f"plugin errors: {registry.list_errors()}"
     assert operators[TEXT_URI].config.label == "Segment with text prompts"
-    assert operators[BOX_URI].config.label == "Segment with box prompts"
-    for uri in (TEXT_URI, BOX_URI):
+    assert operators[BOX_URI].config.label == "Segment with box or point prompts"
+    assert operators[AUTO_URI].config.label == "Segment everything"
+    for uri in (TEXT_URI, BOX_URI, AUTO_URI):
         config = operators[uri].config
         assert config.allow_immediate_execution and config.allow_delegated_execution
         assert operators[uri]._plugin_secrets == ["HF_TOKEN"]
@@ -395,3 +397,120 @@ def test_only_samples_without_results_resumes_an_interrupted_run(plugins_dir, da
     assert written_ids(dataset, "sam3") == set(dataset.values("id"))
     after = {s.id: [d.id for d in s.sam3.detections] for s in dataset.select(first_half)}
     assert after == before  # not redone
+
+
+# -- points, multimask, per-prompt settings, de-duplication, segment everything ----------------------
+
+
+@pytest.fixture
+def clicked(dataset):
+    """The dataset with a ``clicks`` Keypoints field: one object of a positive and a negative point."""
+    for sample in dataset:
+        keypoint = fo.Keypoint(label="cup", points=[[0.3, 0.3], [0.8, 0.8]], sam_labels=[1, 0])
+        sample["clicks"] = fo.Keypoints(keypoints=[keypoint])
+        sample.save()
+    return dataset
+
+
+def test_point_prompts_with_all_three_masks_from_the_box_operator(plugins_dir, clicked, box_params):
+    params = {**box_params, "mode": "points", "prompt_field": "clicks", "multimask": "all", "label_field": "pts"}
+    properties, validation = resolve_form(SegmentWithBoxPrompts(), clicked, params)
+    assert not validation.invalid, [e.to_json() for e in validation.errors]
+    assert properties["prompt_field"].type.values == ["clicks"]  # Keypoints fields only, in points mode
+    assert "threshold" not in properties  # one mask per prompt object whatever its score
+
+    foo.execute_operator(BOX_URI, {"dataset": clicked, "params": params})
+
+    clicked.reload()
+    for sample in clicked:
+        (keypoint,) = sample.clicks.keypoints
+        assert [(d.label, d.prompt_id, d.mask_rank) for d in sample.pts.detections] == [
+            ("cup", keypoint.id, rank) for rank in (0, 1, 2)
+        ]
+    settings = get_run(clicked, "pts").settings
+    assert (settings.mode, settings.prompt_field, settings.multimask) == ("points", "clicks", "all")
+
+
+@pytest.mark.parametrize(
+    "change, name, words",
+    [
+        ({"mode": "points", "prompt_field": "ground_truth"}, "prompt_field", ["not a keypoints field"]),
+        ({"multimask": "some"}, "multimask", []),
+    ],
+)
+def test_box_form_flags_bad_point_input(clicked, box_params, change, name, words):
+    properties, validation = resolve_form(SegmentWithBoxPrompts(), clicked, {**box_params, **change})
+    assert_flagged(properties, validation, name, *words)
+
+
+def test_prompt_table_gives_labels_and_thresholds_of_their_own(plugins_dir, dataset, text_params):
+    table = [{"text": "person wearing a hard hat", "label": "hardhat_person", "threshold": 0.0}, {"text": "dog"}]
+    params = {**text_params, "prompts": ["dog", "cat"], "prompt_table": table, "threshold": 0.9}
+    properties, validation = resolve_form(SegmentWithTextPrompts(), dataset, params)
+    assert not validation.invalid, [e.to_json() for e in validation.errors]
+
+    foo.execute_operator(TEXT_URI, {"dataset": dataset, "params": params})
+
+    settings = get_run(dataset, "sam3").settings
+    assert settings.to_dict()["prompts"] == [
+        {"text": "person wearing a hard hat", "label": "hardhat_person", "threshold": 0.0},
+        "dog",
+        "cat",
+    ]
+    dataset.reload()
+    labels = {d.label for value in dataset.values("sam3") for d in value.detections}
+    assert labels == {"hardhat_person"}  # the tiny model's ~0.25 scores pass 0.0, never 0.9
+
+
+@pytest.mark.parametrize(
+    "table, words",
+    [
+        ([{"text": "cat", "threshold": 1.5}], ["row 1", "[0, 1]"]),
+        ([{"text": "cat"}, {"text": "  "}], ["row 2", "blank"]),
+        ([{"text": "cat", "label": "   "}], ["row 1", "label"]),
+    ],
+)
+def test_text_form_flags_a_bad_prompt_table_row(dataset, text_params, table, words):
+    params = {**text_params, "prompts": [], "prompt_table": table}
+    properties, validation = resolve_form(SegmentWithTextPrompts(), dataset, params)
+    assert_flagged(properties, validation, "prompt_table", *words)
+    assert not properties["prompts"].invalid  # the table's problem is shown once, on the table
+
+
+@pytest.mark.parametrize(
+    "change, name, words",
+    [
+        ({"nms_iou": 1.5}, "nms_iou", ["(0, 1]"]),
+        ({"nms_containment": 0}, "nms_containment", ["(0, 1]"]),
+        ({"max_detections": 0}, "max_detections", [">= 1"]),
+        ({"min_area": 1.0}, "min_area", ["[0, 1)"]),
+    ],
+)
+def test_text_form_flags_bad_deduplication_settings(dataset, text_params, change, name, words):
+    properties, validation = resolve_form(SegmentWithTextPrompts(), dataset, {**text_params, **change})
+    assert_flagged(properties, validation, name, *words)
+
+
+def test_segment_everything_operator(plugins_dir, dataset, tiny_checkpoint):
+    params = {
+        "points_per_side": 4,
+        "pred_iou_threshold": 0.0,
+        "stability_threshold": 0.0,
+        "auto_label": "thing",
+        "max_detections": 5,
+        "label_field": "everything",
+        "model_path": str(tiny_checkpoint),
+        "device": "cpu",
+    }
+    properties, validation = resolve_form(SegmentEverything(), dataset, params)
+    assert not validation.invalid, [e.to_json() for e in validation.errors]
+    assert properties["nms_iou"].default == 0.7
+
+    foo.execute_operator(AUTO_URI, {"dataset": dataset, "params": params})
+
+    dataset.reload()
+    counts = [len(value.detections) for value in dataset.values("everything")]
+    assert all(0 < count <= 5 for count in counts)
+    assert {d.label for value in dataset.values("everything") for d in value.detections} == {"thing"}
+    settings = get_run(dataset, "everything").settings
+    assert (settings.mode, settings.points_per_side, settings.nms_iou) == ("auto", 4, 0.7)

@@ -1,4 +1,6 @@
-"""App operators: text-prompt and box-prompt SAM3 segmentation from the operator menu.
+"""App operators: SAM3 segmentation from the operator menu, with text prompts (a list, and a table
+of prompts with their own label and threshold), box or point prompts from a label field, or none
+(segment everything).
 
 Each operator reads its form, builds the settings and calls :func:`sam3_ops.segment`: the same
 public API SDK users call, no second inference loop, and the same run record.
@@ -11,8 +13,8 @@ public API SDK users call, no second inference loop, and the same run record.
 
 Bad input is flagged on the form (``prop.invalid`` + ``prop.error_message``), never raised: the
 settings' own validation (:meth:`~sam3_ops.sdk.settings.Sam3Settings.problems`) decides about
-prompts, thresholds and the model path; here only what a form adds: no ``Detections`` field to
-prompt from, an empty target, a model that cannot be reached, an output field name, an existing
+prompts, thresholds, de-duplication, limits and the model path; here only what a form adds: no
+``Detections`` / ``Keypoints`` field to prompt from, an empty target, a model that cannot be reached, an output field name, an existing
 output field without the overwrite choice, an existing field of another type (never overwritten).
 """
 
@@ -21,17 +23,27 @@ from __future__ import annotations
 import math
 
 import fiftyone as fo
+import fiftyone.core.labels as fol
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from ..core.checkpoint import DEFAULT_MODEL
-from ..core.queries import FIELD_MODES
-from ..sdk.fields import detections_fields, holds, output_field_problem
+from ..core.queries import FIELD_MODES, TRACKER_MODES
+from ..sdk.fields import holds, label_fields, output_field_problem, prompt_label_type
 from ..sdk.model import Sam3Model
 from ..sdk.runs import finish_run, record_run
 from ..sdk.segment import DEFAULT_BATCH_SIZE, build_engine, segment, without_results
 from ..sdk.settings import Sam3Settings
-from .forms import device_input, flag, flag_settings, hf_token, model_input, operator_config, target_input
+from .forms import (
+    device_input,
+    flag,
+    flag_settings,
+    hf_token,
+    label_field_choice,
+    model_input,
+    operator_config,
+    target_input,
+)
 
 #: an immediate run reports progress about this many times
 PROGRESS_STEPS = 10
@@ -65,24 +77,25 @@ class SegmentWithTextPrompts(foo.Operator):
 
 
 class SegmentWithBoxPrompts(foo.Operator):
-    """Segments from the boxes of a ``Detections`` field: one mask per box, or boxes as exemplars."""
+    """Segments from a label field's prompts: one mask per box (``Detections``) or per keypoint
+    object (``Keypoints``, positive/negative points), or boxes as exemplars."""
 
     @property
     def config(self):
         return operator_config(
             "segment_with_box_prompts",
-            "Segment with box prompts",
-            "SAM3 instance masks from the boxes of a Detections field",
+            "Segment with box or point prompts",
+            "SAM3 instance masks from the boxes of a Detections field or the points of a Keypoints field",
             generator=True,
         )
 
     def resolve_input(self, ctx):
         inputs = types.Object()
         _box_prompt_inputs(ctx, inputs)
-        return types.Property(inputs, view=types.View(label="Segment with box prompts"))
+        return types.Property(inputs, view=types.View(label="Segment with box or point prompts"))
 
     def resolve_run_name(self, ctx):
-        return f"Segment with box prompts ({ctx.params.get('mode', 'boxes')}) -> {ctx.params.get('label_field')}"
+        return f"Segment with {ctx.params.get('mode', 'boxes')} prompts -> {ctx.params.get('label_field')}"
 
     def execute(self, ctx):
         return _execute(ctx, _settings(ctx.params, mode=ctx.params.get("mode") or "boxes"))
@@ -91,7 +104,41 @@ class SegmentWithBoxPrompts(foo.Operator):
         return _summary_outputs()
 
 
-OPERATORS = [SegmentWithTextPrompts, SegmentWithBoxPrompts]
+class SegmentEverything(foo.Operator):
+    """Segments everything: a grid of point prompts over each image, masks filtered by predicted
+    IoU and stability and de-duplicated, labelled ``auto_label``."""
+
+    @property
+    def config(self):
+        return operator_config(
+            "segment_everything",
+            "Segment everything",
+            "SAM3 masks of every object, with no prompts (a grid of points; for datasets with no labels yet)",
+            generator=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        target_input(ctx, inputs)
+        props = _auto_inputs(inputs)
+        props.update(_threshold_inputs(inputs, score=False))
+        props.update(_dedup_inputs(inputs, "auto"))
+        _output_inputs(ctx, inputs, default_field="sam3_auto", reserved=())
+        props.update(_run_inputs(ctx, inputs))
+        _flag_form(ctx.params, "auto", props)
+        return types.Property(inputs, view=types.View(label="Segment everything"))
+
+    def resolve_run_name(self, ctx):
+        return f"Segment everything -> {ctx.params.get('label_field')}"
+
+    def execute(self, ctx):
+        return _execute(ctx, _settings(ctx.params, mode="auto"))
+
+    def resolve_output(self, ctx):
+        return _summary_outputs()
+
+
+OPERATORS = [SegmentWithTextPrompts, SegmentWithBoxPrompts, SegmentEverything]
 
 
 # -- reading the form -------------------------------------------------------------------------------
@@ -125,14 +172,42 @@ def parse_prompts(value) -> tuple[list[str], str | None]:
     return prompts, None
 
 
+#: the settings a form offers only in some modes, and those modes
+_MODE_SETTINGS = {
+    "multimask": ("boxes", "points"),
+    "nms_iou": ("text", "exemplars", "auto"),
+    "nms_per_label": ("text", "exemplars"),
+    "nms_containment": ("text", "exemplars", "auto"),
+    "max_detections": ("text", "exemplars", "auto"),
+    "min_area": ("text", "exemplars", "auto"),
+    "points_per_side": ("auto",),
+    "pred_iou_threshold": ("auto",),
+    "stability_threshold": ("auto",),
+    "auto_label": ("auto",),
+}
+#: the multimask dropdown's choices and the settings they stand for
+_MULTIMASK_CHOICES = {"one": None, "best": "best", "all": "all"}
+
+
+def prompt_rows(value) -> list:
+    """The form's table of prompts with their own settings, as the settings' prompt dicts: blank
+    cells dropped (a blank label or threshold means "the default"). Anything that is not a row is
+    passed on for the settings to name."""
+    rows = []
+    for row in value or []:
+        rows.append({k: v for k, v in row.items() if v not in (None, "")} if isinstance(row, dict) else row)
+    return rows
+
+
 def _settings_values(params: dict, mode: str) -> dict:
-    """The settings a segment form's values ask for (unvalidated)."""
+    """The settings a segment form's values ask for (unvalidated). The table's prompts come first:
+    a plain prompt with the same text is then a duplicate, and the table row's settings win."""
     prompts, _ = parse_prompts(params.get("prompts"))
     device = params.get("device") or "auto"
     values = {
         "model_path": params.get("model_path") or DEFAULT_MODEL,
         "mode": mode,
-        "prompts": prompts if mode != "boxes" else (),
+        "prompts": [*prompt_rows(params.get("prompt_table")), *prompts] if mode not in TRACKER_MODES else (),
         "threshold": params.get("threshold", 0.5),
         "mask_threshold": params.get("mask_threshold", 0.5),
         "device": None if device == "auto" else device,
@@ -140,6 +215,11 @@ def _settings_values(params: dict, mode: str) -> dict:
     if mode in FIELD_MODES:
         values["prompt_field"] = params.get("prompt_field")
         values["negative_field"] = params.get("negative_field") or None
+    for name, modes in _MODE_SETTINGS.items():
+        if mode in modes and params.get(name) is not None:
+            values[name] = params[name]
+    if "multimask" in values:
+        values["multimask"] = _MULTIMASK_CHOICES.get(values["multimask"], values["multimask"])
     return values
 
 
@@ -152,15 +232,18 @@ def _settings(params: dict, mode: str) -> Sam3Settings:
 
 def _text_prompt_inputs(ctx, inputs) -> None:
     target_input(ctx, inputs)
+    rows = prompt_rows(ctx.params.get("prompt_table"))
     props = {
         "prompts": _prompts_input(
             ctx,
             inputs,
-            required=True,
+            required=not rows,
             description="What to segment: every instance of each prompt gets a mask, e.g. cat, dog",
-        )
+        ),
+        "prompt_table": _prompt_table_input(inputs),
     }
     props.update(_threshold_inputs(inputs, score=True))
+    props.update(_dedup_inputs(inputs, "text"))
     _output_inputs(ctx, inputs, default_field="sam3", reserved=())
     props.update(_run_inputs(ctx, inputs))
     _flag_form(ctx.params, "text", props)
@@ -168,37 +251,30 @@ def _text_prompt_inputs(ctx, inputs) -> None:
 
 def _box_prompt_inputs(ctx, inputs) -> None:
     target_input(ctx, inputs)
-    fields = detections_fields(ctx.dataset)
-    props = {}
-    if fields:
-        props["prompt_field"] = inputs.enum(
-            "prompt_field",
-            fields,
-            required=True,
-            default=fields[0],
-            label="Prompt field",
-            description="The Detections field whose boxes prompt SAM3",
-            view=types.DropdownView(),
-        )
-    else:
-        props["prompt_field"] = inputs.str("prompt_field", required=True, label="Prompt field")
-        flag(
-            props["prompt_field"],
-            "This dataset has no Detections field to prompt from: add boxes first, or use 'Segment with text prompts'",
-        )
-    prompt_field = ctx.params.get("prompt_field") or (fields[0] if fields else None)
-    if fields and prompt_field not in fields:
-        flag(props["prompt_field"], f"{prompt_field!r} is not a Detections field of this dataset")
-
     mode_choices = types.RadioGroup()
     mode_choices.add_choice("boxes", label="Add masks to these boxes", description="One mask per box")
     mode_choices.add_choice(
         "exemplars", label="Find all similar", description="The boxes are examples; find every similar object"
     )
+    mode_choices.add_choice(
+        "points",
+        label="Masks from points",
+        description="One mask per keypoint object of a Keypoints field (sam_labels: 1 positive, 0 negative)",
+    )
     inputs.enum("mode", mode_choices.values(), default="boxes", label="Mode", view=mode_choices)
     mode = ctx.params.get("mode") or "boxes"
+    kind = prompt_label_type(mode)
+    prompt_prop, prompt_field = label_field_choice(
+        ctx,
+        inputs,
+        "prompt_field",
+        "Prompt field",
+        (kind,),
+        description=f"The {kind.__name__} field whose {'points' if mode == 'points' else 'boxes'} prompt SAM3",
+    )
+    props = {"prompt_field": prompt_prop}
 
-    negative_choices = [name for name in fields if name != prompt_field]
+    negative_choices = [name for name in label_fields(ctx.dataset, fol.Detections) if name != prompt_field]
     if negative_choices:
         props["negative_field"] = inputs.enum(
             "negative_field",
@@ -214,22 +290,139 @@ def _box_prompt_inputs(ctx, inputs) -> None:
         props["prompts"] = _prompts_input(
             ctx, inputs, required=False, description="Optional text to go with the example boxes"
         )
-    # "boxes" mode writes one mask per box whatever its score: no score threshold to offer
+        props.update(_dedup_inputs(inputs, mode))
+    else:
+        props["multimask"] = _multimask_input(inputs)
+    # the tracker modes write one mask per prompt whatever its score: no score threshold to offer
     props.update(_threshold_inputs(inputs, score=mode == "exemplars"))
-    default_field = f"{prompt_field}_masks" if mode == "boxes" and prompt_field else "sam3_exemplars"
+    default_field = f"{prompt_field}_masks" if mode in TRACKER_MODES and prompt_field else "sam3_exemplars"
     reserved = tuple(name for name in (prompt_field, negative_field) if name)
     _output_inputs(ctx, inputs, default_field=default_field, reserved=reserved)
     props.update(_run_inputs(ctx, inputs))
-    if fields and prompt_field in fields:
+    if prompt_field:
         _flag_form({**ctx.params, "prompt_field": prompt_field}, mode, props)
 
 
+def _prompt_table_input(inputs):
+    row = types.Object()
+    row.str("text", required=True, label="Prompt", description="What SAM3 reads, e.g. person wearing a hard hat")
+    row.str("label", required=False, label="Label", description="What its hits are called (default: the prompt)")
+    row.float("threshold", required=False, min=0.0, max=1.0, label="Threshold", description="Its own (0-1)")
+    return inputs.list(
+        "prompt_table",
+        row,
+        required=False,
+        label="Prompts with their own label or threshold (optional)",
+        description="A row's label names its hits (e.g. hardhat_person); its threshold replaces the score threshold",
+    )
+
+
+def _multimask_input(inputs):
+    choices = types.DropdownView()
+    choices.add_choice("one", label="One mask per prompt")
+    choices.add_choice("best", label="The most confident of three masks")
+    choices.add_choice("all", label="All three masks (attribute mask_rank)")
+    return inputs.enum(
+        "multimask",
+        list(_MULTIMASK_CHOICES),
+        default="one",
+        label="Ambiguous prompts",
+        description="A single point or box can mean a part or the whole: SAM3 can predict three masks",
+        view=choices,
+    )
+
+
+def _dedup_inputs(inputs, mode: str) -> dict:
+    """De-duplication across prompts and limits per sample (applied before masks are upsampled)."""
+    props = {
+        "nms_iou": inputs.float(
+            "nms_iou",
+            required=False,
+            default=0.7 if mode == "auto" else None,
+            min=0.0,
+            max=1.0,
+            label="De-duplicate above mask IoU (optional)",
+            description="Of two hits of a sample whose masks overlap more than this, keep the higher-scoring",
+        ),
+        "nms_containment": inputs.float(
+            "nms_containment",
+            required=False,
+            min=0.0,
+            max=1.0,
+            label="Drop hits lying inside another (optional)",
+            description="Drop a hit whose mask lies at least this fraction inside a higher-scoring one",
+        ),
+        "max_detections": inputs.int(
+            "max_detections",
+            required=False,
+            min=1,
+            label="At most this many hits per sample (optional)",
+            description="Keep the highest-scoring",
+        ),
+        "min_area": inputs.float(
+            "min_area",
+            default=0.0,
+            min=0.0,
+            max=1.0,
+            label="Minimum mask area",
+            description="Drop masks covering less than this fraction of the image",
+        ),
+    }
+    if mode != "auto":
+        props["nms_per_label"] = inputs.bool(
+            "nms_per_label",
+            default=False,
+            label="De-duplicate within a label only",
+            description="Hits of different labels never remove each other",
+            view=types.CheckboxView(),
+        )
+    return props
+
+
+def _auto_inputs(inputs) -> dict:
+    return {
+        "points_per_side": inputs.int(
+            "points_per_side",
+            default=32,
+            min=1,
+            label="Points per side",
+            description="A grid of this many x this many point prompts per image",
+        ),
+        "pred_iou_threshold": inputs.float(
+            "pred_iou_threshold",
+            default=0.88,
+            min=0.0,
+            max=1.0,
+            label="Predicted IoU threshold",
+            description="Keep masks SAM3 rates at least this good (0-1)",
+        ),
+        "stability_threshold": inputs.float(
+            "stability_threshold",
+            default=0.95,
+            min=0.0,
+            max=1.0,
+            label="Stability threshold",
+            description="Keep masks that hardly change when the mask threshold moves (0-1)",
+        ),
+        "auto_label": inputs.str("auto_label", default="object", label="Label", description="The label of every mask"),
+    }
+
+
 def _flag_form(params: dict, mode: str, props: dict) -> None:
-    """Flags the settings' problems on the form, each on its own input."""
+    """Flags the settings' problems on the form, each on its own input; a problem of the prompt
+    table on the table (its rows numbered as shown), not on the prompt list."""
     values = _settings_values(params, mode)
     values["model_path"] = params.get("model_path") or DEFAULT_MODEL
     if props["model_path"].invalid:  # already explained (reachability included)
         values.pop("model_path")
+    rows = prompt_rows(params.get("prompt_table"))
+    if rows and "prompt_table" in props:
+        problem = Sam3Settings.problems({"mode": mode, "prompts": rows}).get("prompts")
+        if problem:
+            flag(props["prompt_table"], problem.replace("prompt ", "row ", 1))
+            values["prompts"] = values["prompts"][len(rows) :]
+            if not values["prompts"]:  # "no prompt at all" is explained on the table already
+                props = {name: prop for name, prop in props.items() if name != "prompts"}
     flag_settings(values, props)
 
 

@@ -423,8 +423,8 @@ class Sam3Engine:
         queries = []
         empty = np.zeros((0, 4), np.float32)
         for i, (height, width) in enumerate(sizes):
-            for k, point in enumerate(grid_points(options.points_per_side, width, height)):
-                queries.append((i, Query(options.auto_label, None, empty, empty, point[None], np.ones(1, np.int64), k)))
+            for point in grid_points(options.points_per_side, width, height):
+                queries.append((i, Query(options.auto_label, None, empty, empty, point[None], np.ones(1, np.int64))))
         return queries
 
     def _chunks(self, queries, head: str):

@@ -7,9 +7,9 @@ part found by a second prompt: "wheel" inside "car" is not a duplicate, so this 
 asked for).
 
 The masks are the low-resolution ones the model predicts (288 x 288 for the full-size model),
-before anything is upsampled, so a dropped hit costs nothing more. Intersections come from one
-matrix product over the flattened masks (never a Python loop over pairs); pairs whose boxes do
-not overlap (torchvision's box IoU) cannot overlap as masks and are skipped. The greedy pass
+before anything is upsampled, so a dropped hit costs nothing more. Intersections come from
+matrix products over the flattened masks, in blocks that bound memory (never a Python loop over
+pairs); only hits whose boxes overlap another's (torchvision's box IoU) take part. The greedy pass
 walks the hits once, highest score first, as box NMS does.
 """
 
@@ -18,13 +18,26 @@ from __future__ import annotations
 import torch
 from torchvision.ops import box_iou
 
+#: masks per block of the intersection matrix: float32 copies of at most two blocks exist at once
+#: (2 x 256 masks x 288 x 288 = 170 MB at full size), whatever the number of masks
+BLOCK = 256
 
-def mask_overlaps(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pairwise intersections ``(n, n)`` and areas ``(n,)`` of ``n`` boolean masks ``(n, h, w)``, in pixels."""
-    flat = masks.flatten(1).float()
+
+def mask_overlaps(masks: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairwise intersections ``(n, n)`` and areas ``(n,)`` of ``n`` boolean masks ``(n, h, w)``, in
+    pixels: matrix products of float32 blocks (exact counts), ``block`` masks at a time."""
+    flat = masks.flatten(1)
+    n = len(flat)
+    intersections = torch.empty(n, n, device=masks.device)
     with torch.autocast(device_type=masks.device.type, enabled=False):
-        intersections = flat @ flat.T
-    return intersections, flat.sum(1)
+        for i in range(0, n, block):
+            rows = flat[i : i + block].float()
+            for j in range(i, n, block):
+                columns = rows if j == i else flat[j : j + block].float()
+                product = rows @ columns.T
+                intersections[i : i + block, j : j + block] = product
+                intersections[j : j + block, i : i + block] = product.T
+    return intersections, flat.sum(1).float()
 
 
 def mask_nms(
