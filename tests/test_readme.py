@@ -62,6 +62,9 @@ def my_dataset(image_paths):
                 ground_truth=fo.Detections(detections=boxes(1, "cat").detections + boxes(1, "dog").detections),
                 not_handles=boxes(1, "oven"),
                 examples=examples,
+                clicks=fo.Keypoints(
+                    keypoints=[fo.Keypoint(label="cat", points=[[0.3, 0.3], [0.6, 0.6]], sam_labels=[1, 0])]
+                ),
             )
         )
     dataset.add_samples(samples)
