@@ -5,8 +5,11 @@ this repository as its only plugin and the session's private database, then clic
 
 - the operator browser -> "Segment with text prompts" -> prompts, threshold, model -> Execute,
   and checks the sidebar shows the new field and the dataset holds ``Detections`` with masks;
-- a sample in the modal -> the "Refine with negative boxes" panel -> a detection selected on the
-  image -> "Use selected labels as negatives" -> Refine -> Accept, and checks the dataset.
+- a sample in the modal -> the "Refine SAM3 masks" panel -> a detection selected on the image ->
+  "Use selected labels as negatives" -> Refine with boxes -> Accept, and checks the dataset;
+- a sample in the modal, the panel beside the image -> a detection selected on the image -> "Set up
+  click drawing" -> a positive click drawn with the annotation mode's polyline tool -> Refine with
+  points -> Accept -> Undo, and checks the dataset at each step.
 
 Needs Debian's ``chromium`` (``/usr/bin/chromium``) and Python ``playwright``; ``.ci/install-browser``
 installs both. Without them the tests are skipped. Screenshots go to ``$SAM3_E2E_SCREENSHOTS``
@@ -49,7 +52,8 @@ STEP_TIMEOUT_MS = 30_000
 VIEWPORT = {"width": 1400, "height": 900}
 OPERATOR_LABEL = "Segment with text prompts"
 PANEL_NAME = "refine_with_negative_boxes"
-PANEL_LABEL = "Refine with negative boxes"
+PANEL_LABEL = "Refine SAM3 masks"
+CLICKS_FIELD = "sam3_clicks"
 
 
 # -- the App server -----------------------------------------------------------------------------
@@ -305,6 +309,20 @@ def _point_on_a_detection(sample, canvas_box: dict) -> tuple[float, float, str]:
     raise AssertionError(f"no detection with a non-empty mask on {sample.filepath}")
 
 
+def _open_panel(page, modal):
+    """Opens the refinement panel in the modal: a tab of the modal, else from the "+" panel menu."""
+    from playwright.sync_api import expect
+
+    tab = modal.locator(f"[data-cy=panel-tab-{PANEL_NAME}]")
+    new_panel = modal.locator("[data-cy=new-panel-btn]")
+    expect(tab.or_(new_panel).first).to_be_visible()  # the modal's panel bar has rendered
+    if not tab.count():
+        new_panel.click()
+        page.get_by_text(PANEL_LABEL, exact=True).last.click()
+    tab.click()
+    return modal.locator(f"[data-cy=panel-content-{PANEL_NAME}]")
+
+
 def test_refine_with_negative_boxes_panel(page, app_url, app_dataset, tiny_checkpoint, screenshots):
     import fiftyone as fo
     from playwright.sync_api import expect
@@ -327,13 +345,7 @@ def test_refine_with_negative_boxes_panel(page, app_url, app_dataset, tiny_check
     page.mouse.click(x, y)
     expect(modal.locator("[data-cy=action-manage-selected]")).to_have_text("1")
 
-    # open the panel: a tab of the modal, else from the "+" panel menu
-    tab = modal.locator(f"[data-cy=panel-tab-{PANEL_NAME}]")
-    if not tab.count():
-        modal.locator("[data-cy=new-panel-btn]").click()
-        page.get_by_text(PANEL_LABEL, exact=True).last.click()
-    tab.click()
-    panel = modal.locator(f"[data-cy=panel-content-{PANEL_NAME}]")
+    panel = _open_panel(page, modal)
     expect(panel.get_by_text(f"Refining the open sample {first.id}")).to_be_visible()
 
     use_selected = panel.get_by_role("button", name="Use selected labels as negatives (1 selected)")
@@ -341,7 +353,7 @@ def test_refine_with_negative_boxes_panel(page, app_url, app_dataset, tiny_check
     use_selected.click()
     expect(panel.get_by_text("1 selected label(s) will be used as negative boxes")).to_be_visible()
 
-    panel.get_by_role("button", name="Refine", exact=True).click()
+    panel.get_by_role("button", name="Refine with boxes", exact=True).click()
     expect(panel.get_by_text("Refined 1 sample(s)")).to_be_visible(timeout=120_000)
     expect(panel.get_by_text(re.compile(r"circle: \d+ → \d+"))).to_be_visible()  # the before -> after counts
     panel.get_by_text("Refined 1 sample(s)").scroll_into_view_if_needed()
@@ -364,3 +376,111 @@ def test_refine_with_negative_boxes_panel(page, app_url, app_dataset, tiny_check
     assert after_ids != before_ids, "the accepted proposal replaced the field's detections"
     for other in dataset.skip(1):
         assert not other[REFINEMENTS_FIELD], "only the open sample is refined"
+
+
+def _image_point(sample, canvas_box: dict, x: float, y: float) -> tuple[float, float]:
+    """Page coordinates -> the image's pixel coordinates (the image is centred in its canvas, scaled to fit)."""
+    width, height = sample.metadata.width, sample.metadata.height
+    scale = min(canvas_box["width"] / width, canvas_box["height"] / height)
+    left = canvas_box["x"] + (canvas_box["width"] - width * scale) / 2
+    top = canvas_box["y"] + (canvas_box["height"] - height * scale) / 2
+    return (x - left) / scale, (y - top) / scale
+
+
+def test_click_refine_accept_and_undo_in_the_sample(page, app_url, app_dataset, tiny_checkpoint, screenshots):
+    """One full click refinement, as a curator does it: the object clicked on the image, a positive
+    point drawn in the sample's annotation mode, Refine with points, Accept, Undo."""
+    import fiftyone as fo
+    from playwright.sync_api import expect
+
+    from sam3_ops.curation.refine import REFINEMENTS_FIELD
+
+    _segment_with_sdk(app_dataset, tiny_checkpoint)
+    first = app_dataset.first()
+    original = first["sam3"].to_dict()
+
+    _open_dataset(page, app_url, app_dataset)
+    page.locator("[data-cy=fo-grid] [data-cy=looker]").first.click()
+    modal = page.locator("[data-cy=modal]")
+    canvas = modal.locator("[data-cy=modal-looker-container] canvas").first
+    expect(canvas).to_be_visible()
+    panel = _open_panel(page, modal)
+    modal.get_by_role("button", name="Split horizontally").click()  # the image and the panel side by side
+
+    # once per dataset: the click field (and the proposals' field), then the page reloaded so that
+    # the App knows them; the sample and the panel beside it come back as they were
+    panel.get_by_role("button", name="Set up click drawing").click()
+    expect(panel.get_by_text(f"'{CLICKS_FIELD}' is ready")).to_be_visible()
+    page.reload()
+    expect(modal.locator(f"[data-cy=sidebar-field-{CLICKS_FIELD}]")).to_be_visible()
+    expect(panel.get_by_text("Select the detection to refine")).to_be_visible()
+
+    # the object: the detection clicked on the image (the App selects the topmost one there)
+    expect(canvas).to_be_visible()
+    x, y, _ = _point_on_a_detection(first, canvas.bounding_box())
+    page.mouse.click(x, y)
+    expect(modal.locator("[data-cy=action-manage-selected]")).to_have_text("1")
+    chosen = panel.get_by_text(re.compile(r"Object: circle \(detection [0-9a-f]{24}\)"))
+    expect(chosen).to_be_visible()
+    object_id = re.search(r"[0-9a-f]{24}", chosen.inner_text()).group()
+    assert object_id in {d.id for d in first["sam3"].detections}
+
+    # a positive click, drawn with the annotation mode's polyline tool: each click places a vertex,
+    # which the App saves at once (a new field's first label is its first class, "positive")
+    modal.locator("[data-cy=annotate]").click()
+    modal.locator("[data-cy=polyline-mode]").click()
+    drawing = modal.locator("[data-cy=lighter-sample-renderer-canvas]")
+    expect(drawing).to_be_visible()
+    drawing_box = drawing.bounding_box()
+    with page.expect_response(lambda r: r.request.method == "PATCH" and f"/sample/{first.id}" in r.url) as saved:
+        page.mouse.click(x, y)
+    assert saved.value.ok, f"the App could not save the click: {saved.value.status}"
+    expect(modal.get_by_text("Edit Polyline")).to_be_visible()
+    modal.locator("[data-cy=annotate-edit-back]").click()
+    app_dataset.reload()
+    clicks = app_dataset[first.id][CLICKS_FIELD]
+    assert [(p.label, len(p.points[0])) for p in clicks.polylines] == [("positive", 1)]
+    modal.locator("[data-cy=explore]").click()
+
+    panel.get_by_role("button", name="Refine with points", exact=True).click()
+    expect(panel.get_by_text(re.compile(r"^Refined `?circle`?: the proposal is in 'sam3_refined'"))).to_be_visible(
+        timeout=120_000
+    )
+    expect(panel.get_by_text(re.compile(r"circle refined with 1 positive and 0 negative point"))).to_be_visible()
+    # the App shows the open sample's new labels after a page reload: the proposal and the click
+    page.reload()
+    expect(panel.get_by_text("1 sample(s) have a proposal waiting to be accepted")).to_be_visible()
+    modal.locator("[data-cy=checkbox-sam3] input").uncheck()
+    expect(modal.locator("[data-cy=checkbox-sam3_refined] input")).to_be_checked()
+    expect(modal.locator("[data-cy=modal-looker-container] canvas").first).to_be_visible()
+    expect(panel.get_by_text(re.compile(r"proposed, circle with 1 positive and 0 negative point"))).to_be_attached()
+    panel.get_by_text(f"Points: 1 positive, 0 negative ({CLICKS_FIELD}: 1)").scroll_into_view_if_needed()
+    page.screenshot(path=os.path.join(screenshots, "click-refine.png"))
+
+    dataset = fo.load_dataset(app_dataset.name)
+    dataset.reload()  # the App server wrote it: this process's cached copy is stale
+    record = dataset[first.id][REFINEMENTS_FIELD][-1]
+    assert record["kind"] == "points" and record["status"] == "proposed" and record["object_id"] == object_id
+    assert record["point_labels"] == [1]
+    clicked = _image_point(first, drawing_box, x, y)
+    np.testing.assert_allclose(record["points"][0], clicked, atol=3)  # the click, in the image's pixels
+    proposal_ids = [d.id for d in dataset[first.id]["sam3_refined"].detections]
+    assert proposal_ids == [record["result_id"] if d.id == object_id else d.id for d in first["sam3"].detections]
+
+    app_error = page.get_by_text("GraphQL API Error")
+    panel.get_by_role("button", name="Accept", exact=True).click()
+    accepted = panel.get_by_text(re.compile(r"Accepted: 'sam3' updated on 1 sample"))
+    expect(accepted.or_(app_error).first).to_be_visible()
+    assert not app_error.count(), f"the App failed after Accept: {app_error.first.inner_text()}"
+    dataset.reload()
+    sample = dataset[first.id]
+    assert [d.id for d in sample["sam3"].detections] == proposal_ids
+    assert sample[CLICKS_FIELD] is None, "Accept clears the clicks"
+
+    panel.get_by_role("button", name="Undo", exact=True).click()
+    expect(panel.get_by_text(re.compile(r"Undone: 'sam3' restored on 1 sample")).or_(app_error).first).to_be_visible()
+    assert not app_error.count(), f"the App failed after Undo: {app_error.first.inner_text()}"
+    dataset.reload()
+    sample = dataset[first.id]
+    assert sample["sam3"].to_dict() == original, "Undo restores the field exactly"
+    assert [r["status"] for r in sample[REFINEMENTS_FIELD]] == ["undone"]

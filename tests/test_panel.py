@@ -1,12 +1,21 @@
-"""The negative-box refinement panel, driven like the App drives it: a real ExecutionContext per
-event, the panel's ``execute`` dispatching to the callback and rendering, on a real dataset with a
-SAM3 field written by the tiny checkpoint."""
+"""The refinement panel, driven like the App drives it: a real ExecutionContext per event, the
+panel's ``execute`` dispatching to the callback and rendering, on a real dataset with a SAM3 field
+written by the tiny checkpoint. Boxes (the field's run re-run with negative boxes) and points (one
+detection refined with clicks, from its previous mask)."""
 
 import numpy as np
 import pytest
 
 import sam3_ops
 from sam3_ops.app.panel import PANELS, RefineWithNegativeBoxes
+from sam3_ops.curation.clicks import (
+    CLICKS_FIELD,
+    FROM_BOX,
+    FROM_MASK,
+    check_points,
+    clicks_field_problem,
+    points_of_label,
+)
 from sam3_ops.curation.refine import (
     REFINEMENTS_FIELD,
     BoxSpec,
@@ -14,12 +23,15 @@ from sam3_ops.curation.refine import (
     check_boxes,
     count_per_prompt,
     parse_pixel_boxes,
+    parse_pixel_points,
     preview_field_name,
     refine_samples,
     refinement_history,
     target_sample_ids,
 )
 from sam3_ops.sdk.runs import record_run
+
+from .test_engine import CallCounter
 
 FIELD = "handles"
 PREVIEW = preview_field_name(FIELD)
@@ -101,6 +113,37 @@ class DetectorInputs:
 
     def remove(self):
         self._handle.remove()
+
+
+class TrackerInputs:
+    """Captures the prompts each tracker forward receives (points, their labels, box, previous mask)."""
+
+    def __init__(self, engine):
+        self.calls = []
+        self._handle = engine.tracker.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        self.calls.append(
+            {
+                k: (None if v is None else v.detach().cpu().float().numpy())
+                for k, v in kwargs.items()
+                if k.startswith("input_")
+            }
+        )
+
+    def remove(self):
+        self._handle.remove()
+
+
+def selected(sample, field_name, label):
+    """A label as the App reports it selected."""
+    return {"label_id": label.id, "sample_id": sample.id, "field": field_name, "type": "default"}
+
+
+def centre_px(detection, width, height) -> str:
+    """The centre of a detection's box as a typed pixel point."""
+    x, y, w, h = detection.bounding_box
+    return f"{(x + w / 2) * width:.1f}, {(y + h / 2) * height:.1f}"
 
 
 # -- the panel, end to end ------------------------------------------------------------------------
@@ -252,6 +295,265 @@ def test_discard_drops_the_proposal_and_keeps_the_field(sam3_dataset):
     assert sample[FIELD].to_dict() == original
     assert sam3_dataset.count(PREVIEW) == 0
     assert refinement_history(sample, FIELD)[-1]["status"] == "discarded"
+
+
+# -- points: one detection refined with clicks ------------------------------------------------------
+
+
+def test_point_refinement_replaces_only_the_object_and_accept_and_undo_are_exact(sam3_dataset, model):
+    sample = sam3_dataset.first()
+    width, height = sample.metadata.width, sample.metadata.height
+    sample[FIELD].detections[0]["reviewed"] = "yes"  # a curator's attribute on another detection
+    sample.save()
+    original = sample[FIELD].to_dict()
+    target = sample[FIELD].detections[1]
+    chosen = [selected(sample, FIELD, target)]
+
+    state = {}
+    call(sam3_dataset, "on_load", state, current_sample=sample.id)
+    call(sam3_dataset, "on_change_selected_labels", state, current_sample=sample.id, selected_labels=chosen)
+    assert state["point_target"]["label_id"] == target.id  # remembered while the curator draws points
+    state.update(positive_points=centre_px(target, width, height), negative_points="1, 1")
+    spy = TrackerInputs(model.engine)
+    try:
+        ctx = call(sam3_dataset, "refine_points", state, current_sample=sample.id, selected_labels=chosen)
+    finally:
+        spy.remove()
+    assert message(state).get("kind") == "success", message(state)
+
+    # the prompt: both points with their labels and, its mask not being cached, the object's box
+    ((inputs,),) = [spy.calls]
+    scale = model.engine.tracker.prompt_encoder.input_image_size / np.array([width, height])
+    np.testing.assert_allclose(
+        inputs["input_points"][0, 0] / scale, [[*map(float, state["positive_points"].split(","))], [1, 1]], atol=0.05
+    )
+    assert inputs["input_labels"].tolist() == [[[1, 0]]] and inputs["input_masks"] is None
+    np.testing.assert_allclose(
+        inputs["input_boxes"][0, 0] / np.tile(scale, 2), pixel_box(target.bounding_box, width, height), atol=0.05
+    )
+
+    sample.reload()
+    assert sample[FIELD].to_dict() == original  # the field waits for Accept
+    proposal = sample[PREVIEW]
+    record = refinement_history(sample, FIELD)[-1]
+    assert record["kind"] == "points" and record["status"] == "proposed" and record["started_from"] == FROM_BOX
+    assert record["object_id"] == target.id and record["point_labels"] == [1, 0]
+    refined_id = record["result_id"]
+    # the object replaced in place (same label), every other detection as it was, ids included
+    assert [d.id for d in proposal.detections] == [
+        refined_id if d.id == target.id else d.id for d in sample[FIELD].detections
+    ]
+    kept = [d.to_dict() for d in sample[FIELD].detections if d.id != target.id]
+    assert [d.to_dict() for d in proposal.detections if d.id != refined_id] == kept
+    refined = proposal.detections[1]
+    assert refined.label == target.label and refined.mask is not None and not refined.has_field("prompt_id")
+    properties = rendered(ctx)["type"]["properties"]
+    assert "refined with 1 positive and 1 negative" in properties["result_md"]["default"]
+    assert refined_id in properties["point_object"]["default"]  # the selection now names the refined detection
+
+    call(sam3_dataset, "accept", state, current_sample=sample.id)
+    assert message(state).get("kind") == "success", message(state)
+    sample.reload()
+    assert sample[FIELD].to_dict() == proposal.to_dict()  # ids kept: the refined mask's logits stay findable
+    call(sam3_dataset, "undo", state, current_sample=sample.id)
+    assert message(state).get("kind") == "success", message(state)
+    sample.reload()
+    assert sample[FIELD].to_dict() == original
+    assert [r["status"] for r in refinement_history(sample, FIELD)] == ["undone"]
+
+
+def test_each_further_click_refines_the_previous_mask_with_no_image_encoder_work(sam3_dataset, model):
+    sample = sam3_dataset.first()
+    width, height = sample.metadata.width, sample.metadata.height
+    target = sample[FIELD].detections[0]
+    chosen = [selected(sample, FIELD, target)]
+    model.engine.clear_cache()  # other tests refined these images already
+    state = {"field": FIELD, "positive_points": centre_px(target, width, height)}
+
+    def click(selected_labels):
+        counter, spy = CallCounter(model.engine.tracker.vision_encoder), TrackerInputs(model.engine)
+        try:
+            call(sam3_dataset, "refine_points", state, current_sample=sample.id, selected_labels=selected_labels)
+        finally:
+            counter.close()
+            spy.remove()
+        assert message(state).get("kind") == "success", message(state)
+        return counter.batches, spy.calls[0], refinement_history(sam3_dataset[sample.id], FIELD)[-1]
+
+    batches, _, first = click(chosen)
+    assert batches == [1] and first["started_from"] == FROM_BOX  # the image encoder runs once, on the first click
+
+    # a second click while the proposal is pending: it refines the proposal's mask
+    state["negative_points"] = "2, 2"
+    previous = model.engine.cached_mask((sample.filepath, first["result_id"]))
+    batches, inputs, second = click(chosen)  # the selection still names the original detection
+    assert batches == []  # prompt encoder and mask decoder only
+    assert second["started_from"] == FROM_MASK and second["object_id"] == first["result_id"]
+    assert inputs["input_boxes"] is None
+    np.testing.assert_allclose(inputs["input_masks"][0, 0], previous.float().numpy())
+    assert second["replaced"] == {target.id: second["result_id"], first["result_id"]: second["result_id"]}
+    statuses = [r["status"] for r in refinement_history(sam3_dataset[sample.id], FIELD)]
+    assert statuses == ["superseded", "proposed"]
+
+    # accepted, then a third click with nothing selected (as after drawing in the annotation mode)
+    call(sam3_dataset, "accept", state, current_sample=sample.id)
+    accepted_ids = [d.id for d in sam3_dataset[sample.id][FIELD].detections]
+    assert second["result_id"] in accepted_ids and target.id not in accepted_ids
+    previous = model.engine.cached_mask((sample.filepath, second["result_id"]))
+    batches, inputs, third = click([])
+    assert batches == [] and third["started_from"] == FROM_MASK and third["object_id"] == second["result_id"]
+    np.testing.assert_allclose(inputs["input_masks"][0, 0], previous.float().numpy())
+
+
+def test_clicks_drawn_in_the_annotation_field_and_selected_keypoints_are_the_points(sam3_dataset, model):
+    import fiftyone as fo
+
+    sample = sam3_dataset.first()
+    width, height = sample.metadata.width, sample.metadata.height
+    target = sample[FIELD].detections[0]
+    state = {"field": FIELD}
+    assert "no click field" in clicks_field_problem(sam3_dataset)
+    call(sam3_dataset, "setup_click_drawing", state, current_sample=sample.id)
+    assert message(state).get("kind") == "success", message(state)
+    assert state["points_field"] == CLICKS_FIELD and clicks_field_problem(sam3_dataset) is None
+    assert sam3_dataset.label_schemas[CLICKS_FIELD]["classes"] == ["positive", "negative"]
+    assert sam3_dataset.active_label_schemas[0] == CLICKS_FIELD
+
+    # what the App's annotation mode writes for clicks: polylines, a vertex per click, labelled
+    sample.reload()
+    sample[CLICKS_FIELD] = fo.Polylines(
+        polylines=[
+            fo.Polyline(label="positive", points=[[(0.5, 0.5), (0.25, 0.5)]]),
+            fo.Polyline(label="negative", points=[[(0.9, 0.1)]]),
+        ]
+    )
+    sample["landmarks"] = fo.Keypoints(
+        keypoints=[fo.Keypoint(label="nose", points=[(0.4, 0.4), (0.1, 0.9)], sam_labels=[1, 0])]
+    )
+    sample.save()
+    chosen = [selected(sample, FIELD, target), selected(sample, "landmarks", sample["landmarks"].keypoints[0])]
+    ctx = call(sam3_dataset, "on_change_selected_labels", state, current_sample=sample.id, selected_labels=chosen)
+    summary = rendered(ctx)["type"]["properties"]["point_summary"]["default"]
+    assert summary == "**Points**: 3 positive, 2 negative (selected: 2, `sam3_clicks`: 3)"
+
+    spy = TrackerInputs(model.engine)
+    try:
+        call(sam3_dataset, "refine_points", state, current_sample=sample.id, selected_labels=chosen)
+    finally:
+        spy.remove()
+    assert message(state).get("kind") == "success", message(state)
+    expected = np.array([(0.4, 0.4), (0.1, 0.9), (0.5, 0.5), (0.25, 0.5), (0.9, 0.1)]) * [width, height]
+    scale = model.engine.tracker.prompt_encoder.input_image_size / np.array([width, height])
+    np.testing.assert_allclose(spy.calls[0]["input_points"][0, 0] / scale, expected, atol=0.05)
+    assert spy.calls[0]["input_labels"].tolist() == [[[1, 0, 1, 1, 0]]]
+    record = refinement_history(sam3_dataset[sample.id], FIELD)[-1]
+    assert [(s["source"], s["field"], s["points"]) for s in record["point_sources"]] == [
+        ("label", "landmarks", 2),
+        ("field", CLICKS_FIELD, 2),
+        ("field", CLICKS_FIELD, 1),
+    ]
+
+    call(sam3_dataset, "accept", state, current_sample=sample.id)
+    sample.reload()
+    assert sample[CLICKS_FIELD] is None, "accepting clears the clicks: the next object starts from none"
+    assert len(sample["landmarks"].keypoints) == 1  # selected keypoints of other fields are never touched
+
+    # Clear points: the typed points and the scratch field's clicks, never another field's labels
+    sample[CLICKS_FIELD] = fo.Polylines(polylines=[fo.Polyline(label="positive", points=[[(0.5, 0.5)]])])
+    sample.save()
+    state.update(points_field="landmarks", positive_points="3, 4")
+    call(sam3_dataset, "clear_points", state, current_sample=sample.id)
+    sample.reload()
+    assert state["positive_points"] == "" and len(sample["landmarks"].keypoints) == 1
+    assert sample[CLICKS_FIELD] is not None
+    state["points_field"] = CLICKS_FIELD
+    call(sam3_dataset, "clear_points", state, current_sample=sample.id)
+    sample.reload()
+    assert sample[CLICKS_FIELD] is None and "(1 sample(s))" in message(state)["text"]
+
+
+def test_a_mask_written_by_a_box_refinement_in_this_session_is_refined_from(sam3_dataset, model):
+    """The box refinement keeps its masks' logits too: clicking one of them starts from its mask."""
+    sample = sam3_dataset.first()
+    refine_samples(sam3_dataset, [sample.id], FIELD, negatives=BoxSpec(pixel_boxes=[[1, 1, 20, 20]]))
+    call(sam3_dataset, "accept", {"field": FIELD}, current_sample=sample.id)
+    sample.reload()
+    target = sample[FIELD].detections[0]
+    state = {"field": FIELD, "positive_points": centre_px(target, sample.metadata.width, sample.metadata.height)}
+    chosen = [selected(sample, FIELD, target)]
+    call(sam3_dataset, "refine_points", state, current_sample=sample.id, selected_labels=chosen)
+    assert message(state).get("kind") == "success", message(state)
+    assert refinement_history(sam3_dataset[sample.id], FIELD)[-1]["started_from"] == FROM_MASK
+
+    # a point refinement replaces a pending box proposal, and says so
+    refine_samples(sam3_dataset, [sample.id], FIELD, negatives=BoxSpec(pixel_boxes=[[1, 1, 20, 20]]))
+    call(sam3_dataset, "refine_points", state, current_sample=sample.id, selected_labels=chosen)
+    assert "The pending box proposal was replaced" in message(state)["text"]
+    statuses = [(r.get("kind"), r["status"]) for r in refinement_history(sam3_dataset[sample.id], FIELD)]
+    assert statuses[-2:] == [("boxes", "superseded"), ("points", "proposed")]
+
+
+def _point_selection(sample, kind):
+    detections = sample[FIELD].detections
+    return {
+        "none": [],
+        "object": [selected(sample, FIELD, detections[0])],
+        "other field": [
+            selected(sample, FIELD, detections[0]),
+            selected(sample, "ground_truth", sample["ground_truth"].detections[0]),
+        ],
+        "two": [selected(sample, FIELD, detections[0]), selected(sample, FIELD, detections[1])],
+    }[kind]
+
+
+#: (case, panel state, what is selected, the message expected)
+BAD_POINT_INPUT = [
+    ("nothing selected", {"positive_points": "10, 10"}, "none", "Select the detection to refine"),
+    ("a detection of another field", {"positive_points": "10, 10"}, "other field", "not a detection of the SAM3"),
+    ("two objects", {"positive_points": "10, 10"}, "two", "2 detections of 'handles' are selected"),
+    ("no points", {}, "object", "No points"),
+    ("only a negative point", {"negative_points": "10, 10"}, "object", "No positive point"),
+    (
+        "a point outside",
+        {"positive_points": "10, 10; 5000, 20"},
+        "object",
+        "Positive point 2 [5000, 20] lies outside",
+    ),
+    ("not two numbers", {"positive_points": "1, 2, 3"}, "object", "not two numbers"),
+    (
+        "a points field of boxes",
+        {"positive_points": "9, 9", "points_field": "ground_truth"},
+        "object",
+        "holds Detections",
+    ),
+    (
+        "a remembered object that is gone",
+        {"positive_points": "10, 10", "point_target": {"label_id": "0" * 24, "field_name": FIELD}},
+        "none",
+        "no longer in 'handles'",
+    ),
+]
+
+
+def test_bad_point_input_shows_a_message_and_writes_nothing(sam3_dataset):
+    # one dataset for every case (none writes anything; each dataset costs a SAM3 run to build)
+    sample = sam3_dataset.first()
+    before = snapshot(sam3_dataset)
+    for case, state, selection, expected in BAD_POINT_INPUT:
+        state = {"field": FIELD, **state}
+        if "point_target" in state:
+            state["point_target"] = {**state["point_target"], "sample_id": sample.id}
+        ctx = call(
+            sam3_dataset,
+            "refine_points",
+            state,
+            current_sample=sample.id,
+            selected_labels=_point_selection(sample, selection),
+        )
+        assert message(state).get("kind") == "error", case
+        assert expected in message(state)["text"], (case, message(state)["text"])
+        assert rendered(ctx)["type"]["properties"]["message"]["view"]["name"] == "Error", case
+        assert snapshot(sam3_dataset) == before, case
 
 
 # -- bad input: a message, nothing written ----------------------------------------------------------
@@ -413,6 +715,44 @@ def test_check_boxes_names_the_problem(box, problem):
 def test_check_boxes_clips_boxes_partly_outside():
     np.testing.assert_allclose(check_boxes([[-10, 5, 150, 90]], 100, 80, "box"), [[0, 5, 100, 80]])
     assert check_boxes(np.zeros((0, 4)), 100, 80, "box").shape == (0, 4)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("", []), (None, []), ("1, 2", [[1, 2]]), ("[1, 2]; 3 4\n5.5,6e1", [[1, 2], [3, 4], [5.5, 60]])],
+)
+def test_parse_pixel_points(text, expected):
+    np.testing.assert_allclose(parse_pixel_points(text), np.asarray(expected, np.float32).reshape(-1, 2))
+
+
+@pytest.mark.parametrize("text", ["1", "1, 2, 3", "a, b", "1, 2; 3"])
+def test_parse_pixel_points_refuses_malformed_text(text):
+    with pytest.raises(RefineError, match="two numbers"):
+        parse_pixel_points(text, "positive point")
+
+
+def test_points_of_a_label_take_their_sign_from_sam_labels_else_from_the_label():
+    import fiftyone as fo
+
+    polyline = fo.Polyline(label="negative", points=[[(0.1, 0.2), (0.3, 0.4)], [(0.5, 0.6)]])
+    points, labels = points_of_label(polyline)
+    np.testing.assert_allclose(points, [[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]])
+    assert labels.tolist() == [0, 0, 0]
+    keypoint = fo.Keypoint(label="negative", points=[(0.1, 0.2), (np.nan, np.nan), (0.5, 0.6)], sam_labels=[1, 0, 0])
+    points, labels = points_of_label(keypoint)  # sam_labels win; the hidden (NaN) point is left out
+    assert points.tolist() == [[0.1, 0.2], [0.5, 0.6]] and labels.tolist() == [1, 0]
+    assert points_of_label(fo.Keypoint(label="nose", points=[(0.1, 0.2)]))[1].tolist() == [1]
+    with pytest.raises(RefineError, match="1 points but 2 sam_labels"):
+        points_of_label(fo.Keypoint(label="x", points=[(0.1, 0.2)], sam_labels=[1, 0]))
+
+
+@pytest.mark.parametrize(
+    "point, problem", [((-1, 5), "outside"), ((5, 81), "outside"), ((101, 0), "outside"), ((np.nan, 1), "finite")]
+)
+def test_check_points_names_the_problem(point, problem):
+    with pytest.raises(RefineError, match=f"Positive point 2 .* {problem}"):
+        check_points([(0, 0), point], 100, 80, ["Positive point 1", "Positive point 2"])
+    check_points([(0, 0), (100, 80)], 100, 80, ["a", "b"])  # the image's edges are inside
 
 
 def test_count_per_prompt_and_targets():

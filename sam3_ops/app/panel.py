@@ -1,13 +1,23 @@
-"""The negative-box refinement panel: a thin App door into :mod:`sam3_ops.curation.refine`.
+"""The refinement panel: a thin App door into :mod:`sam3_ops.curation.refine` (boxes) and
+:mod:`sam3_ops.curation.clicks` (points).
 
 Each callback reads the App's context (current or selected samples, selected labels, the panel's
-state), calls one function of :mod:`sam3_ops.curation.refine`, and puts the outcome in the panel state;
+state), calls one function of those modules, and puts the outcome in the panel state;
 :meth:`RefineWithNegativeBoxes.render` draws the state. Bad input never raises: the panel shows
 the message and nothing is written.
 
-Panel state keys: ``field`` (the SAM3 field), ``negative_labels`` / ``positive_labels`` (boxes
+Two ways to refine a SAM3 field, one proposal to accept, undo or discard:
+
+- **points**: one detection (the selected detection of the field) refined with positive and
+  negative clicks, drawn in the sample's annotation mode into the scratch field ``sam3_clicks``,
+  selected (keypoints, polylines) or typed;
+- **boxes**: the field's run re-run with negative (and positive) boxes.
+
+Panel state keys: ``field`` (the SAM3 field); points: ``point_target`` (the object, remembered
+from the selection), ``points_field`` (where clicks are drawn), ``positive_points`` /
+``negative_points`` (typed pixel points); boxes: ``negative_labels`` / ``positive_labels`` (boxes
 taken from selected labels), ``negative_field`` / ``positive_field``, ``negative_boxes`` /
-``positive_boxes`` (typed pixel boxes), ``result`` (before -> after counts) and ``message``.
+``positive_boxes`` (typed pixel boxes); ``result`` (what the last refinement did) and ``message``.
 """
 
 from __future__ import annotations
@@ -17,14 +27,33 @@ import logging
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from ..curation.clicks import (
+    CLICKS_FIELD,
+    PointSpec,
+    choose_object,
+    clear_clicks,
+    click_fields,
+    clicks_field_problem,
+    clicks_of_sample,
+    is_object_selection,
+    next_target,
+    pending_point_samples,
+    plan_clicks,
+    refine_with_points,
+    resolve_click_selection,
+    setup_clicks_field,
+)
 from ..curation.refine import (
+    POINTS_KIND,
     BoxSpec,
     RefineError,
     accept_refinement,
     describe_field,
     detections_fields,
     discard_refinement,
+    ensure_refinement_fields,
     parse_pixel_boxes,
+    parse_pixel_points,
     preview_field_name,
     refine_samples,
     refinement_history,
@@ -37,24 +66,44 @@ from .forms import hf_token
 
 logger = logging.getLogger(__name__)
 
-_HELP = """Refine a SAM3 result with negative boxes.
+#: where the open sample's new labels show: FiftyOne 1.22's App keeps the labels of the sample open in
+#: the modal until the page is reloaded (reload_dataset / reload_samples refresh the grid only)
+_SEE_IT = "the grid shows it; the open sample after a page reload"
 
-1. Pick the SAM3 field (one written by a SAM3 run of this plugin).
-2. Select the wrong detections in the sample and press **Use selected as negatives** (or pick a
-   field of negative boxes, or type pixel boxes `x1, y1, x2, y2; ...`).
-3. **Refine** re-runs the field's prompts with the negatives; the proposal appears in the field
-   `<field>_refined`. **Accept** writes it into the field, **Undo** restores what was there.
+#: what the panel says on a video dataset
+VIDEO_REFUSAL = (
+    "The refinement panel works on image datasets only. On videos, re-run 'Segment with text prompts' or "
+    "'Segment with box or point prompts' (sam3_ops.segment in Python) with the prompts you need."
+)
+
+_HELP = f"""Refine a SAM3 result by clicking points on one detection, or with negative boxes.
+
+Pick the SAM3 field (one written by a SAM3 run of this plugin), then:
+
+- **Points** (one detection): click the detection to refine in the sample. Draw points: press
+  **Set up click drawing** once per dataset and reload the page; then in the sample's **Annotate**
+  tab pick the polyline tool and click on the image: each click is a point, saved at once; the
+  label (`positive` or `negative`) says which (a new polyline for the other kind). They go to the
+  field `{CLICKS_FIELD}`. Selected keypoints, and pixel points typed here, are points too.
+  **Refine with points** proposes the refined mask; each further click refines from it.
+- **Boxes** (the whole field): select wrong detections and press **Use selected as negatives** (or
+  pick a field of boxes, or type pixel boxes `x1, y1, x2, y2; ...`), then **Refine with boxes**.
+
+The proposal appears in the field `<field>_refined` (the grid shows it at once, the open sample
+after a page reload). **Accept** writes it into the field (and clears the clicks), **Undo**
+restores what was there, **Discard** drops the proposal.
 """
 
 
 class RefineWithNegativeBoxes(foo.Panel):
-    """Refines the current (or selected) samples' SAM3 detections with negative boxes."""
+    """Refines SAM3 detections: one detection with clicked points, or the current (or selected)
+    samples' field with negative boxes. (Named for its first job; the name is the panel's URI.)"""
 
     @property
     def config(self):
         return foo.PanelConfig(
             name="refine_with_negative_boxes",
-            label="Refine with negative boxes",
+            label="Refine SAM3 masks",
             help_markdown=_HELP,
             icon="auto_fix_high",
             surfaces="grid modal",
@@ -66,6 +115,9 @@ class RefineWithNegativeBoxes(foo.Panel):
         fields = sam3_fields(ctx.dataset)
         if ctx.panel.state.get("field") not in fields:
             ctx.panel.state.set("field", fields[0] if fields else None)
+        if ctx.panel.state.get("points_field") is None and CLICKS_FIELD in click_fields(ctx.dataset):
+            ctx.panel.state.set("points_field", CLICKS_FIELD)
+        self._remember_object(ctx)
         self._clear_outcome(ctx)
 
     def on_change_current_sample(self, ctx):
@@ -75,14 +127,66 @@ class RefineWithNegativeBoxes(foo.Panel):
         self._clear_outcome(ctx)
 
     def on_change_selected_labels(self, ctx):
-        # the selection is read in render (the count on the buttons); nothing to store
         ctx.panel.state.set("message", None)
+        self._remember_object(ctx)
 
     def on_change_field(self, ctx):
-        ctx.panel.state.set("field", ctx.params.get("value") or None)
+        ctx.panel.state.set({"field": ctx.params.get("value") or None, "point_target": None})
         self._clear_outcome(ctx)
 
-    # -- buttons ------------------------------------------------------------------------------
+    # -- buttons: points ----------------------------------------------------------------------
+
+    def setup_click_drawing(self, ctx):
+        try:
+            done = setup_clicks_field(ctx.dataset)
+            if ctx.panel.state.get("field") in sam3_fields(ctx.dataset):
+                # declared now, the proposals' field is known to the App after the same page reload
+                ensure_refinement_fields(ctx.dataset, ctx.panel.state.get("field"))
+        except RefineError as error:
+            return self._show(ctx, "error", str(error))
+        ctx.panel.state.set("points_field", CLICKS_FIELD)
+        # the App reads fields and label schemas when the page loads (reload_dataset updates the grid,
+        # not the open sample's annotation mode or overlays): once per dataset, the curator reloads
+        self._show(ctx, "success", f"{done}. Reload the page first: the App reads new fields when it loads.")
+        ctx.ops.reload_dataset()
+
+    def refine_points(self, ctx):
+        if ctx.dataset.media_type == "video":
+            return self._show(ctx, "error", VIDEO_REFUSAL)
+        state = ctx.panel.state
+        field_name = state.get("field")
+        try:
+            objects, point_labels = resolve_click_selection(ctx.dataset, ctx.selected_labels, field_name)
+            target = choose_object(objects, state.get("point_target"), field_name, ctx.current_sample)
+            outcome = refine_with_points(
+                ctx.dataset, field_name, target, self._point_spec(state, point_labels), token=hf_token(ctx)
+            )
+        except RefineError as error:
+            return self._show(ctx, "error", str(error))
+        state.set({"point_target": next_target(target, outcome), "result": outcome.summary()})
+        self._show(
+            ctx,
+            "success",
+            f"Refined `{outcome.label}`: the proposal is in '{outcome.preview_field}' ({_SEE_IT}). Accept to write "
+            f"it into '{outcome.field}', or add points and refine again. {' '.join(outcome.notes)}".strip(),
+        )
+        ctx.ops.reload_dataset()  # the preview field (new on the first refinement) and its labels
+
+    def clear_points(self, ctx):
+        state = ctx.panel.state
+        state.set({"positive_points": "", "negative_points": ""})
+        points_field = state.get("points_field")
+        if points_field != CLICKS_FIELD:  # another field's keypoints or polylines are the curator's labels
+            kept = f"; the labels of '{points_field}' are kept" if points_field else ""
+            return self._show(ctx, "info", f"Cleared the typed points{kept}")
+        cleared = clear_clicks(ctx.dataset, self._targets(ctx), CLICKS_FIELD)
+        self._show(
+            ctx, "info", f"Cleared the typed points and the clicks in '{CLICKS_FIELD}' ({len(cleared)} sample(s))"
+        )
+        if cleared:
+            ctx.ops.reload_dataset()
+
+    # -- buttons: boxes -----------------------------------------------------------------------
 
     def use_selected_as_negatives(self, ctx):
         self._use_selected(ctx, "negative")
@@ -96,6 +200,8 @@ class RefineWithNegativeBoxes(foo.Panel):
         self._clear_outcome(ctx)
 
     def refine(self, ctx):
+        if ctx.dataset.media_type == "video":
+            return self._show(ctx, "error", VIDEO_REFUSAL)
         state = ctx.panel.state
         try:
             result = refine_samples(
@@ -113,7 +219,7 @@ class RefineWithNegativeBoxes(foo.Panel):
         self._show(
             ctx,
             "success",
-            f"Refined {len(result.outcomes)} sample(s): the proposal is in '{result.preview_field}'. "
+            f"Refined {len(result.outcomes)} sample(s): the proposal is in '{result.preview_field}' ({_SEE_IT}). "
             f"Accept to write it into '{result.field}'. {notes}".strip(),
         )
         ctx.ops.reload_dataset()  # the preview field (new on the first refinement) and its labels
@@ -121,11 +227,15 @@ class RefineWithNegativeBoxes(foo.Panel):
     def accept(self, ctx):
         field_name = ctx.panel.state.get("field")
         try:
+            with_points = pending_point_samples(ctx.dataset, self._targets(ctx), field_name)
             accepted = accept_refinement(ctx.dataset, self._targets(ctx), field_name)
         except RefineError as error:
             return self._show(ctx, "error", str(error))
-        # the accepted labels were the selected ones' replacements: old selections are stale now
+        # the accepted labels were the selected ones' replacements: old selections are stale now;
+        # the clicks were for the objects just accepted: the next object starts from none
         ctx.panel.state.set({"negative_labels": [], "positive_labels": [], "result": None})
+        if ctx.panel.state.get("points_field") == CLICKS_FIELD:
+            clear_clicks(ctx.dataset, [i for i in accepted if i in with_points], CLICKS_FIELD)
         self._show(ctx, "success", f"Accepted: '{field_name}' updated on {len(accepted)} sample(s). Undo restores it.")
         ctx.ops.reload_dataset()
 
@@ -156,6 +266,9 @@ class RefineWithNegativeBoxes(foo.Panel):
         if ctx.dataset is None:
             panel.view("no_dataset", types.Warning(label="Open a dataset to refine its SAM3 results"))
             return types.Property(panel)
+        if ctx.dataset.media_type == "video":
+            panel.view("video_dataset", types.Warning(label=VIDEO_REFUSAL))
+            return types.Property(panel)
         targets = self._targets(ctx)
         self._render_targets(ctx, panel, targets)
         description = self._render_field(ctx, panel, targets)
@@ -164,15 +277,26 @@ class RefineWithNegativeBoxes(foo.Panel):
             if description is not None and description.get("mode") == "boxes"
             else ("negative", "positive")
         )
-        for kind in kinds:
-            self._render_boxes(ctx, panel, kind)
+        if description is not None:
+            self._render_points(ctx, panel)
+        # the proposal's actions and outcome between the two ways in: near the buttons of either
         actions = panel.h_stack("actions", gap=1)
-        actions.btn("refine", label="Refine", variant="contained", on_click=self.refine, disabled=not targets)
-        actions.btn("accept", label="Accept", variant="outlined", on_click=self.accept, disabled=not targets)
+        actions.btn("accept", label="Accept", variant="contained", on_click=self.accept, disabled=not targets)
         actions.btn("discard", label="Discard", on_click=self.discard, disabled=not targets)
         actions.btn("undo", label="Undo", on_click=self.undo, disabled=not targets)
-        actions.btn("clear_boxes", label="Clear boxes", on_click=self.clear_boxes)
-        self._render_outcome(ctx, panel, targets, description)
+        self._render_outcome(ctx, panel)
+        if description is not None and len(targets) == 1:
+            history = refinement_history(ctx.dataset[targets[0]], ctx.panel.state.get("field"))
+            if history:
+                panel.md(_history_markdown(history), name="history")
+        panel.md("#### Boxes: re-run the field's prompts", name="boxes_title")
+        for kind in kinds:
+            self._render_boxes(ctx, panel, kind)
+        box_actions = panel.h_stack("box_actions", gap=1)
+        box_actions.btn(
+            "refine", label="Refine with boxes", variant="contained", on_click=self.refine, disabled=not targets
+        )
+        box_actions.btn("clear_boxes", label="Clear boxes", on_click=self.clear_boxes)
         return types.Property(panel, view=types.GridView(orientation="vertical", align_x="left", gap=1))
 
     @staticmethod
@@ -210,12 +334,59 @@ class RefineWithNegativeBoxes(foo.Panel):
         panel.md(_describe_markdown(description), name="run")
         return description
 
+    def _render_points(self, ctx, panel) -> None:
+        """The click refinement: the object, the points it would use, where they come from."""
+        state = ctx.panel.state
+        panel.md("#### Points: refine one detection", name="points_title")
+        self._render_object_and_points(ctx, panel)
+        problem = clicks_field_problem(ctx.dataset)
+        if problem:
+            panel.md(f"{problem}: set it up to draw clicks in the sample's Annotate tab.", name="clicks_setup_md")
+            panel.btn("setup_click_drawing", label="Set up click drawing", on_click=self.setup_click_drawing)
+        choices = types.Dropdown(label="Clicks drawn in (a Polylines or Keypoints field)")
+        for name in click_fields(ctx.dataset):
+            choices.add_choice(name, label=name)
+        panel.enum("points_field", choices.values(), view=choices, default=state.get("points_field"))
+        for kind in ("positive", "negative"):
+            panel.str(
+                f"{kind}_points",
+                label=f"{kind.capitalize()} points in pixels (optional)",
+                description="x, y per point, points separated by ';'",
+                default=state.get(f"{kind}_points"),
+            )
+        row = panel.h_stack("point_actions", gap=1)
+        row.btn("refine_points", label="Refine with points", variant="contained", on_click=self.refine_points)
+        row.btn("clear_points", label="Clear points", on_click=self.clear_points)
+
+    def _render_object_and_points(self, ctx, panel) -> None:
+        """Which detection a click refinement would refine, and with which points (or why none)."""
+        state = ctx.panel.state
+        field_name = state.get("field")
+        try:
+            objects, point_labels = resolve_click_selection(ctx.dataset, ctx.selected_labels, field_name, strict=False)
+            spec = self._point_spec(state, point_labels)
+            try:
+                target = choose_object(objects, state.get("point_target"), field_name, ctx.current_sample)
+            except RefineError as error:  # no object yet: the points may be drawn first
+                panel.view("point_object", types.Notice(label=str(error)))
+                if ctx.current_sample:
+                    values, sources = clicks_of_sample(ctx.dataset, ctx.current_sample, spec)
+                    panel.md(_points_markdown(values, sources), name="point_summary")
+                return
+            plan = plan_clicks(ctx.dataset, field_name, target, spec)
+        except RefineError as error:
+            panel.view("point_problem", types.Warning(label=str(error)))
+            return
+        detection = plan.detection
+        panel.md(f"**Object**: `{detection.label}` (detection `{detection.id}`)", name="point_object")
+        panel.md(_points_markdown(plan.point_labels, plan.sources), name="point_summary")
+
     def _render_boxes(self, ctx, panel, kind: str) -> None:
         """The inputs of one kind of box: selected labels, a field, typed pixel boxes."""
         state = ctx.panel.state
         n_selected = len(ctx.selected_labels or ())
         title = "Negative boxes (not this)" if kind == "negative" else "Positive examples (more like this)"
-        panel.md(f"#### {title}\n{_labels_markdown(state.get(f'{kind}_labels') or [])}", name=f"{kind}_header")
+        panel.md(f"**{title}**\n\n{_labels_markdown(state.get(f'{kind}_labels') or [])}", name=f"{kind}_header")
         panel.btn(
             f"use_selected_{kind}",
             label=f"Use selected labels as {kind}s ({n_selected} selected)",
@@ -234,29 +405,45 @@ class RefineWithNegativeBoxes(foo.Panel):
         )
 
     @staticmethod
-    def _render_outcome(ctx, panel, targets, description) -> None:
-        """The last refinement's counts, the message, and the sample's refinement history."""
+    def _render_outcome(ctx, panel) -> None:
+        """What the last refinement did, and the message."""
         state = ctx.panel.state
         if state.get("result"):
             lines = "\n".join(f"- {line}" for line in state.get("result").splitlines())
             panel.md(
-                f"#### Before → after (proposal in `{preview_field_name(state.get('field'))}`)\n{lines}",
+                f"#### Last refinement (proposal in `{preview_field_name(state.get('field'))}`)\n{lines}",
                 name="result_md",
             )
         message = state.get("message")
         if message:
             view = {"error": types.Error, "success": types.Success}.get(message.get("kind"), types.Notice)
             panel.view("message", view(label=message.get("text")))
-        if description is not None and len(targets) == 1:
-            history = refinement_history(ctx.dataset[targets[0]], state.get("field"))
-            if history:
-                panel.md(_history_markdown(history), name="history")
 
     # -- helpers ------------------------------------------------------------------------------
 
     @staticmethod
     def _targets(ctx) -> list[str]:
         return target_sample_ids(ctx.current_sample, ctx.selected)
+
+    @staticmethod
+    def _remember_object(ctx) -> None:
+        """One selected detection of the SAM3 field becomes the object to refine with points, and
+        stays so while the curator draws points in the annotation mode (which selects nothing)."""
+        field_name = ctx.panel.state.get("field")
+        objects = [s for s in ctx.selected_labels or () if is_object_selection(s, field_name)]
+        if len(objects) == 1:
+            chosen, _ = resolve_click_selection(ctx.dataset, objects, field_name, strict=False)
+            if chosen:
+                ctx.panel.state.set("point_target", chosen[0])
+
+    @staticmethod
+    def _point_spec(state, point_labels: list[dict]) -> PointSpec:
+        return PointSpec(
+            labels=point_labels,
+            field=state.get("points_field") or None,
+            positive_px=parse_pixel_points(state.get("positive_points"), "positive point"),
+            negative_px=parse_pixel_points(state.get("negative_points"), "negative point"),
+        )
 
     @staticmethod
     def _box_spec(state, kind: str) -> BoxSpec:
@@ -310,14 +497,34 @@ def _labels_markdown(refs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _points_markdown(values, sources: list[dict]) -> str:
+    """What a click refinement would use: the points by kind, and where they come from."""
+    if not len(values):
+        return "**Points**: none yet"
+    where = {"field": "`{field}`", "label": "selected", "typed": "typed"}
+    counts: dict[str, int] = {}
+    for source in sources:
+        name = where[source["source"]].format(field=source.get("field"))
+        counts[name] = counts.get(name, 0) + source["points"]
+    origin = ", ".join(f"{name}: {count}" for name, count in counts.items())
+    return f"**Points**: {int((values == 1).sum())} positive, {int((values == 0).sum())} negative ({origin})"
+
+
 def _history_markdown(history: list[dict]) -> str:
     lines = []
     for record in history[-5:]:
-        boxes = record.get("negative_boxes") or []
-        lines.append(
-            f"- {record.get('refined_at') or '?'}: **{record.get('status')}**, {len(boxes)} negative box(es), "
-            f"{len(record.get('positive_boxes') or [])} positive"
-        )
+        if record.get("kind") == POINTS_KIND:
+            labels = record.get("point_labels") or []
+            what = (
+                f"`{record.get('label')}` with {labels.count(1)} positive and {labels.count(0)} negative point(s), "
+                f"from its {record.get('started_from')}"
+            )
+        else:
+            what = (
+                f"{len(record.get('negative_boxes') or [])} negative box(es), "
+                f"{len(record.get('positive_boxes') or [])} positive"
+            )
+        lines.append(f"- {record.get('refined_at') or '?'}: **{record.get('status')}**, {what}")
     return "#### Refinements of this sample\n" + "\n".join(lines)
 
 

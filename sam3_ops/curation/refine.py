@@ -22,6 +22,10 @@ The life of one refinement, per sample and field ``F``:
 
 The records stay on the sample for QA review: which boxes were used (pixel ``xyxy`` and where
 they came from), when, the counts per prompt before and after, and what happened to it.
+
+Point refinement of one detection (:mod:`sam3_ops.curation.clicks`) writes its proposals to the
+same preview field with records of kind ``"points"`` (:func:`append_proposal`); accept, undo and
+discard here serve both kinds.
 """
 
 from __future__ import annotations
@@ -53,6 +57,9 @@ REFINEMENTS_FIELD = "sam3_refinements"
 PREVIEW_SUFFIX = "_refined"
 
 PROPOSED, ACCEPTED, UNDONE, DISCARDED, SUPERSEDED = "proposed", "accepted", "undone", "discarded", "superseded"
+#: a record's ``kind``: the field's run re-run with boxes, or one detection refined with points
+#: (:mod:`sam3_ops.curation.clicks`); records written before kinds existed have none (boxes)
+BOXES_KIND, POINTS_KIND = "boxes", "points"
 #: how many accepts per field can be undone; older records keep their metadata, not the masks
 #: (each backup holds a whole Detections with masks, and a sample must fit in 16 MB)
 MAX_UNDO_STEPS = 5
@@ -105,20 +112,38 @@ def parse_pixel_boxes(text: str | None) -> np.ndarray:
     Raises:
         RefineError: a box without exactly four numbers, saying which one and what it read
     """
+    return _parse_groups(text, 4, "box", "'x1, y1, x2, y2' in pixels, boxes separated by ';'")
+
+
+def parse_pixel_points(text: str | None, what: str = "point") -> np.ndarray:
+    """Parses points typed in pixel coordinates: ``x, y`` per point.
+
+    Points are separated by ``;`` or new lines; brackets are optional (``"[10, 20]; 30 40"`` is
+    two points).
+
+    Returns:
+        ``(N, 2)`` float32 pixel ``xy`` points (``(0, 2)`` for blank text)
+
+    Raises:
+        RefineError: a point without exactly two numbers, saying which one and what it read
+    """
+    return _parse_groups(text, 2, what, "'x, y' in pixels, points separated by ';'")
+
+
+def _parse_groups(text: str | None, size: int, what: str, expected: str) -> np.ndarray:
+    """Groups of ``size`` numbers separated by ``;``, new lines or ``] [``: ``(N, size)`` float32."""
     if text is None or not str(text).strip():
-        return np.zeros((0, 4), np.float32)
-    boxes = []
+        return np.zeros((0, size), np.float32)
+    groups = []
     chunks = [c for c in re.split(r"[;\n]|\]\s*,?\s*\[", str(text)) if c.strip(" \t[](),")]
     for i, chunk in enumerate(chunks):
         cleaned = chunk.strip().strip("[]() ")
         tokens = [t for t in re.split(r"[,\s]+", cleaned) if t]
-        if len(tokens) != 4 or not all(re.fullmatch(_NUMBER, t) for t in tokens):
-            raise RefineError(
-                f"Typed box {i + 1} ({chunk.strip()!r}) is not four numbers: expected 'x1, y1, x2, y2' in "
-                "pixels, boxes separated by ';'"
-            )
-        boxes.append([float(t) for t in tokens])
-    return np.asarray(boxes, np.float32).reshape(-1, 4)
+        if len(tokens) != size or not all(re.fullmatch(_NUMBER, t) for t in tokens):
+            count = {2: "two", 4: "four"}.get(size, str(size))
+            raise RefineError(f"Typed {what} {i + 1} ({chunk.strip()!r}) is not {count} numbers: expected {expected}")
+        groups.append([float(t) for t in tokens])
+    return np.asarray(groups, np.float32).reshape(-1, size)
 
 
 def check_boxes(boxes_xyxy: np.ndarray, width: int, height: int, what: str) -> np.ndarray:
@@ -153,6 +178,33 @@ def _is_box_label(label) -> bool:
     return isinstance(label, fol.Detection) and label.bounding_box is not None and len(label.bounding_box) == 4
 
 
+def find_selected_label(dataset, selection: dict):
+    """The label an App selection (``{"sample_id", "field", "label_id"}``) names.
+
+    Raises:
+        RefineError: a video frame label, or a label (or sample) that no longer exists
+    """
+    sample_id, field_name, label_id = selection.get("sample_id"), selection.get("field"), selection.get("label_id")
+    if selection.get("frame_number") is not None:
+        raise RefineError("Selected video frame labels cannot be used: refinement works on images")
+    try:
+        sample = dataset[sample_id]
+    except (KeyError, ValueError, TypeError):
+        raise RefineError(
+            f"The selected label {label_id} belongs to sample {sample_id}, which is not in the dataset"
+        ) from None
+    value = sample.get_field(field_name) if field_name and sample.has_field(field_name) else None
+    list_field = getattr(value, "_LABEL_LIST_FIELD", None)  # Detections, Keypoints, Polylines, ...
+    if list_field:
+        candidates = value.get_field(list_field) or []
+    else:
+        candidates = [value] if value is not None else []
+    found = next((label for label in candidates if getattr(label, "id", None) == label_id), None)
+    if found is None:
+        raise RefineError(f"The selected label {label_id} is no longer in field '{field_name}' (reload the sample)")
+    return found
+
+
 def resolve_selected_labels(dataset, selected_labels: Iterable[dict]) -> list[dict]:
     """Turns the App's selected labels (``ctx.selected_labels``) into boxes to prompt with.
 
@@ -166,19 +218,7 @@ def resolve_selected_labels(dataset, selected_labels: Iterable[dict]) -> list[di
     resolved = []
     for selection in selected_labels or ():
         sample_id, field_name, label_id = selection.get("sample_id"), selection.get("field"), selection.get("label_id")
-        if selection.get("frame_number") is not None:
-            raise RefineError("Selected video frame labels cannot be used: refinement works on images")
-        try:
-            sample = dataset[sample_id]
-        except (KeyError, ValueError, TypeError):
-            raise RefineError(
-                f"The selected label {label_id} belongs to sample {sample_id}, which is not in the dataset"
-            ) from None
-        value = sample.get_field(field_name) if field_name and sample.has_field(field_name) else None
-        candidates = value.detections if isinstance(value, fol.Detections) else [value] if value is not None else []
-        found = next((lab for lab in candidates if getattr(lab, "id", None) == label_id), None)
-        if found is None:
-            raise RefineError(f"The selected label {label_id} is no longer in field '{field_name}' (reload the sample)")
+        found = find_selected_label(dataset, selection)
         if not _is_box_label(found):
             raise RefineError(
                 f"The selected label {label_id} in '{field_name}' is a {type(found).__name__}, not a box: "
@@ -251,7 +291,7 @@ def validate_field(dataset, field_name: str | None) -> RunRecord:
     return record
 
 
-def _get_sample(dataset, sample_id: str):
+def get_sample(dataset, sample_id: str):
     """``dataset[sample_id]``, or a :class:`RefineError` a curator can act on."""
     try:
         return dataset[sample_id]
@@ -281,10 +321,10 @@ def describe_field(dataset, field_name: str, sample_ids: Sequence[str] = ()) -> 
     preview = preview_field_name(field_name)
     has_preview = dataset.has_sample_field(preview)
     for sample_id in sample_ids:
-        sample = _get_sample(dataset, sample_id)
+        sample = get_sample(dataset, sample_id)
         counts.update(count_per_prompt(sample[field_name], prompts))
         pending += bool(has_preview and sample[preview] is not None)
-        accepted += _last_record(sample, field_name, ACCEPTED) is not None
+        accepted += last_record(sample, field_name, ACCEPTED) is not None
     ordered = {p: counts.pop(p, 0) for p in prompts}
     ordered.update(sorted(counts.items()))
     return {
@@ -473,7 +513,7 @@ def plan_refinement(
     _check_refinement(dataset, run.settings, negatives, positives)
     plans, skipped = [], []
     for sample_id in dict.fromkeys(sample_ids):
-        plan = _plan_sample(_get_sample(dataset, sample_id), run.settings, negatives, positives)
+        plan = _plan_sample(get_sample(dataset, sample_id), run.settings, negatives, positives)
         if plan is None:
             skipped.append(sample_id)
         else:
@@ -484,24 +524,36 @@ def plan_refinement(
     return run, plans, notes
 
 
+def settings_for_here(settings: Sam3Settings) -> tuple[Sam3Settings, list[str]]:
+    """A recorded run's settings to re-run on this machine: on its best device if the recorded one
+    is not here (with a note saying so)."""
+    if not device_problem(settings.device):
+        return settings, []
+    note = f"The run used device {settings.device!r}, which is not here: refined on {resolve_device(None)}"
+    return settings.replace(device=None), [note]
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
-def _records(sample) -> list[dict]:
+def sample_records(sample) -> list[dict]:
+    """A sample's refinement records (copies, oldest first; ``[]`` for none)."""
     if not sample.has_field(REFINEMENTS_FIELD) or sample[REFINEMENTS_FIELD] is None:
         return []
     return [dict(record) for record in sample[REFINEMENTS_FIELD]]
 
 
-def _last_record(sample, field_name: str, status: str) -> dict | None:
-    for record in reversed(_records(sample)):
+def last_record(sample, field_name: str, status: str) -> dict | None:
+    """The newest record of ``field_name`` with ``status``, or ``None``."""
+    for record in reversed(sample_records(sample)):
         if record.get("field") == field_name and record.get("status") == status:
             return record
     return None
 
 
-def _ensure_fields(dataset, field_name: str) -> None:
+def ensure_refinement_fields(dataset, field_name: str) -> None:
+    """Declares the preview field of ``field_name`` and the records field, if they are missing."""
     preview = preview_field_name(field_name)
     if not dataset.has_sample_field(preview):
         dataset.add_sample_field(preview, fof.EmbeddedDocumentField, embedded_doc_type=fol.Detections)
@@ -576,12 +628,10 @@ def refine_samples(
             sample that could be segmented; nothing is written to ``field_name``
     """
     run, plans, notes = plan_refinement(dataset, sample_ids, field_name, negatives, positives)
-    settings = run.settings
-    if device_problem(settings.device):
-        notes.append(f"The run used device {settings.device!r}, which is not here: refined on {resolve_device(None)}")
-        settings = settings.replace(device=None)
+    settings, device_notes = settings_for_here(run.settings)
+    notes += device_notes
     preview = preview_field_name(field_name)
-    _ensure_fields(dataset, field_name)
+    ensure_refinement_fields(dataset, field_name)
     dataset.select([plan.sample_id for plan in plans]).set_field(preview, None).save(preview)  # no stale proposal
     notes += _run_plans(dataset, preview, settings, plans, token)
     outcomes = [_record_outcome(dataset[plan.sample_id], field_name, settings, plan) for plan in plans]
@@ -599,15 +649,11 @@ def _record_outcome(sample, field_name: str, settings: Sam3Settings, plan: Sampl
         return None
     prompts = settings.labels
     before, after = count_per_prompt(sample[field_name], prompts), count_per_prompt(detections, prompts)
-    records = [
-        {**r, "status": SUPERSEDED} if r.get("field") == field_name and r.get("status") == PROPOSED else r
-        for r in _records(sample)
-    ]
-    records.append(
+    append_proposal(
+        sample,
+        field_name,
         {
-            "field": field_name,
-            "status": PROPOSED,
-            "refined_at": _now(),
+            "kind": BOXES_KIND,
             "model_path": settings.model_path,
             "mode": plan.mode,
             "prompts": prompts,
@@ -620,13 +666,26 @@ def _record_outcome(sample, field_name: str, settings: Sam3Settings, plan: Sampl
             "positive_sources": plan.positive_sources,
             "before": before,
             "after": after,
-        }
+        },
     )
-    sample[REFINEMENTS_FIELD] = records
-    sample.save()
     return RefineOutcome(
         plan.sample_id, before, after, plan.added_negatives.tolist(), plan.added_positives.tolist(), detections
     )
+
+
+def append_proposal(sample, field_name: str, record: dict) -> None:
+    """Appends the record of a proposal just written to the preview field, and saves the sample.
+
+    The record gets ``field``, ``status`` ``"proposed"`` and ``refined_at``; the field's earlier
+    pending proposal (replaced in the preview field by this one) becomes ``"superseded"``.
+    """
+    records = [
+        {**r, "status": SUPERSEDED} if r.get("field") == field_name and r.get("status") == PROPOSED else r
+        for r in sample_records(sample)
+    ]
+    records.append({"field": field_name, "status": PROPOSED, "refined_at": _now(), **record})
+    sample[REFINEMENTS_FIELD] = records
+    sample.save()
 
 
 # -- accept, undo, discard ----------------------------------------------------------------------
@@ -651,15 +710,15 @@ def accept_refinement(dataset, sample_ids: Sequence[str], field_name: str | None
     """
     validate_field(dataset, field_name)
     preview = preview_field_name(field_name)
-    samples = [_get_sample(dataset, i) for i in dict.fromkeys(sample_ids or ())]
+    samples = [get_sample(dataset, i) for i in dict.fromkeys(sample_ids or ())]
     pending = [s for s in samples if dataset.has_sample_field(preview) and s[preview] is not None]
     if not pending:
         raise RefineError("Nothing to accept: press Refine first")
     for sample in pending:
         previous = sample[field_name]
         backup = previous.to_json() if previous is not None else None
-        records = _records(sample)
-        if _last_record(sample, field_name, PROPOSED) is None:  # a proposal written by another tool
+        records = sample_records(sample)
+        if last_record(sample, field_name, PROPOSED) is None:  # a proposal written by another tool
             records.append({"field": field_name, "status": PROPOSED, "refined_at": None})
         records = _replace_last(
             records, field_name, PROPOSED, {"status": ACCEPTED, "accepted_at": _now(), "backup": backup}
@@ -694,16 +753,16 @@ def undo_refinement(dataset, sample_ids: Sequence[str], field_name: str | None) 
         RefineError: a bad field, or no accepted refinement to undo on any of the samples
     """
     validate_field(dataset, field_name)
-    samples = [_get_sample(dataset, i) for i in dict.fromkeys(sample_ids or ())]
+    samples = [get_sample(dataset, i) for i in dict.fromkeys(sample_ids or ())]
     restored = []
     for sample in samples:
-        record = _last_record(sample, field_name, ACCEPTED)
+        record = last_record(sample, field_name, ACCEPTED)
         if record is None or "backup" not in record:  # nothing accepted, or past MAX_UNDO_STEPS
             continue
         backup = record.get("backup")
         sample[field_name] = fol.Detections.from_json(backup) if backup else None
         sample[REFINEMENTS_FIELD] = _replace_last(
-            _records(sample), field_name, ACCEPTED, {"status": UNDONE, "undone_at": _now()}
+            sample_records(sample), field_name, ACCEPTED, {"status": UNDONE, "undone_at": _now()}
         )
         sample.save()
         restored.append(sample.id)
@@ -727,12 +786,12 @@ def discard_refinement(dataset, sample_ids: Sequence[str], field_name: str | Non
         raise RefineError("Nothing to discard: there is no pending refinement")
     changed = []
     for sample_id in dict.fromkeys(sample_ids or ()):
-        sample = _get_sample(dataset, sample_id)
+        sample = get_sample(dataset, sample_id)
         if sample[preview] is None:
             continue
         sample[preview] = None
         sample[REFINEMENTS_FIELD] = _replace_last(
-            _records(sample), field_name, PROPOSED, {"status": DISCARDED, "discarded_at": _now()}
+            sample_records(sample), field_name, PROPOSED, {"status": DISCARDED, "discarded_at": _now()}
         )
         sample.save()
         changed.append(sample_id)
@@ -745,7 +804,7 @@ def refinement_history(sample, field_name: str | None = None) -> list[dict]:
     """A sample's refinement records (oldest first), for QA review; backups are left out."""
     return [
         {k: v for k, v in record.items() if k != "backup"}
-        for record in _records(sample)
+        for record in sample_records(sample)
         if field_name is None or record.get("field") == field_name
     ]
 

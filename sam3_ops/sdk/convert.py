@@ -107,8 +107,9 @@ REFINES_ATTR = "sam3_refines"
 REFINES_BOX_ATTR = "sam3_box"
 
 
-def _point_labels(keypoint, count: int) -> tuple[np.ndarray | None, str | None]:
-    """A keypoint's per-point labels (all 1 when it has none), or ``(None, why not)``."""
+def point_labels(keypoint, count: int) -> tuple[np.ndarray | None, str | None]:
+    """A keypoint's (or any label's) per-point labels from :data:`POINT_LABEL_ATTRS` (all 1 when it
+    has none), or ``(None, why not)``."""
     for name in POINT_LABEL_ATTRS:
         value = keypoint.get_field(name) if keypoint.has_field(name) else None
         if value is None:
@@ -132,7 +133,7 @@ def _object_from_keypoint(keypoint, width: int, height: int, image_key) -> tuple
         points = np.asarray(keypoint.points if keypoint.points is not None else [], dtype=np.float64).reshape(-1, 2)
     except (TypeError, ValueError):
         return None, [f"skipped {name}: its points are not [x, y] pairs"]
-    labels, problem = _point_labels(keypoint, len(points))
+    labels, problem = point_labels(keypoint, len(points))
     if problem:
         return None, [f"skipped {name}: {problem}"]
     visible = np.isfinite(points).all(axis=1)  # NaN: FiftyOne's "not visible"

@@ -1,0 +1,654 @@
+"""Point refinement of one SAM3 detection: the click flow of the refinement panel.
+
+A curator picks one detection of a SAM3 field (a label selected in the App) and clicks positive
+("this is the object") and negative ("not this") points on the image; SAM3's tracker re-segments
+that one object from the points and its current mask, as SAM's interactive segmentation does.
+
+- **Where the points come from**: the labels of a scratch field drawn in the App's annotation mode
+  (:data:`CLICKS_FIELD`, a ``Polylines`` field: every vertex is a point, the label ``positive`` or
+  ``negative`` says which; FiftyOne 1.22's annotation mode draws classifications, boxes, masks and
+  polylines, not keypoints), selected ``Keypoints`` / ``Polylines`` labels of any field, and pixel
+  coordinates typed in the panel. A label's ``sam_labels`` (FiftyOne's convention for SAM prompts)
+  gives per-point labels; without one its ``label`` does (:data:`NEGATIVE_CLICK_LABELS`).
+- **The run**: the field's recorded run in ``points`` mode (its model, device, mask threshold and
+  limits kept; one mask per object), through the one inference path
+  (:func:`~sam3_ops.sdk.segment.segment` with the prompt keypoint given in memory). The keypoint
+  names the detection (``sam3_refines``), so the engine starts from that detection's cached
+  low-resolution mask logits; when they are not cached (the field was written by another
+  process), from its box (``sam3_box``). The image's features are cached too: a further click
+  on the same image costs no image-encoder work.
+- **The proposal**: the field with that detection replaced by the refined one (same label, tags and
+  ``prompt_id``; the other detections untouched, ids included), in the preview field, with a
+  record of kind ``"points"``. Accept, undo and discard are :mod:`sam3_ops.curation.refine`'s.
+
+Ids: the refined detection keeps the id SAM3 wrote it with, under which its logits are cached, and
+accepting moves the proposal's detections into the field as they are, so the next click on it
+starts from its mask. Each record's ``replaced`` map (earlier id -> the id that replaced it) lets
+a selection made before a refinement still name the object. Refining again while a point proposal
+is pending builds on that proposal (several objects may be refined before one accept); a pending
+box proposal is superseded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import fiftyone.core.fields as fof
+import fiftyone.core.labels as fol
+import numpy as np
+
+from ..core.checkpoint import ModelLoadError
+from ..core.images import ImageLoadError, image_size
+from ..sdk.convert import POINT_LABEL_ATTRS, REFINES_ATTR, REFINES_BOX_ATTR, point_labels
+from ..sdk.fields import label_fields
+from ..sdk.model import Sam3Model
+from ..sdk.segment import build_engine, segment
+from ..sdk.settings import Sam3Settings, SettingsError
+from .refine import (
+    ACCEPTED,
+    POINTS_KIND,
+    PROPOSED,
+    RefineError,
+    append_proposal,
+    count_per_prompt,
+    ensure_refinement_fields,
+    find_selected_label,
+    get_sample,
+    last_record,
+    preview_field_name,
+    sample_records,
+    settings_for_here,
+    validate_field,
+)
+
+#: the scratch field the App's annotation mode draws clicks into (a ``Polylines`` field)
+CLICKS_FIELD = "sam3_clicks"
+#: the classes of the scratch field's label schema: what a drawn click is
+CLICK_CLASSES = ("positive", "negative")
+#: labels that make a click label's points negative; any other label (or none) is positive
+NEGATIVE_CLICK_LABELS = frozenset({"negative", "neg", "-", "background", "bg"})
+#: how a refinement started: from the detection's cached mask logits, or from its box
+FROM_MASK, FROM_BOX = "previous mask", "box"
+
+
+# -- points ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class PointSpec:
+    """Where a refinement's points come from.
+
+    Attributes:
+        labels: selected point labels (see :func:`resolve_click_selection`): dicts with
+            ``sample_id``, ``field``, ``label_id``, ``label``, relative ``points`` and
+            ``point_labels`` (1 positive, 0 negative); each applies to its own sample only
+        field: a ``Polylines`` or ``Keypoints`` field whose labels on the sample are clicks (the
+            scratch field :data:`CLICKS_FIELD`), or ``None``
+        positive_px, negative_px: ``(N, 2)`` pixel ``xy`` points typed by the curator
+    """
+
+    labels: list[dict] = dataclasses.field(default_factory=list)
+    field: str | None = None
+    positive_px: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 2), np.float32))
+    negative_px: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 2), np.float32))
+
+    def __post_init__(self):
+        self.labels = list(self.labels or [])
+        self.field = self.field or None
+        self.positive_px = np.asarray(self.positive_px, dtype=np.float32).reshape(-1, 2)
+        self.negative_px = np.asarray(self.negative_px, dtype=np.float32).reshape(-1, 2)
+
+
+def click_fields(dataset) -> list[str]:
+    """The fields that can hold clicks: the dataset's ``Polylines`` and ``Keypoints`` fields."""
+    return sorted({*label_fields(dataset, fol.Polylines), *label_fields(dataset, fol.Keypoints)})
+
+
+def points_of_label(label) -> tuple[np.ndarray, np.ndarray]:
+    """The clicks of one ``Keypoint`` or ``Polyline``: relative ``(N, 2)`` points (every vertex of
+    every shape of a polyline) and their labels, 1 positive / 0 negative. NaN points (FiftyOne's
+    "not visible") are left out.
+
+    Raises:
+        RefineError: ``sam_labels`` (or ``sam2_labels``) that do not fit the points
+    """
+    raw = label.points or []
+    shapes = raw if isinstance(label, fol.Polyline) else [raw]
+    vertices = [vertex for shape in shapes for vertex in (shape or [])]
+    try:
+        points = np.asarray(vertices, dtype=np.float64).reshape(-1, 2)
+    except (TypeError, ValueError):
+        raise RefineError(f"The points of {_describe_label(label)} are not [x, y] pairs") from None
+    if any(label.has_field(name) and label.get_field(name) is not None for name in POINT_LABEL_ATTRS):
+        values, problem = point_labels(label, len(points))
+        if problem:
+            raise RefineError(f"Cannot use {_describe_label(label)}: {problem}")
+    else:
+        negative = str(label.label or "").strip().lower() in NEGATIVE_CLICK_LABELS
+        values = np.full(len(points), 0 if negative else 1, np.int64)
+    visible = np.isfinite(points).all(axis=1)
+    return points[visible], values[visible]
+
+
+def _describe_label(label) -> str:
+    return f"{type(label).__name__} {label.label!r}" if label.label else f"a {type(label).__name__}"
+
+
+def check_points(points_px: np.ndarray, width: int, height: int, names: Sequence[str]) -> None:
+    """Checks pixel points against a ``width x height`` image (strict: a click the curator made
+    that cannot be used is a mistake to report, not to drop).
+
+    Raises:
+        RefineError: a point that is not finite or lies outside the image, named by ``names``
+    """
+    for name, (x, y) in zip(names, np.asarray(points_px, dtype=np.float64).reshape(-1, 2)):
+        shown = f"[{x:g}, {y:g}]"
+        if not (np.isfinite(x) and np.isfinite(y)):
+            raise RefineError(f"{name} {shown} has a coordinate that is not a finite number")
+        if not (0 <= x <= width and 0 <= y <= height):
+            raise RefineError(
+                f"{name} {shown} lies outside the image ({width} x {height} pixels; points are 'x, y' in pixels)"
+            )
+
+
+def points_for_sample(spec: PointSpec, sample, width: int, height: int) -> tuple[np.ndarray, np.ndarray, list]:
+    """The clicks of ``spec`` on ``sample``: pixel ``(N, 2)`` points, their 1/0 labels, and where
+    they came from (one entry per label or kind of typed point, with its count).
+
+    Raises:
+        RefineError: a points field that is not ``Polylines`` / ``Keypoints``, labels whose
+            ``sam_labels`` do not fit, or a point outside the image (naming it)
+    """
+    chosen, sources, seen = [], [], set()  # chosen: (pixel points, labels, a name per point)
+    scale = np.array([width, height], np.float64)
+    for ref in spec.labels:
+        if ref.get("sample_id") == sample.id and ref["label_id"] not in seen:
+            seen.add(ref["label_id"])
+            values = np.asarray(ref["point_labels"], np.int64)
+            name = f"A point of the selected label {ref.get('label')!r} in '{ref.get('field')}'"
+            chosen.append((np.asarray(ref["points"], np.float64).reshape(-1, 2) * scale, values, [name] * len(values)))
+            sources.append({"source": "label", **{k: ref.get(k) for k in ("field", "label_id", "label")}})
+    for label in _field_labels(sample, spec.field):
+        if label.id not in seen:
+            seen.add(label.id)
+            points, values = points_of_label(label)
+            name = f"A point of {label.label or 'a label'!r} in '{spec.field}'"
+            chosen.append((points * scale, values, [name] * len(values)))
+            sources.append({"source": "field", "field": spec.field, "label_id": label.id, "label": label.label})
+    for typed, value, kind in ((spec.positive_px, 1, "Positive"), (spec.negative_px, 0, "Negative")):
+        if len(typed):
+            names = [f"{kind} point {i + 1}" for i in range(len(typed))]
+            chosen.append((typed.astype(np.float64), np.full(len(typed), value, np.int64), names))
+            sources.append({"source": "typed", "label": kind.lower()})
+    for source, (_, values, _) in zip(sources, chosen):
+        source["points"] = len(values)
+    points = np.concatenate([c[0] for c in chosen]) if chosen else np.zeros((0, 2))
+    values = np.concatenate([c[1] for c in chosen]) if chosen else np.zeros(0, np.int64)
+    check_points(points, width, height, [name for c in chosen for name in c[2]])
+    return points.astype(np.float32), values.astype(np.int64), sources
+
+
+def _field_labels(sample, field_name: str | None) -> list:
+    """The click labels (``Keypoint`` / ``Polyline``) a points field holds on ``sample``."""
+    if not field_name:
+        return []
+    if not sample.has_field(field_name):
+        raise RefineError(f"The points field '{field_name}' does not exist: set up the click field, or choose another")
+    value = sample[field_name]
+    if value is None:
+        return []
+    if not isinstance(value, fol.Keypoints | fol.Polylines):
+        raise RefineError(
+            f"The points field '{field_name}' holds {type(value).__name__}, not Polylines or Keypoints: "
+            "choose the field the clicks are drawn in"
+        )
+    return list(value.keypoints if isinstance(value, fol.Keypoints) else value.polylines)
+
+
+# -- the scratch field ---------------------------------------------------------------------------
+
+
+def clicks_field_problem(dataset, field_name: str = CLICKS_FIELD) -> str | None:
+    """Why the App's annotation mode cannot draw clicks into ``field_name`` yet, or ``None``: the
+    field must be a ``Polylines`` field with an active label schema (classes :data:`CLICK_CLASSES`)."""
+    if not dataset.has_sample_field(field_name):
+        return f"There is no click field '{field_name}' yet"
+    if field_name not in label_fields(dataset, fol.Polylines):
+        return f"'{field_name}' is not a Polylines field: the annotation mode cannot draw clicks into it"
+    if not hasattr(dataset, "label_schemas"):  # FiftyOne before the annotation mode's label schemas
+        return "This FiftyOne has no annotation mode to draw clicks with: select keypoints or type points"
+    if field_name not in dataset.label_schemas or field_name not in dataset.active_label_schemas:
+        return f"'{field_name}' is not active in the annotation mode (it has no active label schema)"
+    return None
+
+
+def setup_clicks_field(dataset, field_name: str = CLICKS_FIELD) -> str:
+    """Prepares ``field_name`` for drawing clicks in the App's annotation mode: a ``Polylines``
+    field with a label schema of classes :data:`CLICK_CLASSES`, active (first in the list).
+
+    Returns:
+        what was done, for the curator
+
+    Raises:
+        RefineError: ``field_name`` exists and is not a ``Polylines`` field, or FiftyOne refuses
+            the label schema (annotation needs an image dataset)
+    """
+    if not dataset.has_sample_field(field_name):
+        dataset.add_sample_field(field_name, fof.EmbeddedDocumentField, embedded_doc_type=fol.Polylines)
+    elif field_name not in label_fields(dataset, fol.Polylines):
+        raise RefineError(f"'{field_name}' exists and is not a Polylines field: clicks are drawn as polylines")
+    schema = {"type": "polylines", "component": "radio", "classes": list(CLICK_CLASSES)}
+    try:
+        dataset.update_label_schema(field_name, schema)
+        if field_name not in dataset.active_label_schemas:
+            dataset.activate_label_schemas(field_name, prepend=True)
+    except Exception as error:  # FiftyOne's schema validation raises ValueError or an ExceptionGroup
+        raise RefineError(f"FiftyOne refused the label schema of '{field_name}': {error}") from None
+    return (
+        f"'{field_name}' is ready: in a sample's Annotate tab, pick the polyline tool and click points on the "
+        "image (each click is a point), labelled positive or negative"
+    )
+
+
+def clear_clicks(dataset, sample_ids: Iterable[str], field_name: str | None = CLICKS_FIELD) -> list[str]:
+    """Removes the clicks drawn in ``field_name`` on the samples; returns the samples that had some.
+    (``field_name`` is a scratch field: its labels are the curator's clicks, nothing else.)"""
+    if not field_name or not dataset.has_sample_field(field_name):
+        return []
+    cleared = []
+    for sample_id in dict.fromkeys(sample_ids):
+        sample = get_sample(dataset, sample_id)
+        if sample[field_name] is not None:
+            sample[field_name] = None
+            sample.save()
+            cleared.append(sample_id)
+    return cleared
+
+
+def pending_point_samples(dataset, sample_ids: Iterable[str], field_name: str | None) -> list[str]:
+    """The samples among ``sample_ids`` whose pending proposal of ``field_name`` is a point proposal."""
+    if not field_name:
+        return []
+    return [i for i in dict.fromkeys(sample_ids) if _pending_points(get_sample(dataset, i), field_name) is not None]
+
+
+# -- the selection --------------------------------------------------------------------------------
+
+
+def is_object_selection(selection: dict, field_name: str | None) -> bool:
+    """Whether an App selection is in the SAM3 field ``field_name`` or its preview: a candidate
+    object to refine (read from the field names alone, without loading anything)."""
+    return bool(field_name) and selection.get("field") in (field_name, preview_field_name(field_name))
+
+
+def resolve_click_selection(
+    dataset, selected_labels: Iterable[dict], field_name: str | None, strict: bool = True
+) -> tuple[list[dict], list[dict]]:
+    """Splits the App's selected labels into the objects to refine and the point labels.
+
+    Args:
+        dataset: the dataset
+        selected_labels: ``ctx.selected_labels``
+        field_name: the SAM3 field
+        strict (True): raise on a selection that is neither; ``False`` skips it (to show what a
+            refinement would use while other labels are selected for the box flow)
+
+    Returns:
+        ``(objects, point_labels)``: objects are the selected detections of ``field_name`` (or of
+        its preview field) as targets (see :func:`choose_object`); point labels the selected
+        ``Keypoint`` / ``Polyline`` labels of any field, as for :class:`PointSpec`
+
+    Raises:
+        RefineError: with ``strict``, a selected label that is neither (a detection of another
+            field, a classification...), a video frame label, or one that no longer exists
+    """
+    objects, points = [], []
+    for selection in selected_labels or ():
+        try:
+            label = find_selected_label(dataset, selection)
+            if is_object_selection(selection, field_name) and isinstance(label, fol.Detection):
+                objects.append(_target(selection["sample_id"], selection["label_id"], field_name))
+            elif isinstance(label, fol.Keypoint | fol.Polyline):
+                relative, values = points_of_label(label)
+                ref = {k: selection.get(k) for k in ("sample_id", "field", "label_id")} | {"label": label.label}
+                points.append(ref | {"points": relative.tolist(), "point_labels": values.tolist()})
+            else:
+                raise RefineError(_not_a_click(label, selection.get("field"), field_name))
+        except RefineError:
+            if strict:
+                raise
+    return objects, points
+
+
+def _not_a_click(label, where: str | None, field_name: str | None) -> str:
+    if isinstance(label, fol.Detection):
+        return (
+            f"The selected detection {label.label!r} in '{where}' is not a detection of the SAM3 field "
+            f"'{field_name}': points refine one detection SAM3 wrote (boxes of other fields are used with "
+            "'Refine with boxes'); deselect it"
+        )
+    return (
+        f"The selected label in '{where}' is a {type(label).__name__}: select one detection of '{field_name}' "
+        "and, as points, keypoints or polylines"
+    )
+
+
+def _target(sample_id: str, label_id: str, field_name: str, origin_id: str | None = None) -> dict:
+    """An object to refine: its sample, its id now, the id first selected, and the SAM3 field."""
+    return {"sample_id": sample_id, "label_id": label_id, "origin_id": origin_id or label_id, "field_name": field_name}
+
+
+def choose_object(objects: list[dict], remembered: dict | None, field_name: str | None, sample_id: str | None) -> dict:
+    """The one object to refine: the selected detection of the SAM3 field, else the one remembered
+    from an earlier selection or refinement (when it is on ``sample_id``, the open sample).
+
+    Raises:
+        RefineError: several selected, or none selected or remembered
+    """
+    if len(objects) > 1:
+        raise RefineError(
+            f"{len(objects)} detections of '{field_name}' are selected: select the one detection to refine with points"
+        )
+    if objects:
+        return objects[0]
+    if remembered and remembered.get("field_name") == field_name and sample_id in (None, remembered.get("sample_id")):
+        return remembered
+    raise RefineError(f"Select the detection to refine: click one detection of '{field_name}' in the sample")
+
+
+def next_target(target: dict, outcome: ClickOutcome) -> dict:
+    """The object to remember after a refinement: the refined detection, same origin."""
+    return _target(outcome.sample_id, outcome.result_id, outcome.field, target.get("origin_id"))
+
+
+# -- the object and its proposal ------------------------------------------------------------------
+
+
+def current_id(sample, field_name: str, label_id: str) -> str:
+    """The id ``label_id`` has now, following the ``replaced`` maps of the field's pending and
+    accepted point refinements (oldest first); ``label_id`` itself if none replaced it."""
+    for record in sample_records(sample):
+        if record.get("field") == field_name and record.get("status") in (PROPOSED, ACCEPTED):
+            label_id = (record.get("replaced") or {}).get(label_id, label_id)
+    return label_id
+
+
+def _pending_points(sample, field_name: str) -> dict | None:
+    """The field's pending proposal when it is a point proposal (one to build on), else ``None``."""
+    record = last_record(sample, field_name, PROPOSED)
+    preview = preview_field_name(field_name)
+    if record is None or record.get("kind") != POINTS_KIND or not sample.has_field(preview) or sample[preview] is None:
+        return None
+    return record
+
+
+def locate_object(sample, field_name: str, label_ids: Sequence[str]) -> tuple[fol.Detections, fol.Detection]:
+    """The detections a new proposal starts from and the object in them.
+
+    The base is the pending point proposal if there is one, else the field; the object is the first
+    of ``label_ids`` found there once mapped through :func:`current_id`.
+
+    Raises:
+        RefineError: none of ``label_ids`` is in the base any longer
+    """
+    pending = _pending_points(sample, field_name)
+    base = sample[preview_field_name(field_name)] if pending else sample[field_name]
+    by_id = {detection.id: detection for detection in (base.detections if base is not None else [])}
+    for label_id in label_ids:
+        found = by_id.get(current_id(sample, field_name, label_id))
+        if found is not None:
+            return base, found
+    raise RefineError(
+        f"The detection to refine is no longer in '{field_name}' (it was replaced, removed, or is part of a pending "
+        "box proposal): select it again in the sample"
+    )
+
+
+def _prompt_keypoint(detection: fol.Detection, points_px: np.ndarray, values: np.ndarray, width: int, height: int):
+    """The in-memory prompt: the clicks, naming the detection whose mask they refine."""
+    return fol.Keypoint(
+        label=detection.label,
+        points=(points_px.astype(np.float64) / [width, height]).tolist(),
+        sam_labels=[int(v) for v in values],
+        **{REFINES_ATTR: detection.id, REFINES_BOX_ATTR: [float(v) for v in detection.bounding_box]},
+    )
+
+
+def _compose(base: fol.Detections, detection: fol.Detection, refined: fol.Detection) -> fol.Detections:
+    """``base`` with ``detection`` replaced by ``refined`` in place: same label, tags and
+    ``prompt_id``; ``refined`` keeps its own id (the key of its cached mask logits)."""
+    refined.label = detection.label
+    refined.tags = list(detection.tags or [])
+    prompt_id = detection.get_field("prompt_id") if detection.has_field("prompt_id") else None
+    if prompt_id is not None:
+        refined["prompt_id"] = prompt_id
+    elif refined.has_field("prompt_id"):
+        del refined["prompt_id"]  # the in-memory keypoint's id: it names nothing in the dataset
+    return fol.Detections(detections=[refined if d.id == detection.id else d for d in base.detections])
+
+
+def points_settings(settings: Sam3Settings) -> Sam3Settings:
+    """The run settings of a point refinement: the recorded run's, in ``points`` mode, with no text
+    prompts or prompt fields (the prompt is given in memory) and one mask per object."""
+    return settings.replace(mode="points", prompts=(), prompt_field=None, negative_field=None, multimask=None)
+
+
+# -- planning and running -------------------------------------------------------------------------
+
+
+@dataclass
+class ClickPlan:
+    """What a point refinement would refine, and with which points (checked; nothing run).
+
+    Attributes:
+        sample: the sample
+        width, height: its image's size in pixels
+        base: the detections the proposal starts from (the pending point proposal, else the field)
+        detection: the object, in ``base``
+        points_px, point_labels, sources: the clicks (see :func:`points_for_sample`)
+        replaced: the ``replaced`` map of the pending point proposal that ``base`` is (or ``{}``)
+    """
+
+    sample: object
+    width: int
+    height: int
+    base: fol.Detections
+    detection: fol.Detection
+    points_px: np.ndarray
+    point_labels: np.ndarray
+    sources: list
+    replaced: dict
+
+
+def plan_clicks(dataset, field_name: str, target: dict, points: PointSpec) -> ClickPlan:
+    """Finds the object and reads its clicks, writing nothing (what the panel shows before a run).
+
+    Raises:
+        RefineError: an unknown sample, an unreadable image, an object no longer there, a bad
+            points field or label, a point outside the image
+    """
+    sample, width, height = _sample_and_size(dataset, target.get("sample_id"))
+    base, detection = locate_object(sample, field_name, [target.get("label_id"), target.get("origin_id")])
+    points_px, values, sources = points_for_sample(points, sample, width, height)
+    replaced = dict((_pending_points(sample, field_name) or {}).get("replaced") or {})
+    return ClickPlan(sample, width, height, base, detection, points_px, values, sources, replaced)
+
+
+def clicks_of_sample(dataset, sample_id: str, points: PointSpec) -> tuple[np.ndarray, list]:
+    """The clicks of ``points`` on a sample, before an object is chosen: their 1/0 labels and
+    sources (see :func:`points_for_sample`).
+
+    Raises:
+        RefineError: as :func:`plan_clicks`, the object aside
+    """
+    sample, width, height = _sample_and_size(dataset, sample_id)
+    _, values, sources = points_for_sample(points, sample, width, height)
+    return values, sources
+
+
+def _sample_and_size(dataset, sample_id: str) -> tuple:
+    """``(sample, width, height)``; the size read from the image's header."""
+    sample = get_sample(dataset, sample_id)
+    try:
+        height, width = image_size(sample.filepath)
+    except ImageLoadError as error:
+        raise RefineError(f"Cannot read the image of sample {sample.id}: {error}") from None
+    return sample, width, height
+
+
+# -- running --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClickOutcome:
+    """What one point refinement produced (already written to the preview field).
+
+    ``object_id`` is the detection refined, ``result_id`` the detection that replaces it;
+    ``started_from`` is :data:`FROM_MASK` or :data:`FROM_BOX`.
+    """
+
+    field: str
+    preview_field: str
+    sample_id: str
+    label: str | None
+    object_id: str
+    result_id: str
+    positives: int
+    negatives: int
+    started_from: str
+    before: dict
+    after: dict
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line: the object, the points, and what the refinement started from."""
+        return (
+            f"`{self.label}` refined with {self.positives} positive and {self.negatives} negative point(s), "
+            f"starting from its {self.started_from}"
+        )
+
+
+def refine_with_points(dataset, field_name: str | None, target: dict, points: PointSpec, token=None) -> ClickOutcome:
+    """Refines one detection of a SAM3 field with positive and negative points into a proposal.
+
+    Args:
+        dataset: the dataset
+        field_name: the SAM3 field (written by a recorded run)
+        target: the object (:func:`choose_object`): ``sample_id`` and ``label_id``, and optionally
+            ``origin_id`` (the id first selected, tried when ``label_id`` is gone: after an undo)
+        points: the clicks (:class:`PointSpec`); at least one positive
+        token (None): a Hugging Face token for a gated model
+
+    Returns:
+        a :class:`ClickOutcome`
+
+    Raises:
+        RefineError: bad input (no field or run, no object, no points or no positive one, a point
+            outside the image, an unreadable image), a model that cannot be loaded, or no mask;
+            nothing is written then
+    """
+    settings, notes = settings_for_here(validate_field(dataset, field_name).settings)
+    plan = plan_clicks(dataset, field_name, target, points)
+    sample, detection, values = plan.sample, plan.detection, plan.point_labels
+    _check_clicks(values)
+    pending = last_record(sample, field_name, PROPOSED)
+    if pending is not None and pending.get("kind") != POINTS_KIND:
+        notes.append("The pending box proposal was replaced by this one")
+    keypoint = _prompt_keypoint(detection, plan.points_px, values, plan.width, plan.height)
+    refined, started_from = _run(dataset, sample, field_name, points_settings(settings), keypoint, token)
+    proposal = _compose(plan.base, detection, refined)
+    outcome = ClickOutcome(
+        field=field_name,
+        preview_field=preview_field_name(field_name),
+        sample_id=sample.id,
+        label=detection.label,
+        object_id=detection.id,
+        result_id=refined.id,
+        positives=int((values == 1).sum()),
+        negatives=int((values == 0).sum()),
+        started_from=started_from,
+        before=count_per_prompt(sample[field_name], settings.labels),
+        after=count_per_prompt(proposal, settings.labels),
+        notes=notes,
+    )
+    record = {
+        **_provenance(settings, (plan.height, plan.width)),
+        **_record(outcome, _replaced(plan.replaced, detection.id, refined.id)),
+        "points": plan.points_px.round(2).tolist(),
+        "point_labels": [int(v) for v in values],
+        "point_sources": plan.sources,
+    }
+    sample[outcome.preview_field] = proposal
+    append_proposal(sample, field_name, record)
+    return outcome
+
+
+def _check_clicks(values: np.ndarray) -> None:
+    """Raises :class:`RefineError` for clicks a refinement cannot start from: none, or no positive one."""
+    if not len(values):
+        raise RefineError(
+            f"No points: draw clicks in '{CLICKS_FIELD}' (the sample's Annotate tab, polyline tool), select "
+            "keypoints or polylines, or type pixel points"
+        )
+    if not (values == 1).any():
+        raise RefineError("No positive point: add at least one point on the object (only negative points were given)")
+
+
+def _run(dataset, sample, field_name: str, settings: Sam3Settings, keypoint, token) -> tuple[fol.Detection, str]:
+    """Runs the prompt keypoint through the one inference path into the preview field; returns the
+    refined detection and what it started from. On failure the preview field is put back as it was.
+
+    Loader workers are not used: the App's server process must not fork.
+    """
+    preview = preview_field_name(field_name)
+    ensure_refinement_fields(dataset, field_name)
+    previous = sample[preview]
+    overrides = {sample.id: {"prompt_field": fol.Keypoints(keypoints=[keypoint]), "negative_field": None}}
+    try:
+        model = Sam3Model(settings, build_engine(settings, token), cache_features=True, prompt_overrides=overrides)
+    except (ModelLoadError, SettingsError) as error:
+        raise RefineError(str(error)) from None
+    mask_key = (sample.filepath, keypoint.get_field(REFINES_ATTR))  # as the model keys each mask it writes
+    started_from = FROM_MASK if model.engine.cached_mask(mask_key) is not None else FROM_BOX
+    segment(dataset.select([sample.id]), preview, model=model, record=False, num_workers=0, progress=False)
+    sample.reload()
+    result = sample[preview]
+    if result is None or not result.detections:
+        sample[preview] = previous
+        sample.save()
+        reason = model.failures[0].reason if model.failures else "SAM3 found no mask for these points"
+        raise RefineError(f"The detection could not be refined: {reason}. Nothing was written")
+    return result.detections[0], started_from
+
+
+def _replaced(previous: dict, object_id: str, result_id: str) -> dict:
+    """The new record's ``replaced`` map: the pending point proposal's (``previous``), where every
+    id that named the object now names the refined detection, plus the object's own id."""
+    replaced = {old: (result_id if new == object_id else new) for old, new in previous.items()}
+    replaced[object_id] = result_id
+    return replaced
+
+
+def _provenance(settings: Sam3Settings, size: tuple[int, int]) -> dict:
+    return {
+        "model_path": settings.model_path,
+        "mode": "points",
+        "prompts": settings.labels,
+        "mask_threshold": settings.mask_threshold,
+        "image_size": list(size),
+    }
+
+
+def _record(outcome: ClickOutcome, replaced: dict) -> dict:
+    return {
+        "kind": POINTS_KIND,
+        "label": outcome.label,
+        "object_id": outcome.object_id,
+        "result_id": outcome.result_id,
+        "started_from": outcome.started_from,
+        "replaced": replaced,
+        "before": outcome.before,
+        "after": outcome.after,
+    }
