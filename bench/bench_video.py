@@ -7,7 +7,13 @@ Each (mode, length) runs in a fresh subprocess, so its peak RSS is its own. Mode
 - ``prompts``: :meth:`Sam3VideoEngine.track_prompts`, two boxes on frame 1, forward;
 - ``plain-text`` (short videos only, for contrast): transformers' own loop
   (``init_video_session(video=...)`` + ``propagate_in_video_iterator``), which holds every frame
-  and every frame's outputs.
+  and every frame's outputs;
+- ``sdk-text`` / ``sdk-prompts``: the same two runs end to end through ``sam3_ops.segment`` on a
+  one-video FiftyOne dataset (a private mongod per run): decoding, tracking, conversion to
+  ``Detections`` and the database writes of ``frames.sam3`` (in chunks of frames). Their RSS is
+  this process's (mongod's is not counted), sampled every 0.1 s by a thread; "@10 %" is the RSS
+  after 10 % of the run's time (frames go at a steady rate). The model is loaded before the clock
+  starts, as in the other modes.
 
 Besides the peak RSS, the RSS is sampled after 10 % and after 100 % of the frames: flat memory
 means the two are equal, whatever the length.
@@ -53,6 +59,8 @@ def run_one(mode: str, video: str, checkpoint: str) -> dict:
     from sam3_ops.core.video import Sam3VideoEngine, VideoPrompt
     from sam3_ops.core.video_io import VideoReader
 
+    if mode.startswith("sdk-"):
+        return _run_sdk(mode, video, checkpoint)
     reader = VideoReader(video)
     total = reader.frame_count
     engine = Sam3VideoEngine(checkpoint, device="cpu").load("prompts" if mode == "prompts" else "text")
@@ -91,6 +99,75 @@ def run_one(mode: str, video: str, checkpoint: str) -> dict:
     }
 
 
+def _run_sdk(mode: str, video: str, checkpoint: str) -> dict:
+    """``sam3_ops.segment`` on a one-video dataset, on a private mongod (see the module docstring)."""
+    import atexit
+    import shutil
+    import threading
+
+    from sam3_ops.testing import PrivateMongo
+
+    directory = tempfile.mkdtemp(prefix="bench-video-db-")
+    mongo = PrivateMongo(directory).start()  # sets FIFTYONE_DATABASE_URI; before fiftyone is imported
+
+    def stop():  # registered first, so it runs after FiftyOne's own exit cleanup (which needs the database)
+        mongo.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+    atexit.register(stop)
+    os.environ.update(FIFTYONE_DO_NOT_TRACK="true", FIFTYONE_DATABASE_VALIDATION="false")
+    import fiftyone as fo
+
+    import sam3_ops
+    from sam3_ops.core.video_io import probe_video
+    from sam3_ops.sdk.video import get_video_engine
+
+    info = probe_video(video)
+    dataset = fo.Dataset()
+    dataset.add_sample(fo.Sample(filepath=video))
+    if mode == "sdk-text":
+        options = {"prompts": ["red ball", "green box"], "threshold": 0.2572, "max_objects": 4}
+    else:
+        sample = dataset.first()
+        boxes = [(0.05, 0.3, 0.3, 0.4), (0.6, 0.05, 0.3, 0.35)]  # relative x, y, w, h: as the prompts mode
+        sample.frames[1]["boxes"] = fo.Detections(
+            detections=[fo.Detection(label=f"object {i}", bounding_box=list(box)) for i, box in enumerate(boxes)]
+        )
+        sample.save()
+        options = {"mode": "boxes", "prompt_field": "boxes"}
+    get_video_engine(checkpoint, "cpu").load("text" if mode == "sdk-text" else "prompts")
+    timeline: list[tuple[float, float]] = []
+    done = threading.Event()
+    start = time.perf_counter()
+
+    def sample_rss():
+        while not done.is_set():
+            timeline.append((time.perf_counter() - start, _rss_mb()))
+            done.wait(0.1)
+
+    sampler = threading.Thread(target=sample_rss, daemon=True)
+    sampler.start()
+    result = sam3_ops.segment(dataset, "sam3", model_path=checkpoint, device="cpu", progress=False, **options)
+    elapsed = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    frames_done = dataset.count("frames.sam3")
+    assert frames_done == info.frame_count and result.samples_skipped == 0, (frames_done, result)
+    at_10pct = next((rss for t, rss in timeline if t >= 0.1 * elapsed), timeline[-1][1])
+    row = {
+        "mode": mode,
+        "frames": frames_done,
+        "instances": result.detections,
+        "seconds": round(elapsed, 2),
+        "fps": round(frames_done / elapsed, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "rss_at_10pct_mb": round(at_10pct, 1),
+        "rss_at_end_mb": round(_rss_mb(), 1),
+    }
+    dataset.delete()
+    return row
+
+
 def _plain_text(engine, frames):
     """transformers' own loop on the same model and prompts (holds the whole video)."""
     from transformers import Sam3VideoProcessor
@@ -115,7 +192,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, nargs="+", default=[10, 60, 600])
     parser.add_argument("--fps", type=int, default=1)
     parser.add_argument("--size", type=int, default=64, help="frame width and height in pixels")
-    parser.add_argument("--modes", nargs="+", default=["text", "prompts", "plain-text"])
+    parser.add_argument(
+        "--modes", nargs="+", default=["text", "prompts", "plain-text"], help="also sdk-text, sdk-prompts"
+    )
     parser.add_argument("--plain-max-seconds", type=int, default=60, help="longest video for plain-text")
     parser.add_argument("--run-one", nargs=3, metavar=("MODE", "VIDEO", "CHECKPOINT"), help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -38,6 +38,7 @@ _EXPORTS = {
     "Sam3Settings": "sam3_ops.sdk.settings",
     "SettingsError": "sam3_ops.sdk.settings",
     "Sam3Model": "sam3_ops.sdk.model",
+    "Sam3VideoModel": "sam3_ops.sdk.video",
     "load_model": "sam3_ops.sdk.segment",
     "segment": "sam3_ops.sdk.segment",
     "without_results": "sam3_ops.sdk.segment",

@@ -29,11 +29,20 @@ import fiftyone.operators.types as types
 
 from ..core.checkpoint import DEFAULT_MODEL
 from ..core.queries import FIELD_MODES, TRACKER_MODES
-from ..sdk.fields import holds, label_fields, output_field_problem, prompt_label_type
+from ..sdk.fields import (
+    frame_field_name,
+    frame_label_fields,
+    holds,
+    is_video_collection,
+    label_fields,
+    output_field_problem,
+    prompt_label_type,
+)
 from ..sdk.model import Sam3Model
 from ..sdk.runs import finish_run, record_run
 from ..sdk.segment import DEFAULT_BATCH_SIZE, build_engine, segment, without_results
 from ..sdk.settings import Sam3Settings
+from ..sdk.video import Sam3VideoModel, build_video_engine
 from .forms import (
     device_input,
     flag,
@@ -220,6 +229,9 @@ def _settings_values(params: dict, mode: str) -> dict:
             values[name] = params[name]
     if "multimask" in values:
         values["multimask"] = _MULTIMASK_CHOICES.get(values["multimask"], values["multimask"])
+    for name in ("direction", "max_objects"):  # video datasets' forms
+        if params.get(name) is not None:
+            values[name] = params[name]
     return values
 
 
@@ -243,13 +255,18 @@ def _text_prompt_inputs(ctx, inputs) -> None:
         "prompt_table": _prompt_table_input(inputs),
     }
     props.update(_threshold_inputs(inputs, score=True))
-    props.update(_dedup_inputs(inputs, "text"))
+    if is_video_collection(ctx.dataset):  # tracking: de-duplication and limits are image-only
+        props.update(_video_inputs(inputs, "text"))
+    else:
+        props.update(_dedup_inputs(inputs, "text"))
     _output_inputs(ctx, inputs, default_field="sam3", reserved=())
     props.update(_run_inputs(ctx, inputs))
     _flag_form(ctx.params, "text", props)
 
 
 def _box_prompt_inputs(ctx, inputs) -> None:
+    if is_video_collection(ctx.dataset):
+        return _video_prompt_inputs(ctx, inputs)
     target_input(ctx, inputs)
     mode_choices = types.RadioGroup()
     mode_choices.add_choice("boxes", label="Add masks to these boxes", description="One mask per box")
@@ -301,6 +318,81 @@ def _box_prompt_inputs(ctx, inputs) -> None:
     props.update(_run_inputs(ctx, inputs))
     if prompt_field:
         _flag_form({**ctx.params, "prompt_field": prompt_field}, mode, props)
+
+
+def _video_prompt_inputs(ctx, inputs) -> None:
+    """The box / point form on a video dataset: a frame-level ``Detections`` / ``Keypoints`` field
+    holds prompts on some frames; each prompt object is tracked through its video."""
+    target_input(ctx, inputs)
+    mode_choices = types.RadioGroup()
+    mode_choices.add_choice(
+        "boxes", label="Track these boxes", description="Each box of a frame-level Detections field is one object"
+    )
+    mode_choices.add_choice(
+        "points",
+        label="Track from points",
+        description="Each keypoint object of a frame-level Keypoints field is one object (sam_labels: 1 / 0)",
+    )
+    mode_prop = inputs.enum("mode", mode_choices.values(), default="boxes", label="Mode", view=mode_choices)
+    mode = ctx.params.get("mode") or "boxes"
+    if mode not in ("boxes", "points"):
+        flag(mode_prop, f"{mode!r} does not run on videos: track boxes or points")
+        mode = "boxes"
+    kind = prompt_label_type(mode)
+    fields = frame_label_fields(ctx.dataset, kind)
+    prompt_field = frame_field_name(ctx.params.get("prompt_field") or (fields[0] if fields else None))
+    if fields:
+        dropdown = types.DropdownView()
+        for name in fields:
+            dropdown.add_choice(name, label=f"frames.{name}")
+        what = "points" if mode == "points" else "boxes"
+        description = f"The frame-level {kind.__name__} field whose {what} prompt SAM3"
+        props = {
+            "prompt_field": inputs.enum(
+                "prompt_field",
+                fields,
+                required=True,
+                default=fields[0],
+                label="Prompt field",
+                description=description,
+                view=dropdown,
+            )
+        }
+        if prompt_field not in fields:
+            flag(props["prompt_field"], f"{prompt_field!r} is not a frame-level {kind.__name__} field of this dataset")
+            prompt_field = None
+    else:
+        props = {"prompt_field": inputs.str("prompt_field", required=True, label="Prompt field")}
+        flag(props["prompt_field"], f"This video dataset has no frame-level {kind.__name__} field to prompt from")
+        prompt_field = None
+    props.update(_video_inputs(inputs, mode))
+    props.update(_threshold_inputs(inputs, score=False))
+    default_field = f"{prompt_field}_masks" if prompt_field else "sam3_masks"
+    _output_inputs(ctx, inputs, default_field=default_field, reserved=(prompt_field,) if prompt_field else ())
+    props.update(_run_inputs(ctx, inputs))
+    if prompt_field:
+        _flag_form({**ctx.params, "mode": mode, "prompt_field": prompt_field}, mode, props)
+
+
+def _video_inputs(inputs, mode: str) -> dict:
+    """What a video run adds: the propagation direction (prompt modes) and the object cap."""
+    props = {}
+    if mode != "text":
+        direction = types.RadioGroup()
+        direction.add_choice("forward", label="Forward", description="From each prompt's frame to the end")
+        direction.add_choice("backward", label="Backward", description="From the last prompted frame to the first")
+        direction.add_choice("both", label="Both", description="Forward, then backward: every frame")
+        props["direction"] = inputs.enum(
+            "direction", direction.values(), default="forward", label="Propagate", view=direction
+        )
+    props["max_objects"] = inputs.int(
+        "max_objects",
+        default=50,
+        min=1,
+        label="Most objects tracked per video",
+        description="Objects beyond it are not tracked (the log says how many); memory grows with it",
+    )
+    return props
 
 
 def _prompt_table_input(inputs):
@@ -472,7 +564,8 @@ def _output_inputs(ctx, inputs, default_field: str, reserved) -> None:
         label="Output field",
         description="The Detections field to write the masks to",
     )
-    field = ctx.dataset.get_field(name) if isinstance(name, str) and name else None
+    path = f"frames.{name}" if is_video_collection(ctx.dataset) and isinstance(name, str) else name  # video: frames
+    field = ctx.dataset.get_field(path) if isinstance(name, str) and name else None
     if field is not None and holds(field) and name not in reserved:
         inputs.bool(
             "overwrite",
@@ -494,9 +587,10 @@ def _output_inputs(ctx, inputs, default_field: str, reserved) -> None:
 
 
 def _run_inputs(ctx, inputs) -> dict:
-    inputs.int(
-        "batch_size", default=DEFAULT_BATCH_SIZE, min=1, label="Batch size", description="Images per forward pass"
-    )
+    if not is_video_collection(ctx.dataset):  # a video's frames go through the model one at a time
+        inputs.int(
+            "batch_size", default=DEFAULT_BATCH_SIZE, min=1, label="Batch size", description="Images per forward pass"
+        )
     return {"model_path": model_input(ctx, inputs), "device": device_input(inputs)}
 
 
@@ -521,6 +615,8 @@ def _execute(ctx, settings: Sam3Settings):
     label_field = params["label_field"]
     run = {"batch_size": int(params.get("batch_size") or DEFAULT_BATCH_SIZE), "skip_failures": True}
     target = ctx.target_view()
+    if is_video_collection(target) and settings.prompt_field:  # a frame field, recorded without "frames."
+        settings = settings.replace(prompt_field=frame_field_name(settings.prompt_field))
     if params.get("only_missing"):
         target = without_results(target, label_field)
     if ctx.delegated:
@@ -529,7 +625,7 @@ def _execute(ctx, settings: Sam3Settings):
 
 
 def _execute_delegated(ctx, target, settings: Sam3Settings, label_field: str, run: dict) -> dict:
-    label = f"Segmenting {len(target)} samples"
+    label = f"Segmenting {len(target)} {'videos' if is_video_collection(target) else 'samples'}"
 
     def report(progress_bar):
         ctx.set_progress(progress=progress_bar.progress, label=label)
@@ -547,18 +643,23 @@ def _execute_delegated(ctx, target, settings: Sam3Settings, label_field: str, ru
 
 def _execute_immediate(ctx, target, settings: Sam3Settings, label_field: str, run: dict):
     # one model for every chunk: its counts add up to the whole run's summary
-    model = Sam3Model(settings, engine=build_engine(settings, hf_token(ctx)))
+    video = is_video_collection(target)
+    if video:
+        model = Sam3VideoModel(settings, engine=build_video_engine(settings, hf_token(ctx)))
+    else:
+        model = Sam3Model(settings, engine=build_engine(settings, hf_token(ctx)))
     record_run(target, label_field, settings)
     sample_ids = target.values("id")
     total = len(sample_ids)
-    # whole batches per chunk, so chunking costs no extra forward passes
-    chunk = run["batch_size"] * max(1, math.ceil(total / (PROGRESS_STEPS * run["batch_size"])))
+    unit = "videos" if video else "samples"
+    # whole batches per chunk, so chunking costs no extra forward passes; videos: progress per video
+    chunk = 1 if video else run["batch_size"] * max(1, math.ceil(total / (PROGRESS_STEPS * run["batch_size"])))
     for start in range(0, total, chunk):
-        yield ctx.ops.set_progress(progress=start / total, label=f"Segmented {start} of {total} samples")
+        yield ctx.ops.set_progress(progress=start / total, label=f"Segmented {start} of {total} {unit}")
         part = target.select(sample_ids[start : start + chunk])
         segment(part, label_field, model=model, record=False, num_workers=0, progress=False, **run)
     summary = model.summary()
     finish_run(target, label_field, settings, summary)
-    yield ctx.ops.set_progress(progress=1.0, label=f"Segmented {total} samples")
+    yield ctx.ops.set_progress(progress=1.0, label=f"Segmented {total} {unit}")
     yield ctx.trigger("reload_dataset")
     yield ctx.ops.show_output(outputs=_summary_outputs().to_json(), results={"label_field": label_field, **summary})

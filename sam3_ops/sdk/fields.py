@@ -77,13 +77,22 @@ def output_field_problem(samples, name, overwrite: bool = True, reserved=()) -> 
 
     An existing field of another type is never overwritten; an existing ``Detections`` field is
     replaced on the target samples only with ``overwrite``; ``reserved`` are the fields the run
-    reads (its prompt fields), which it must not write.
+    reads (its prompt fields), which it must not write. On a video collection the field is the
+    frame-level ``frames.<name>``, and ``<name>_tracks`` (the done-marker) must be free or an int field.
     """
     problem = field_name_problem(name)
     if problem:
         return problem
     if name in reserved:
         return f"{name!r} holds this run's prompts; write the masks to another field"
+    if is_video_collection(samples):  # the labels go to frames.<name>, the done-marker to <name>_tracks
+        marker = samples.get_field(tracks_field(name))
+        if marker is not None and not isinstance(marker, fof.IntField):
+            return (
+                f"Field {tracks_field(name)!r} exists and holds {type(marker).__name__} values; a video run of "
+                f"{name!r} marks each video done there: choose another name"
+            )
+        name = f"frames.{name}"
     field = samples.get_field(name)
     if field is None:
         return None
@@ -101,7 +110,8 @@ def output_field_problem(samples, name, overwrite: bool = True, reserved=()) -> 
 
 
 def ensure_detections_field(samples, label_field: str) -> bool:
-    """Declares ``label_field`` as a ``Detections`` field if the dataset's schema lacks it.
+    """Declares ``label_field`` as a ``Detections`` field if the dataset's schema lacks it (a
+    frame-level field, ``frames.<label_field>``, on a video dataset).
 
     Two processes that add different fields to one dataset at once can lose one declaration:
     each saves the dataset's field list as it knew it (FiftyOne does not merge them). The
@@ -112,7 +122,40 @@ def ensure_detections_field(samples, label_field: str) -> bool:
     """
     dataset = root_dataset(samples)
     dataset.reload()
+    if is_video_collection(dataset):  # video runs write frame-level labels
+        label_field = frame_field_name(label_field)
+        if dataset.has_frame_field(label_field):
+            return False
+        dataset.add_frame_field(label_field, fof.EmbeddedDocumentField, embedded_doc_type=fol.Detections)
+        return True
     if dataset.has_sample_field(label_field):
         return False
     dataset.add_sample_field(label_field, fof.EmbeddedDocumentField, embedded_doc_type=fol.Detections)
     return True
+
+
+# -- videos ---------------------------------------------------------------------------------------
+
+
+def is_video_collection(samples) -> bool:
+    """Whether ``samples`` (a dataset or view) holds videos."""
+    return getattr(samples, "media_type", None) == "video"
+
+
+def frame_field_name(name: str) -> str:
+    """A frame-level field's name without FiftyOne's optional ``frames.`` prefix."""
+    return name[len("frames.") :] if isinstance(name, str) and name.startswith("frames.") else name
+
+
+def tracks_field(label_field: str) -> str:
+    """The sample-level field that marks a video done for a video run writing ``frames.<label_field>``:
+    ``<label_field>_tracks``, the number of instances tracked in it, written after its last frame."""
+    return f"{frame_field_name(label_field)}_tracks"
+
+
+def frame_label_fields(samples, label_type=fol.Detections) -> list[str]:
+    """The names of the frame-level fields of a video collection holding ``label_type``, sorted
+    (without ``frames.``); ``[]`` for an image collection."""
+    if not is_video_collection(samples):
+        return []
+    return sorted(samples.get_frame_field_schema(embedded_doc_type=label_type) or {})

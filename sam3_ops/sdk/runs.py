@@ -129,4 +129,5 @@ def recorded_fields(samples) -> list[str]:
     dataset = root_dataset(samples)
     fields = [dataset.get_run_info(key).config.label_field for key in dataset.list_runs(method=METHOD)]
     fields += list(dataset.info.get(LEGACY_INFO_KEY) or {})
-    return [name for name in dict.fromkeys(fields) if dataset.has_field(name)]
+    frames = dataset.media_type == "video"  # video runs write frame-level fields
+    return [name for name in dict.fromkeys(fields) if dataset.has_field(f"frames.{name}" if frames else name)]

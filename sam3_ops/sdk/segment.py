@@ -56,6 +56,7 @@ def load_model(
     token: str | None = None,
     reuse: bool = False,
     cache_features: bool = False,
+    media_type: str = "image",
     **settings,
 ) -> Sam3Model:
     """Loads SAM3 as a FiftyOne model for ``dataset.apply_model(...)``.
@@ -75,6 +76,9 @@ def load_model(
         cache_features (False): keep the last images' vision features (re-running one image skips
             its image encoder) and the written masks' low-resolution logits (a prompt keypoint with
             ``sam3_refines=<detection id>`` then refines that mask rather than restarting)
+        media_type ("image"): ``"video"`` for a :class:`~sam3_ops.sdk.video.Sam3VideoModel`, which
+            tracks through each video of a video dataset (modes ``text``, ``boxes``, ``points``;
+            settings ``direction``, ``max_objects``) and writes frame-level ``Detections``
         **settings: the rest of :class:`~sam3_ops.sdk.settings.Sam3Settings`:
 
             - threshold (0.5): the score above which a detector hit is kept (``boxes`` mode writes
@@ -103,6 +107,12 @@ def load_model(
         ValueError: a bad setting (:class:`~sam3_ops.sdk.settings.SettingsError`, naming it)
         ModelLoadError: the checkpoint does not exist, cannot be reached, or is incomplete
     """
+    if media_type == "video":
+        from .video import load_video_model
+
+        return load_video_model(model_path, mode, prompts, token=token, reuse=reuse, **settings)
+    if media_type != "image":
+        raise ValueError(f"media_type must be 'image' or 'video', not {media_type!r}")
     resolved = Sam3Settings(model_path=os.fspath(model_path), mode=mode, prompts=prompts, **settings)
     engine = build_engine(resolved, token, reuse, cache_features)
     return Sam3Model(resolved, engine=engine, cache_features=cache_features)
@@ -111,7 +121,12 @@ def load_model(
 def without_results(samples, label_field: str):
     """The samples of ``samples`` that have no value in ``label_field`` yet: resume an interrupted
     run with ``sam3_ops.without_results(dataset, "sam3").apply_model(model, label_field="sam3")``.
-    Samples that were segmented (even with no hits: an empty ``Detections``) are not redone."""
+    Samples that were segmented (even with no hits: an empty ``Detections``) are not redone. On a
+    video collection: the videos not marked done (see :mod:`sam3_ops.sdk.video`)."""
+    if getattr(samples, "media_type", None) == "video":
+        from .video import without_video_results
+
+        return without_video_results(samples, label_field)
     return samples.exists(label_field, False)
 
 
@@ -182,7 +197,8 @@ def segment(
     re-run exactly.
 
     Args:
-        samples: a dataset or view
+        samples: a dataset or view; on a video collection each video is tracked and
+            ``frames.<label_field>`` written, streamed, per video (:func:`~sam3_ops.sdk.video.segment_videos`)
         label_field ("sam3"): the ``Detections`` field to write (an existing field of another type is
             never overwritten; an existing ``Detections`` field is replaced on ``samples``)
         token (None): a Hugging Face token, used to load and not kept; ``None`` reads ``HF_TOKEN``
@@ -203,6 +219,24 @@ def segment(
         ValueError: a bad setting, output field or prompt field
         ModelLoadError: the checkpoint cannot be loaded
     """
+    if getattr(samples, "media_type", None) == "video":  # tracking, streamed per video: sdk/video.py
+        from .video import segment_videos
+
+        return segment_videos(
+            samples,
+            label_field,
+            token=token,
+            reuse=reuse,
+            progress=progress,
+            only_missing=only_missing,
+            output_dir=output_dir,
+            record=record,
+            model=model,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            skip_failures=skip_failures,
+            **settings,
+        )
     # a given model's prompt fields may still be chosen here, as apply_model allows
     fields = {k: settings.pop(k) for k in ("prompt_field", "negative_field") if k in settings} if model else {}
     if model is not None and settings:

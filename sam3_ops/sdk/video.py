@@ -1,0 +1,787 @@
+"""SAM3 on video datasets: every instance of a concept tracked through each video (text prompts), or
+chosen objects tracked from boxes / points on chosen frames; written as frame-level ``Detections``
+(``frames.<label_field>``, FiftyOne's convention), one per tracked instance per frame, its ``index``
+the instance's id, constant across frames.
+
+Two doors, one inference path (:meth:`Sam3VideoModel.track`, on
+:class:`~sam3_ops.core.video.Sam3VideoEngine`):
+
+- :func:`segment_videos` (what ``sam3_ops.segment`` does with a video collection, and the App's
+  operators): decodes each video with the core's :class:`~sam3_ops.core.video_io.VideoReader`
+  and writes its frames as they come out, in chunks of :data:`FRAMES_PER_WRITE`, so memory holds
+  a few frames' labels whatever the video's length.
+- ``dataset.apply_model(sam3_ops.load_model(..., media_type="video"), label_field=...)``:
+  FiftyOne's route for video models (``media_type == "video"``): FiftyOne opens each video and
+  calls :meth:`Sam3VideoModel.predict` with its reader; the model decodes the file with the core's
+  reader (streaming, exact frame numbers) and returns the video's labels, which FiftyOne merges
+  into the frames and saves once per video: that route holds one video's labels in memory (its
+  contract), and re-running it on a field that has values appends to them (FiftyOne merges frame
+  label lists). ``segment`` replaces, streams its writes and resumes.
+
+What marks a video as done (resume): the sample-level integer field
+``<label_field>_tracks`` (:func:`~sam3_ops.sdk.fields.tracks_field`): the number of instances
+tracked in the video, written after its last frame. A video is redone from scratch when it lacks
+it: before a video's first frame is written, its marker is unset and ``frames.<label_field>`` is
+cleared on all its frames, so a video interrupted half-way is never half-kept. A video that cannot
+be read (missing, not a video, corrupt) is skipped before anything is touched (an earlier value
+stays); one that fails while being decoded is cleared again and reported.
+
+Prompt objects (``boxes``: a frame-level ``Detections`` field; ``points``: a frame-level
+``Keypoints`` field, per-point ``sam_labels`` 1/0): each becomes one tracked instance, its
+``index`` the prompt's ``index`` (the same index on several frames is one object, prompted again
+there), or for prompts without one a number after the largest given index, in order of frame and
+position; its label the prompt's label; ``prompt_id`` the id of its prompt (on its first frame).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import fiftyone as fo
+import fiftyone.core.fields as fof
+import fiftyone.core.labels as fol
+import fiftyone.core.models as fom
+import fiftyone.core.utils as fou
+import numpy as np
+
+from ..core.checkpoint import DEFAULT_MODEL, device_problem
+from ..core.pool import engine_key
+from ..core.queries import describe_box_problems, sanitize_boxes
+from ..core.video import FrameResult, Sam3VideoEngine, VideoPrompt
+from ..core.video_io import VideoLoadError, VideoReader
+from .convert import prompts_from_keypoints, relative_to_xyxy, xyxy_to_relative
+from .fields import (
+    ensure_detections_field,
+    frame_field_name,
+    frame_label_fields,
+    output_field_problem,
+    root_dataset,
+    tracks_field,
+)
+from .model import MAX_LABEL_BYTES, Failure, stored_mask_bytes
+from .runs import finish_run, record_run, run_key
+from .segment import SegmentResult
+from .settings import Sam3Settings, SettingsError
+
+logger = logging.getLogger(__name__)
+
+#: the modes that run on videos
+VIDEO_MODES = ("text", "boxes", "points")
+#: frames whose labels :func:`segment_videos` writes at once (one bulk write)
+FRAMES_PER_WRITE = 16
+#: ... or fewer, when their masks reach this many bytes
+BYTES_PER_WRITE = 64 * 2**20
+#: image-only settings, with the value that means "off"
+_IMAGE_ONLY = {
+    "negative_field": None,
+    "multimask": None,
+    "nms_iou": None,
+    "nms_per_label": False,
+    "nms_containment": None,
+    "max_detections": None,
+    "min_area": 0.0,
+}
+PROMPT_FIELD = "prompt_field"
+
+
+def video_settings_problem(settings: Sam3Settings) -> SettingsError | None:
+    """Why ``settings`` cannot run on videos (naming the setting), or ``None``."""
+    if settings.mode not in VIDEO_MODES:
+        return SettingsError(
+            "mode", f"mode={settings.mode!r} does not run on videos; the video modes are {', '.join(VIDEO_MODES)}"
+        )
+    used = [name for name, off in _IMAGE_ONLY.items() if getattr(settings, name) != off]
+    if used:
+        return SettingsError(
+            used[0],
+            f"{', '.join(used)} apply to images only; leave {'it' if len(used) == 1 else 'them'} unset for videos",
+        )
+    return None
+
+
+# -- engines ----------------------------------------------------------------------------------------
+
+_engines: dict[tuple, Sam3VideoEngine] = {}
+_engines_lock = threading.Lock()
+
+
+def get_video_engine(model_path=DEFAULT_MODEL, device=None) -> Sam3VideoEngine:
+    """The process-wide :class:`~sam3_ops.core.video.Sam3VideoEngine` for ``(model_path, device)``,
+    created on first use (its models load lazily). Runs never change it: every option is an
+    argument of its calls."""
+    key = engine_key(model_path, device, False)[:2]
+    with _engines_lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = _engines[key] = Sam3VideoEngine(key[0], device=key[1])
+        return engine
+
+
+def build_video_engine(settings: Sam3Settings, token: str | None = None, reuse: bool = True) -> Sam3VideoEngine:
+    """The video engine for ``settings`` (the pooled one with ``reuse``), with the model its mode
+    needs loaded now. ``token`` is used to load only.
+
+    Raises:
+        SettingsError: the settings' device is not on this machine
+        ModelLoadError: the checkpoint cannot be loaded
+    """
+    problem = device_problem(settings.device)
+    if problem:
+        raise SettingsError("device", problem)
+    engine = get_video_engine(settings.model_path, settings.device) if reuse else None
+    engine = engine or Sam3VideoEngine(settings.model_path, device=settings.device)
+    return engine.load("text" if settings.mode == "text" else "prompts", token)
+
+
+# -- prompts ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _PromptObject:
+    frame_number: int
+    index: int | None
+    label: str | None
+    prompt_id: str
+    box: tuple | None = None
+    points: tuple | None = None
+    point_labels: tuple | None = None
+
+
+def video_prompts(
+    prompt_frames: Iterable[tuple[int, object]], mode: str, width: int, height: int, max_objects: int
+) -> tuple[list[VideoPrompt], dict[int, str], list[str]]:
+    """The tracker prompts of one video from its prompt field's values.
+
+    Args:
+        prompt_frames: ``(frame_number, labels)`` of the frames holding prompts: ``Detections``
+            (``boxes`` mode) or ``Keypoints`` (``points`` mode)
+        mode: ``"boxes"`` or ``"points"``
+        width, height: the video's frame size in pixels
+        max_objects: the most objects to track: the first ones (by frame, then position) are kept
+
+    Returns:
+        ``(prompts, prompt_ids, warnings)``: one :class:`~sam3_ops.core.video.VideoPrompt` per
+        prompt object and frame (``prompt_id`` = the instance's index); per index, the id of its
+        prompt on its first frame; what was dropped and why
+
+    Raises:
+        ValueError: a frame's value is not of the mode's label type
+    """
+    kind, attribute = ("Detections", "detections") if mode == "boxes" else ("Keypoints", "keypoints")
+    objects: list[_PromptObject] = []
+    warnings: list[str] = []
+    for frame_number, labels in sorted(prompt_frames, key=lambda item: item[0]):
+        if labels is None:
+            continue
+        if not hasattr(labels, attribute):
+            raise ValueError(
+                f"prompt_field must hold {kind} in {mode} mode; frame {frame_number} holds {type(labels).__name__}"
+            )
+        if mode == "boxes":
+            detections = list(labels.detections)
+            boxes, keep = sanitize_boxes(
+                relative_to_xyxy([_box_of(d) for d in detections], width, height), width, height
+            )
+            message = describe_box_problems(len(detections), len(keep), "prompt")
+            if message:
+                warnings.append(f"frame {frame_number}: {message}")
+            for box, i in zip(boxes, keep):
+                d = detections[i]
+                objects.append(_PromptObject(frame_number, _index(d), d.label, d.id, box=tuple(map(float, box))))
+        else:
+            image_prompts, ids, notes = prompts_from_keypoints(labels, None, width, height)
+            warnings += [f"frame {frame_number}: {note}" for note in notes]
+            by_id = {keypoint.id: keypoint for keypoint in labels.keypoints}
+            for obj, keypoint_id in zip(image_prompts.objects, ids):
+                objects.append(
+                    _PromptObject(
+                        frame_number,
+                        _index(by_id[keypoint_id]),
+                        obj.label,
+                        keypoint_id,
+                        points=tuple((float(x), float(y)) for x, y in obj.points),
+                        point_labels=tuple(int(v) for v in obj.point_labels),
+                    )
+                )
+    given = [o.index for o in objects if o.index is not None]
+    next_index = max(given, default=-1) + 1
+    for obj in objects:
+        if obj.index is None:
+            obj.index, next_index = next_index, next_index + 1
+    order = list(dict.fromkeys(o.index for o in objects))
+    if len(order) > max_objects:
+        warnings.append(
+            f"{len(order)} prompt objects but max_objects={max_objects}: tracking the first {max_objects} "
+            f"(indexes {order[:max_objects]}), not {order[max_objects:]}; raise max_objects to track them all"
+        )
+        kept = set(order[:max_objects])
+        objects = [o for o in objects if o.index in kept]
+    prompt_ids: dict[int, str] = {}
+    for obj in objects:
+        prompt_ids.setdefault(obj.index, obj.prompt_id)
+    prompts = [
+        VideoPrompt(o.frame_number, o.index, o.label, box_xyxy=o.box, points=o.points, point_labels=o.point_labels)
+        for o in objects
+    ]
+    return prompts, prompt_ids, warnings
+
+
+def _index(label) -> int | None:
+    value = getattr(label, "index", None)
+    return int(value) if isinstance(value, int | np.integer) and not isinstance(value, bool) else None
+
+
+def _box_of(detection) -> list:
+    box = getattr(detection, "bounding_box", None)
+    try:
+        return [float(v) for v in box] if box is not None and len(box) == 4 else [np.nan] * 4
+    except (TypeError, ValueError):
+        return [np.nan] * 4
+
+
+def sample_prompt_frames(sample, prompt_field: str) -> Iterator[tuple[int, object]]:
+    """``(frame_number, value)`` of the frames of ``sample`` with a value in ``prompt_field``."""
+    for frame_number, frame in sample.frames.items():
+        value = frame.get_field(prompt_field) if frame.has_field(prompt_field) else None
+        if value is not None:
+            yield frame_number, value
+
+
+# -- conversion -------------------------------------------------------------------------------------
+
+
+def frame_detections(result: FrameResult, prompt_ids: dict | None = None) -> fol.Detections:
+    """One frame's tracked instances as ``fo.Detections`` (an empty one for none).
+
+    Each Detection: ``label``, relative ``bounding_box`` clipped to [0, 1], ``mask`` (bool,
+    exactly the box), ``confidence`` (for text prompts the score the instance was detected with;
+    for box / point prompts the tracker's probability that it is on this frame), ``index`` (the
+    instance's id, constant across frames) and, for box / point prompts, ``prompt_id``.
+    """
+    height, width = result.image_size
+    detections = []
+    for i, obj in enumerate(result.object_ids):
+        detection = fol.Detection(
+            label=result.labels[i],
+            bounding_box=xyxy_to_relative(result.boxes_xyxy[i], width, height),
+            mask=np.ascontiguousarray(result.masks[i], dtype=bool),
+            confidence=float(result.scores[i]),
+            index=int(obj),
+        )
+        if prompt_ids is not None:
+            detection["prompt_id"] = prompt_ids.get(obj)
+        detections.append(detection)
+    return fol.Detections(detections=detections)
+
+
+class _PrefixVideoLogs(logging.Filter):
+    """Names the video in the core's warnings (object cap, ...) logged by this thread."""
+
+    def __init__(self, filepath: str):
+        super().__init__()
+        self.filepath = filepath
+        self.thread = threading.get_ident()
+
+    def filter(self, record):
+        if record.thread == self.thread and not getattr(record, "_sam3_video", False):
+            record.msg = "%s: " + str(record.msg)
+            record.args = (self.filepath, *(record.args or ()))
+            record._sam3_video = True
+        return True
+
+
+@dataclass
+class VideoTrack:
+    """One video's tracking, iterated frame by frame: ``(frame_number, fo.Detections)``.
+
+    Attributes:
+        filepath: the video
+        frame_count: its number of frames
+        detections: Detections yielded so far
+        instances: the indexes of the instances seen so far
+    """
+
+    filepath: str
+    frame_count: int
+    _results: Iterator[FrameResult] | None
+    _prompt_ids: dict | None = None
+    detections: int = 0
+    instances: set = field(default_factory=set)
+
+    def __iter__(self) -> Iterator[tuple[int, fol.Detections]]:
+        if self._results is None:
+            return
+        core_logger = logging.getLogger("sam3_ops.core.video")
+        prefix = _PrefixVideoLogs(self.filepath)
+        core_logger.addFilter(prefix)
+        try:
+            for result in self._results:
+                labels = frame_detections(result, self._prompt_ids)
+                self.detections += len(labels.detections)
+                self.instances.update(result.object_ids)
+                yield result.frame_number, labels
+        finally:
+            core_logger.removeFilter(prefix)
+            close = getattr(self._results, "close", None)
+            if close is not None:
+                close()
+
+
+# -- the model --------------------------------------------------------------------------------------
+
+
+class Sam3VideoModel(fom.Model, fom.SamplesMixin):
+    """SAM3 as a FiftyOne video model: tracks through each video; build it with
+    ``sam3_ops.load_model(..., media_type="video")``.
+
+    ``dataset.apply_model(model, label_field="sam3")`` (``prompt_field="boxes"`` for a frame-level
+    prompt field) writes ``frames.sam3``; :func:`segment_videos` runs the same :meth:`track` with
+    streamed writes and resume.
+
+    Args:
+        settings: the :class:`~sam3_ops.sdk.settings.Sam3Settings` of the run (mode ``text``,
+            ``boxes`` or ``points``)
+        engine (None): the :class:`~sam3_ops.core.video.Sam3VideoEngine` to run on (``None``: a new one)
+
+    Attributes:
+        failures: the videos skipped so far, with reasons (:class:`~sam3_ops.sdk.model.Failure`)
+        num_processed, num_detections: counts of videos tracked and detections produced
+
+    Raises:
+        ValueError: settings that do not run on videos
+    """
+
+    def __init__(self, settings: Sam3Settings, engine: Sam3VideoEngine | None = None):
+        fom.SamplesMixin.__init__(self)
+        problem = video_settings_problem(settings)
+        if problem:
+            raise problem
+        self.settings = settings
+        self.engine = engine or Sam3VideoEngine(settings.model_path, device=settings.device)
+        self.failures: list[Failure] = []
+        self.num_processed = 0
+        self.num_detections = 0
+
+    @property
+    def config(self) -> Sam3Settings:
+        """The settings (FiftyOne's name for a model's configuration)."""
+        return self.settings
+
+    def __repr__(self) -> str:
+        return f"Sam3VideoModel(mode={self.settings.mode!r}, prompts={self.settings.labels!r}, engine={self.engine!r})"
+
+    @property
+    def media_type(self):
+        return "video"
+
+    @property
+    def has_logits(self):
+        return False
+
+    @property
+    def has_embeddings(self):
+        return False
+
+    @property
+    def needs_fields(self):
+        """The fields FiftyOne loads for :meth:`predict`: the frame-level prompt field, if any."""
+        fields = dict(self._fields)
+        if self.settings.prompt_field and PROMPT_FIELD not in fields:
+            fields[PROMPT_FIELD] = "frames." + frame_field_name(self.settings.prompt_field)
+        return fields
+
+    @needs_fields.setter
+    def needs_fields(self, fields):
+        fields = dict(fields or {})
+        unknown = set(fields) - {PROMPT_FIELD}
+        if unknown:
+            raise ValueError(f"a SAM3 video model reads only prompt_field from apply_model, not {sorted(unknown)}")
+        self._fields = {key: "frames." + frame_field_name(value) for key, value in fields.items() if value}
+
+    @property
+    def prompt_field(self) -> str | None:
+        """The frame-level prompt field (without ``frames.``), ``None`` in text mode."""
+        value = self.needs_fields.get(PROMPT_FIELD)
+        return frame_field_name(value) if value else None
+
+    # -- the one inference path -----------------------------------------------------------------
+
+    def track(self, filepath: str, prompt_frames: Iterable[tuple[int, object]] | None = None) -> VideoTrack:
+        """Starts tracking one video; iterate the result for ``(frame_number, fo.Detections)``,
+        frame by frame as each is final (text: in order; prompts: per ``direction``).
+
+        Args:
+            filepath: the video file
+            prompt_frames (None): ``(frame_number, Detections or Keypoints)`` of the frames with
+                prompts (``boxes`` / ``points`` modes)
+
+        Raises:
+            VideoLoadError: the video cannot be read (missing, not a video, corrupt, too large)
+            ValueError: unusable prompts (the message says which)
+        """
+        settings = self.settings
+        reader = VideoReader(filepath)
+        height, width = reader.image_size
+        if width * height > settings.max_image_pixels:
+            raise VideoLoadError(
+                f"cannot read video {filepath!r}: its frames have {width * height} pixels, "
+                f"over the limit of {settings.max_image_pixels} (max_image_pixels)"
+            )
+        if settings.mode == "text":
+            prompts = [{"text": p.text, "label": p.label, "threshold": p.threshold} for p in settings.prompts]
+            results = self.engine.track_text(
+                (frame for _, frame in reader.frames()),
+                prompts,
+                threshold=settings.threshold,
+                mask_threshold=settings.mask_threshold,
+                max_objects=settings.max_objects,
+                max_mask_size=settings.max_mask_size,
+            )
+            return VideoTrack(filepath, reader.frame_count, results)
+        prompts, prompt_ids, warnings = video_prompts(
+            prompt_frames or (), settings.mode, width, height, settings.max_objects
+        )
+        for warning in warnings:
+            logger.warning("%s: %s", filepath, warning)
+        if not prompts:
+            return VideoTrack(filepath, reader.frame_count, None, prompt_ids)
+        results = self.engine.track_prompts(
+            reader,
+            prompts,
+            settings.direction,
+            mask_threshold=settings.mask_threshold,
+            max_mask_size=settings.max_mask_size,
+        )
+        return VideoTrack(filepath, reader.frame_count, results, prompt_ids)
+
+    def fail(self, filepath: str, reason: str) -> None:
+        """Records (and logs) a video that was skipped."""
+        logger.warning("Skipping %s: %s", filepath or "<no filepath>", reason)
+        self.failures.append(Failure(filepath, reason))
+
+    def count(self, track: VideoTrack) -> None:
+        """Counts a video tracked to its end."""
+        self.num_processed += 1
+        self.num_detections += track.detections
+
+    # -- the Model interface (apply_model) --------------------------------------------------------
+
+    def predict(self, arg, sample=None):
+        """Tracks one video: ``arg`` is FiftyOne's video reader (only its path is read: the core's
+        reader decodes), a :class:`~sam3_ops.core.video_io.VideoReader` or a path; ``sample`` gives
+        the prompt field's frames. Returns ``{frame_number: fo.Detections}``, or ``None`` for a
+        video that cannot be tracked (logged and counted, nothing written)."""
+        filepath = _video_path(arg)
+        try:
+            if sample is not None and sample.has_field("support"):
+                raise ValueError("clip views are not supported: run on the videos themselves")
+            prompt_field = self.prompt_field
+            prompt_frames = None
+            if prompt_field and sample is not None:
+                prompt_frames = list(sample_prompt_frames(sample, prompt_field))
+            track = self.track(filepath, prompt_frames)
+            labels = {}
+            for frame_number, detections in track:
+                labels[frame_number] = fit_in_document(detections, self.settings.mask_dir, filepath, frame_number)
+        except Exception as error:  # one video must not stop the run: reported per video
+            self.fail(filepath, _reason(error))
+            return None
+        self.count(track)
+        return labels or None
+
+    def predict_all(self, args, samples=None):
+        samples = samples if samples is not None else [None] * len(args)
+        return [self.predict(arg, sample=sample) for arg, sample in zip(args, samples)]
+
+    def summary(self) -> dict:
+        """Counts for a report: videos processed, detections written, videos skipped and why."""
+        return {
+            "samples_processed": self.num_processed,
+            "detections": self.num_detections,
+            "samples_skipped": len(self.failures),
+            "skipped": [{"filepath": f.filepath, "reason": f.reason} for f in self.failures],
+        }
+
+
+def _video_path(arg) -> str:
+    if isinstance(arg, VideoReader):
+        return arg.path
+    if isinstance(arg, str | os.PathLike):
+        return os.fspath(arg)
+    path = getattr(arg, "inpath", None)  # eta's FFmpegVideoReader, which FiftyOne passes
+    if isinstance(path, str):
+        return path
+    raise TypeError(f"expected a video path or reader, got {type(arg).__name__}")
+
+
+def _reason(error: Exception) -> str:
+    return str(error) if isinstance(error, VideoLoadError | ValueError) else f"{type(error).__name__}: {error}"
+
+
+def fit_in_document(labels: fol.Detections, mask_dir: str | None, filepath: str, frame_number: int):
+    """Moves a frame's masks to PNG files (``mask_path``) when they would not fit in its MongoDB
+    document (16 MB): FiftyOne's convention for on-disk masks."""
+    size = stored_mask_bytes(labels, MAX_LABEL_BYTES)
+    if size <= MAX_LABEL_BYTES:
+        return labels
+    mask_dir = mask_dir or os.path.join(fo.config.default_dataset_dir, "sam3_masks")
+    logger.warning(
+        "%s, frame %d: %d masks take %.1f MB, too much for one database document; writing them as PNG files under %s",
+        filepath,
+        frame_number,
+        len(labels.detections),
+        size / 2**20,
+        mask_dir,
+    )
+    os.makedirs(mask_dir, exist_ok=True)
+    for detection in labels.detections:
+        if detection.mask is not None:
+            detection.export_mask(os.path.join(mask_dir, f"{detection.id}.png"), update=True)
+    return labels
+
+
+# -- segment() on videos ----------------------------------------------------------------------------
+
+
+def without_video_results(samples, label_field: str):
+    """The videos of ``samples`` not done yet for ``label_field`` (no ``<label_field>_tracks``)."""
+    marker = tracks_field(frame_field_name(label_field))
+    if not root_dataset(samples).has_sample_field(marker):
+        return samples
+    return samples.exists(marker, False)
+
+
+class _FrameWriter:
+    """Writes one video's frame labels in chunks; the marker last. ``start`` unsets the marker and
+    clears the field on every frame of the video first, so that an interrupted video is redone
+    cleanly."""
+
+    def __init__(self, dataset, sample_id: str, label_field: str, output_dir: str | None = None):
+        self.dataset = dataset
+        self.sample_id = sample_id
+        self.label_field = label_field
+        self.marker = tracks_field(label_field)
+        self.output_dir = output_dir
+        self.sample = None
+        self.pending = 0
+        self.pending_bytes = 0
+
+    def start(self) -> None:
+        sample = self.dataset[self.sample_id]
+        if sample.get_field(self.marker) is not None:
+            sample[self.marker] = None
+            sample.save()
+        self._clear()
+        self.sample = sample
+
+    def write(self, frame_number: int, labels: fol.Detections) -> None:
+        if self.output_dir:
+            for detection in labels.detections:
+                if detection.mask is not None:
+                    path = os.path.join(self.output_dir, self.sample_id, f"{frame_number:06d}-{detection.id}.png")
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    detection.export_mask(path, update=True)
+        self.sample.frames[frame_number][self.label_field] = labels
+        self.pending += 1
+        self.pending_bytes += sum(d.mask.size for d in labels.detections if d.mask is not None)
+        if self.pending >= FRAMES_PER_WRITE or self.pending_bytes >= BYTES_PER_WRITE:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.sample.frames.save()
+            self.pending = self.pending_bytes = 0
+
+    def finish(self, instances: int) -> None:
+        self.flush()
+        self.sample[self.marker] = instances
+        self.sample.save()
+
+    def discard(self) -> None:
+        """After a failure: drops what is pending and clears what was written."""
+        if self.sample is not None:
+            self.sample.frames.reload()
+        self._clear()
+
+    def _clear(self) -> None:
+        self.dataset.select(self.sample_id).clear_frame_field(self.label_field)
+
+
+def check_video_prompt_field(samples, settings: Sam3Settings) -> str | None:
+    """The frame-level prompt field of a ``boxes`` / ``points`` run (without ``frames.``), checked.
+
+    Raises:
+        ValueError: no prompt field, or not a frame-level field of the mode's label type
+    """
+    if settings.mode == "text":
+        return None
+    kind = fol.Detections if settings.mode == "boxes" else fol.Keypoints
+    if not settings.prompt_field:
+        raise ValueError(
+            f"mode={settings.mode!r} needs a frame-level {kind.__name__} field of prompts: prompt_field='<field>'"
+        )
+    name = frame_field_name(settings.prompt_field)
+    choices = frame_label_fields(samples, kind)
+    if name not in choices:
+        listing = ", ".join(f"'frames.{choice}'" for choice in choices) or "none"
+        held = samples.get_field(f"frames.{name}")
+        what = (
+            "does not exist" if held is None else f"holds {getattr(held, 'document_type', type(held)).__name__} values"
+        )
+        raise ValueError(
+            f"prompt_field 'frames.{name}' {what}; {settings.mode} mode reads a frame-level {kind.__name__} field, "
+            f"and the {kind.__name__} frame fields are: {listing}"
+        )
+    return name
+
+
+def segment_videos(
+    samples,
+    label_field: str = "sam3",
+    *,
+    token: str | None = None,
+    reuse: bool = True,
+    progress=None,
+    only_missing: bool = False,
+    output_dir: str | None = None,
+    record: bool = True,
+    model: Sam3VideoModel | None = None,
+    batch_size=None,
+    num_workers=None,
+    skip_failures: bool = True,
+    **settings,
+) -> SegmentResult:
+    """``sam3_ops.segment`` on a video collection: tracks through each video and writes
+    ``frames.<label_field>``, streaming (see the module docstring), and records the run.
+
+    Args:
+        samples: a video dataset or view (not a clips view)
+        label_field ("sam3"): the frame-level ``Detections`` field to write (``"frames."`` optional);
+            replaced on each video of ``samples``; ``<label_field>_tracks`` marks the videos done
+        token (None), reuse (True), progress (None), only_missing (False), record (True): as for
+            ``segment``; ``progress`` advances per video
+        output_dir (None): write every mask as a PNG file there (``mask_path``)
+        model (None): a :class:`Sam3VideoModel` to run instead of building one from ``settings``
+            (then only ``prompt_field`` may be given)
+        batch_size, num_workers, skip_failures: accepted for ``segment``'s signature; a video's
+            frames go through the model one at a time, and a video that fails is always skipped
+            and reported
+        **settings: :class:`~sam3_ops.sdk.settings.Sam3Settings`; modes ``text``, ``boxes``
+            (``prompt_field``: frame-level ``Detections``), ``points`` (frame-level ``Keypoints``);
+            ``direction`` and ``max_objects`` apply
+
+    Returns:
+        a :class:`~sam3_ops.sdk.segment.SegmentResult` (``samples_processed``: videos)
+
+    Raises:
+        ValueError: a bad setting, output field or prompt field, or a clips view
+        ModelLoadError: the checkpoint cannot be loaded
+    """
+    if getattr(samples, "_is_clips", False) or getattr(root_dataset(samples), "_is_clips", False):
+        raise ValueError("clip views are not supported: segment the videos themselves (e.g. the clips' dataset)")
+    label_field = frame_field_name(label_field)
+    fields = {"prompt_field": settings.pop("prompt_field")} if model is not None and "prompt_field" in settings else {}
+    if model is not None and settings:
+        raise ValueError(f"give either a model or settings ({', '.join(sorted(settings))}), not both")
+    resolved = model.settings.replace(**fields) if model is not None else Sam3Settings(**settings)
+    if resolved.prompt_field:
+        resolved = resolved.replace(prompt_field=frame_field_name(resolved.prompt_field))
+    problem = video_settings_problem(resolved)
+    if problem:
+        raise problem
+    prompt_field = check_video_prompt_field(samples, resolved)
+    problem = output_field_problem(
+        samples, label_field, overwrite=True, reserved=(prompt_field,) if prompt_field else ()
+    )
+    if problem:
+        raise ValueError(problem)
+    model = model or Sam3VideoModel(resolved, engine=build_video_engine(resolved, token, reuse))
+    dataset = root_dataset(samples)
+    ensure_video_fields(dataset, label_field)
+    if record:  # before the run: an interrupted run leaves its provenance, and resumes with it
+        record_run(samples, label_field, resolved)
+    target = without_video_results(samples, label_field) if only_missing else samples
+    ids, paths = target.values(["id", "filepath"])
+    prompts_view = target.select_fields(f"frames.{prompt_field}") if prompt_field else None
+    with fou.ProgressBar(total=len(ids), progress=progress, iters_str="videos") as bar:
+        for sample_id, filepath in zip(ids, paths):
+            _segment_video(model, dataset, sample_id, filepath, label_field, prompts_view, prompt_field, output_dir)
+            bar.update()
+    ensure_video_fields(dataset, label_field)
+    summary = model.summary()
+    if record:
+        finish_run(samples, label_field, resolved, summary)
+    return SegmentResult(label_field, run_key(label_field) if record else None, **summary)
+
+
+def _segment_video(model, dataset, sample_id, filepath, label_field, prompts_view, prompt_field, output_dir) -> None:
+    """One video: prompts read, tracked, written frame chunk by frame chunk, marked done; or skipped."""
+    try:
+        prompt_frames = None
+        if prompts_view is not None:
+            prompt_frames = list(sample_prompt_frames(prompts_view.select(sample_id).first(), prompt_field))
+        track = model.track(filepath, prompt_frames)
+    except Exception as error:  # before anything is written: the video keeps what it had
+        model.fail(filepath, _reason(error))
+        return
+    writer = _FrameWriter(dataset, sample_id, label_field, output_dir)
+    try:
+        writer.start()
+        for frame_number, labels in track:
+            writer.write(frame_number, fit_in_document(labels, model.settings.mask_dir, filepath, frame_number))
+        writer.finish(len(track.instances))
+    except Exception as error:  # a decoding failure half-way: nothing of this video is kept
+        try:
+            writer.discard()
+        finally:
+            model.fail(filepath, _reason(error))
+        return
+    model.count(track)
+
+
+def ensure_video_fields(dataset, label_field: str) -> None:
+    """Declares ``frames.<label_field>`` (``Detections``) and the sample-level ``<label_field>_tracks``
+    marker (``int``) if the schema lacks them (see
+    :func:`~sam3_ops.sdk.fields.ensure_detections_field`)."""
+    ensure_detections_field(dataset, label_field)
+    marker = tracks_field(label_field)
+    if not dataset.has_sample_field(marker):
+        dataset.add_sample_field(marker, fof.IntField)
+
+
+def load_video_model(
+    model_path=DEFAULT_MODEL,
+    mode: str = "text",
+    prompts=None,
+    *,
+    token: str | None = None,
+    reuse: bool = False,
+    **settings,
+) -> Sam3VideoModel:
+    """``sam3_ops.load_model(..., media_type="video")``: a :class:`Sam3VideoModel` for
+    ``dataset.apply_model`` on video datasets (modes ``text``, ``boxes``, ``points``; settings
+    ``direction`` and ``max_objects`` apply)."""
+    resolved = Sam3Settings(model_path=os.fspath(model_path), mode=mode, prompts=prompts, **settings)
+    problem = video_settings_problem(resolved)
+    if problem:
+        raise problem
+    return Sam3VideoModel(resolved, engine=build_video_engine(resolved, token, reuse))
+
+
+__all__ = [
+    "FRAMES_PER_WRITE",
+    "Sam3VideoModel",
+    "VIDEO_MODES",
+    "VideoTrack",
+    "build_video_engine",
+    "frame_detections",
+    "get_video_engine",
+    "load_video_model",
+    "segment_videos",
+    "video_prompts",
+    "without_video_results",
+]
