@@ -39,9 +39,10 @@ from ..sdk.fields import (
     prompt_label_type,
 )
 from ..sdk.model import Sam3Model
-from ..sdk.runs import finish_run, record_run
+from ..sdk.runs import finish_run, get_run, record_run, recorded_fields
 from ..sdk.segment import DEFAULT_BATCH_SIZE, build_engine, segment, without_results
 from ..sdk.settings import Sam3Settings
+from ..sdk.shards import DEFAULT_STALE_AFTER, MAX_SHARDS, check_shards, run_shard, shard_status
 from ..sdk.video import Sam3VideoModel, build_video_engine
 from .forms import (
     device_input,
@@ -68,6 +69,7 @@ class SegmentWithTextPrompts(foo.Operator):
             "Segment with text prompts",
             "SAM3 instance masks for every instance of each text prompt",
             generator=True,
+            allow_distributed_execution=True,  # FiftyOne Enterprise; shards = ctx.num_distributed_tasks
         )
 
     def resolve_input(self, ctx):
@@ -82,7 +84,7 @@ class SegmentWithTextPrompts(foo.Operator):
         return _execute(ctx, _settings(ctx.params, mode="text"))
 
     def resolve_output(self, ctx):
-        return _summary_outputs()
+        return _summary_outputs(ctx)
 
 
 class SegmentWithBoxPrompts(foo.Operator):
@@ -96,6 +98,7 @@ class SegmentWithBoxPrompts(foo.Operator):
             "Segment with box or point prompts",
             "SAM3 instance masks from the boxes of a Detections field or the points of a Keypoints field",
             generator=True,
+            allow_distributed_execution=True,  # FiftyOne Enterprise; shards = ctx.num_distributed_tasks
         )
 
     def resolve_input(self, ctx):
@@ -110,7 +113,7 @@ class SegmentWithBoxPrompts(foo.Operator):
         return _execute(ctx, _settings(ctx.params, mode=ctx.params.get("mode") or "boxes"))
 
     def resolve_output(self, ctx):
-        return _summary_outputs()
+        return _summary_outputs(ctx)
 
 
 class SegmentEverything(foo.Operator):
@@ -124,6 +127,7 @@ class SegmentEverything(foo.Operator):
             "Segment everything",
             "SAM3 masks of every object, with no prompts (a grid of points; for datasets with no labels yet)",
             generator=True,
+            allow_distributed_execution=True,  # FiftyOne Enterprise; shards = ctx.num_distributed_tasks
         )
 
     def resolve_input(self, ctx):
@@ -144,10 +148,84 @@ class SegmentEverything(foo.Operator):
         return _execute(ctx, _settings(ctx.params, mode="auto"))
 
     def resolve_output(self, ctx):
-        return _summary_outputs()
+        return _summary_outputs(ctx)
 
 
-OPERATORS = [SegmentWithTextPrompts, SegmentWithBoxPrompts, SegmentEverything]
+class SegmentShard(foo.Operator):
+    """One shard of a sharded run, queued by ``sam3_ops.segment(..., shards=N)`` or a segment
+    operator's "Split into N tasks"; run by a ``fiftyone delegated launch`` worker. Unlisted."""
+
+    @property
+    def config(self):
+        return operator_config(
+            "segment_shard",
+            "SAM3 shard",
+            "One shard of a sharded SAM3 run (queued by the segment operators and sam3_ops.segment)",
+            unlisted=True,
+        )
+
+    def execute(self, ctx):
+        return run_shard(
+            ctx.view,
+            ctx.params,
+            token=hf_token(ctx),
+            set_progress=ctx.set_progress,
+            operation_id=ctx.request_params.get("run_doc"),
+        )
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("shard", label="Shard (from 0)")
+        outputs.int("attempt", label="Attempt")
+        outputs.str("worker", label="Worker (host:pid)")
+        outputs.int("samples_processed", label="Samples processed")
+        outputs.int("detections", label="Detections written")
+        outputs.int("samples_skipped", label="Samples skipped")
+        outputs.bool("finalized", label="Completed the run")
+        return types.Property(outputs, view=types.View(label="SAM3 shard"))
+
+
+class ShardedRunStatus(foo.Operator):
+    """Where a sharded run stands: shards queued, running, done, failed, samples written; re-queues
+    the shards whose worker died."""
+
+    @property
+    def config(self):
+        return operator_config(
+            "sharded_run_status",
+            "Sharded run status",
+            "Progress of a SAM3 run split into shards; re-queues the shards of workers that died",
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        fields = [name for name in recorded_fields(ctx.dataset) if getattr(get_run(ctx.dataset, name), "shards", None)]
+        prop = inputs.enum("label_field", fields, required=True, label="Field", view=types.DropdownView())
+        if not fields:
+            flag(prop, "This dataset has no sharded run: choose 'Split into N tasks' in a segment operator")
+        elif ctx.params.get("label_field") not in (None, *fields):
+            flag(prop, f"{ctx.params['label_field']!r} has no sharded run")
+        inputs.float(
+            "stale_after_minutes",
+            default=DEFAULT_STALE_AFTER / 60,
+            min=0.0,
+            label="Presume a shard dead after (minutes)",
+            description="A running shard with no progress or heartbeat for this long is queued again",
+        )
+        inputs.bool("requeue", default=True, label="Re-queue dead shards", view=types.CheckboxView())
+        return types.Property(inputs, view=types.View(label="Sharded run status"))
+
+    def execute(self, ctx):
+        minutes = ctx.params.get("stale_after_minutes")
+        stale_after = DEFAULT_STALE_AFTER if minutes is None else float(minutes) * 60
+        requeue = bool(ctx.params.get("requeue", True))
+        return shard_status(ctx.dataset, ctx.params["label_field"], stale_after=stale_after, requeue=requeue).to_dict()
+
+    def resolve_output(self, ctx):
+        return _sharded_outputs("SAM3 sharded run", status=True)
+
+
+OPERATORS = [SegmentWithTextPrompts, SegmentWithBoxPrompts, SegmentEverything, SegmentShard, ShardedRunStatus]
 
 
 # -- reading the form -------------------------------------------------------------------------------
@@ -591,10 +669,24 @@ def _run_inputs(ctx, inputs) -> dict:
         inputs.int(
             "batch_size", default=DEFAULT_BATCH_SIZE, min=1, label="Batch size", description="Images per forward pass"
         )
+    if not is_video_collection(ctx.dataset):  # sharded runs: image collections
+        inputs.int(
+            "shards",
+            default=1,
+            min=1,
+            max=MAX_SHARDS,
+            label="Split into N tasks",
+            description=(
+                "Above 1: queue N delegated operations, one shard of the target each, for any number of workers "
+                "(one per GPU: python -m sam3_ops.sdk.workers) to run in parallel. Progress: 'Sharded run status'"
+            ),
+        )
     return {"model_path": model_input(ctx, inputs), "device": device_input(inputs)}
 
 
-def _summary_outputs() -> types.Property:
+def _summary_outputs(ctx=None) -> types.Property:
+    if ctx is not None and "run_id" in (ctx.results or {}):
+        return _sharded_outputs("SAM3 sharded run queued")
     outputs = types.Object()
     outputs.str("label_field", label="Output field")
     outputs.int("samples_processed", label="Samples processed")
@@ -607,7 +699,54 @@ def _summary_outputs() -> types.Property:
     return types.Property(outputs, view=types.View(label="SAM3 segmentation"))
 
 
+def _sharded_outputs(label: str, status: bool = False) -> types.Property:
+    """A sharded run's output: what was queued, or (``status``) where it stands."""
+    outputs = types.Object()
+    outputs.str("label_field", label="Output field")
+    outputs.int("shards", label="Shards")
+    if status:
+        for name in ("queued", "running", "done", "failed"):
+            outputs.int(name, label=f"Shards {name}")
+        outputs.list("requeued", types.Number(), label="Shards re-queued now (their worker died)")
+        outputs.int("samples", label="Samples")
+        outputs.int("samples_written", label="Samples written")
+        outputs.bool("finalized", label="Run complete")
+        table = types.TableView()
+        for column in ("shard", "state", "attempt", "samples", "written", "worker", "error"):
+            table.add_column(column, label=column.capitalize())
+        outputs.list("per_shard", types.Object(), label="Shards", view=table)
+    else:
+        outputs.int("samples", label="Samples")
+        outputs.list("operation_ids", types.String(), label="Delegated operations queued")
+        outputs.str(
+            "workers",
+            label="Run them",
+            default="Start workers where the GPUs are: python -m sam3_ops.sdk.workers (one per GPU)",
+            view=types.MarkdownView(),
+        )
+    return types.Property(outputs, view=types.View(label=label))
+
+
 # -- execution --------------------------------------------------------------------------------------
+
+
+def _shards(ctx) -> int:
+    """The shards to split a run into: FiftyOne Enterprise's ``ctx.num_distributed_tasks`` where it
+    provides one, else the form's "Split into N tasks" (1: one run, here)."""
+    tasks = getattr(ctx, "num_distributed_tasks", None)  # None on open-source FiftyOne
+    value = tasks if tasks else ctx.params.get("shards")
+    return 1 if value is None else check_shards(value)
+
+
+def _sharded_queued(ctx, queued: dict):
+    """The answer of an operator that queued a sharded run: its description (delegated), or shown."""
+    if ctx.delegated:
+        return queued
+
+    def show():
+        yield ctx.ops.show_output(outputs=_sharded_outputs("SAM3 sharded run queued").to_json(), results=queued)
+
+    return show()
 
 
 def _execute(ctx, settings: Sam3Settings):
@@ -617,6 +756,11 @@ def _execute(ctx, settings: Sam3Settings):
     target = ctx.target_view()
     if is_video_collection(target) and settings.prompt_field:  # a frame field, recorded without "frames."
         settings = settings.replace(prompt_field=frame_field_name(settings.prompt_field))
+    shards = _shards(ctx)
+    if shards > 1:  # FiftyOne's queue does the rest: one delegated operation per shard
+        only_missing = bool(params.get("only_missing"))
+        queued = segment(target, label_field, shards=shards, only_missing=only_missing, **run, **settings.to_dict())
+        return _sharded_queued(ctx, queued.to_dict())
     if params.get("only_missing"):
         target = without_results(target, label_field)
     if ctx.delegated:

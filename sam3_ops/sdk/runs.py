@@ -41,6 +41,8 @@ class RunRecord:
         timestamp: when it was registered (UTC), ``None`` for a legacy record
         summary: its results (``samples_processed``, ``detections``, ``samples_skipped``, ...)
             once it ended, else ``None``
+        shards: a sharded run's ``run_id``, shard ``count``, ``edges`` and ``operator``
+            (:mod:`~sam3_ops.sdk.shards`), else ``None``
     """
 
     key: str
@@ -48,6 +50,7 @@ class RunRecord:
     settings: Sam3Settings
     timestamp: datetime | None = None
     summary: dict | None = None
+    shards: dict | None = None
 
 
 def record_run(
@@ -57,6 +60,7 @@ def record_run(
     prompt_field: str | None = None,
     negative_field: str | None = None,
     summary: dict | None = None,
+    shards: dict | None = None,
 ) -> RunRecord:
     """Records the run that wrote ``label_field`` on ``samples``, after making sure the field is
     declared (see :func:`~sam3_ops.sdk.fields.ensure_detections_field`).
@@ -69,6 +73,7 @@ def record_run(
         prompt_field (None), negative_field (None): the fields given to ``apply_model``, when
             they are not in the settings
         summary (None): the model's summary, stored as the run's results
+        shards (None): a sharded run's shards (:func:`~sam3_ops.sdk.shards.queue_shards`)
 
     Returns:
         the :class:`RunRecord`
@@ -78,7 +83,8 @@ def record_run(
     settings = settings.replace(**changes) if changes else settings
     ensure_detections_field(samples, label_field)
     key = run_key(label_field)
-    config = samples.init_run(method=METHOD, label_field=label_field, settings=settings.to_dict())
+    extra = {"shards": shards} if shards else {}
+    config = samples.init_run(method=METHOD, label_field=label_field, settings=settings.to_dict(), **extra)
     samples.register_run(key, config, overwrite=True)
     if summary is not None:
         save_summary(samples, label_field, summary)
@@ -116,7 +122,8 @@ def get_run(samples, label_field: str) -> RunRecord | None:
                     for k, v in vars(results).items()
                     if not k.startswith("_") and k not in ("samples", "config", "key", "backend")
                 }
-            return RunRecord(key, label_field, Sam3Settings.from_dict(config.settings), info.timestamp, summary)
+            shards = getattr(config, "shards", None)
+            return RunRecord(key, label_field, Sam3Settings.from_dict(config.settings), info.timestamp, summary, shards)
     legacy = (dataset.info.get(LEGACY_INFO_KEY) or {}).get(label_field)
     if legacy:
         known = {k: v for k, v in legacy.items() if k in Sam3Settings.names()}

@@ -186,6 +186,7 @@ def segment(
     output_dir: str | None = None,
     record: bool = True,
     model: Sam3Model | None = None,
+    shards: int | None = None,
     **settings,
 ) -> SegmentResult:
     """Segments ``samples`` with SAM3 into ``label_field`` and records the run: the one-call SDK entry point.
@@ -209,16 +210,25 @@ def segment(
         record (True): record the run on the dataset
         model (None): a model from :func:`load_model` to run, instead of building one from
             ``settings`` (then only ``prompt_field`` / ``negative_field`` may be given)
+        shards (None): split the run into this many delegated operations on FiftyOne's queue, run
+            by ``fiftyone delegated launch`` workers (one per GPU, any machine on the database):
+            returns at once with the queued run (:mod:`~sam3_ops.sdk.shards`)
         **settings: :class:`~sam3_ops.sdk.settings.Sam3Settings` (``model_path``, ``mode``,
             ``prompts``, ``threshold``, ``prompt_field``, ...; see :func:`load_model`)
 
     Returns:
-        a :class:`SegmentResult`
+        a :class:`SegmentResult`; with ``shards``, a :class:`~sam3_ops.sdk.shards.ShardedRun`
 
     Raises:
         ValueError: a bad setting, output field or prompt field
         ModelLoadError: the checkpoint cannot be loaded
     """
+    if shards is not None:  # queued, one delegated operation per shard: sdk/shards.py
+        from .shards import segment_sharded
+
+        run = dict(token=token, batch_size=batch_size, num_workers=num_workers, skip_failures=skip_failures)
+        run.update(progress=progress, only_missing=only_missing, output_dir=output_dir, record=record, model=model)
+        return segment_sharded(samples, label_field, shards, **run, **settings)
     if getattr(samples, "media_type", None) == "video":  # tracking, streamed per video: sdk/video.py
         from .video import segment_videos
 

@@ -1,0 +1,755 @@
+"""Sharded runs: one segmentation over many GPUs and machines, on FiftyOne's delegated-operation queue.
+
+``sam3_ops.segment(dataset, "sam3", shards=N, ...)`` does not segment anything itself: it declares
+the field, records the run (one record, :mod:`~sam3_ops.sdk.runs`) and queues N delegated
+operations of the plugin's unlisted ``segment_shard`` operator, each segmenting one shard of the
+view with the same :class:`~sam3_ops.sdk.settings.Sam3Settings`. Any number of
+``fiftyone delegated launch`` workers, one per GPU (``python -m sam3_ops.sdk.workers``), on any
+number of machines that reach the same database, claim the operations (FiftyOne claims each
+atomically: QUEUED -> RUNNING only if still queued). No scheduler of our own.
+
+**A shard** is a range of FiftyOne's per-sample ``_rand`` value (uniform, written when a sample is
+added, never changed): shard ``k`` of ``N`` is ``edges[k-1] <= _rand < edges[k]`` (the first has no
+lower bound, the last no upper bound, so the shards partition the view whatever the values). The
+``N - 1`` edges are cut evenly between the view's smallest and largest ``_rand`` when the run is
+queued and travel in the operation's params with the settings; the view travels as its serialized
+stages, as FiftyOne's own delegated operations carry it. No sample ids are ever stored.
+
+**Resuming.** Every shard segments only the samples of its range without a value in the field
+(:func:`~sam3_ops.sdk.segment.without_results`); a run that replaces a field clears it on the view
+when it is queued. So a shard run twice, or re-run after its worker died, writes exactly the samples
+it lacks: nothing twice, nothing lost.
+
+**Workers that die.** A running shard proves it is alive: its operation's ``updated_at`` /
+``status.updated_at`` move with each progress report and with a heartbeat every
+``SAM3_OPS_HEARTBEAT_S`` seconds (default 10; FiftyOne's monitored workers, ``-m``, also ping).
+:func:`shard_status` (and :meth:`ShardedRun.wait`) marks a running shard silent for
+``stale_after`` seconds as failed (atomically, only if it is still running) and queues the same
+shard again (``attempt`` + 1). Should the "dead" worker be alive after all, its heartbeat sees
+its operation failed and stops the shard before its next batch (a monitored worker's parent kills it).
+
+**The end of the run.** Each shard writes its summary to FiftyOne's execution store (scoped to the
+dataset, one store per run); the shard that finds every shard done claims the run's completion
+there (an atomic insert: exactly one claimant), checks the field's declaration and stores the
+summed summary as the run's results. Shards never touch the dataset's schema: the field is
+declared before the first shard is queued (FiftyOne saves a dataset's whole field list when a
+process adds a field, so processes that add fields at the same moment can lose each other's
+declarations; tests/test_shards.py watches the database for such writes).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import numbers
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+
+from fiftyone import ViewExpression
+from fiftyone import ViewField as F
+
+from .fields import ensure_detections_field, root_dataset
+from .runs import finish_run, get_run, record_run
+from .settings import Sam3Settings
+
+logger = logging.getLogger(__name__)
+
+#: the operator every shard runs (the plugin's, unlisted)
+SHARD_OPERATOR = "@sam3-ops/sam3/segment_shard"
+#: at most this many shards per run (a shard is one delegated operation)
+MAX_SHARDS = 1000
+#: a running shard silent this long (seconds) is presumed dead, by default
+DEFAULT_STALE_AFTER = 600.0
+#: the environment variable giving a worker's heartbeat interval, in seconds (default 10)
+HEARTBEAT_ENV = "SAM3_OPS_HEARTBEAT_S"
+DEFAULT_HEARTBEAT = 10.0
+#: shards of a run report progress this often (seconds)
+PROGRESS_INTERVAL = 2.0
+_STORE_PREFIX = "sam3_ops_shards_"
+#: how long :meth:`ShardedRun.wait` waits for a done shard's operation to be marked completed (seconds)
+_CLOSE_WAIT = 30.0
+#: a shard's summary counts, summed into the run's
+_COUNTS = ("samples_processed", "detections", "samples_skipped")
+
+
+class ShardSuperseded(RuntimeError):
+    """The shard's operation is no longer running (presumed dead and re-queued, or cancelled):
+    this attempt stops before writing more."""
+
+
+def check_shards(value) -> int:
+    """``value`` as a number of shards.
+
+    Raises:
+        ValueError: ``value`` is not a whole number from 1 to :data:`MAX_SHARDS`
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= MAX_SHARDS:
+        raise ValueError(
+            f"shards must be a whole number from 1 to {MAX_SHARDS} (the delegated operations to split "
+            f"the run into, e.g. one or a few per GPU), not {value!r}"
+        )
+    return int(value)
+
+
+# -- the shards ------------------------------------------------------------------------------------
+
+
+def shard_edges(samples, count: int) -> list[float]:
+    """The ``count - 1`` inner edges cutting the ``_rand`` range of ``samples`` evenly."""
+    low, high = samples.bounds(ViewExpression("$_rand"))  # a private field: by expression, not by name
+    if low is None or count < 2:
+        return []
+    return [low + (high - low) * k / count for k in range(1, count)]
+
+
+def _shard_expression(index: int, edges: list[float]):
+    expression = None
+    if index > 0:
+        expression = F("_rand") >= edges[index - 1]
+    if index < len(edges):
+        upper = F("_rand") < edges[index]
+        expression = upper if expression is None else expression & upper
+    return expression
+
+
+def shard_view(samples, index: int, edges: list[float]):
+    """Shard ``index`` of ``samples`` cut at ``edges`` (the shards partition ``samples``)."""
+    expression = _shard_expression(index, edges)
+    return samples if expression is None else samples.match(expression)
+
+
+def shard_counts(samples, edges: list[float]) -> list[int]:
+    """How many samples of ``samples`` each shard holds, in one aggregation."""
+    if not edges:
+        return [samples.count()]
+    # a sample's shard = the number of edges at or below its _rand (one flat $add: no deep nesting)
+    index = ViewExpression({"$add": [{"$cond": [{"$gte": ["$_rand", edge]}, 1, 0]} for edge in edges]})
+    counts = samples.count_values(index)
+    return [int(counts.get(k, 0)) for k in range(len(edges) + 1)]
+
+
+# -- the run's state: FiftyOne's execution store ----------------------------------------------------
+
+
+def _store(dataset, run_id: str):
+    from fiftyone.operators.store import ExecutionStore
+
+    return ExecutionStore.create(_STORE_PREFIX + run_id, dataset_id=dataset._doc.id)
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)  # FiftyOne's naive UTC
+
+
+def _service():
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    return DelegatedOperationService()
+
+
+# -- queueing ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class ShardedRun:
+    """A run queued as delegated operations, one per shard (what ``segment(..., shards=N)`` returns).
+
+    Attributes:
+        dataset_name: the dataset
+        label_field: the field the shards write
+        run_id: the run's id (in every shard's params and the run record)
+        shards: the number of shards
+        operation_ids: the delegated operations queued, shard by shard
+        samples: the samples of the view when the run was queued
+    """
+
+    dataset_name: str
+    label_field: str
+    run_id: str
+    shards: int
+    operation_ids: list = field(default_factory=list)
+    samples: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def _dataset(self):
+        import fiftyone as fo
+
+        return fo.load_dataset(self.dataset_name)
+
+    def status(self, stale_after: float | None = DEFAULT_STALE_AFTER, requeue: bool = True) -> ShardStatus:
+        """The run's :class:`ShardStatus` (see :func:`shard_status`)."""
+        return shard_status(self._dataset(), self.label_field, stale_after=stale_after, requeue=requeue)
+
+    def wait(
+        self, timeout: float | None = None, poll: float = 5.0, stale_after: float | None = DEFAULT_STALE_AFTER
+    ) -> ShardStatus:
+        """Waits until no shard is queued or running (re-queueing dead shards meanwhile) and FiftyOne
+        has closed every shard's operation (a shard is done once its summary is stored; its worker
+        then marks the operation completed, moments later); returns the last :class:`ShardStatus`.
+        Workers do the work: start them first.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        settled = None
+        while True:
+            status = self.status(stale_after=stale_after)
+            if not status.queued and not status.running:
+                settled = settled or time.monotonic()
+                closed = all(entry["run_state"] in ("completed", "failed", None) for entry in status.per_shard)
+                if closed or time.monotonic() - settled > _CLOSE_WAIT:  # its worker may have died since
+                    return status
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"sharded run of {self.label_field!r} not finished after {timeout} s: {status}")
+            time.sleep(poll)
+
+    def cancel(self) -> int:
+        """Cancels the shards still queued or running (see :func:`cancel_shards`)."""
+        return cancel_shards(self._dataset(), self.label_field)
+
+
+def _shard_info(run_id: str, count: int, edges: list[float]) -> dict:
+    return {"run_id": run_id, "count": count, "edges": edges, "operator": SHARD_OPERATOR}
+
+
+def _request_params(samples, params: dict, delegation_target=None) -> dict:
+    dataset = root_dataset(samples)
+    view = samples if samples is not dataset else dataset.view()
+    request = {
+        "dataset_name": dataset.name,
+        "dataset_id": str(dataset._doc.id),
+        "view": view._serialize(),
+        "params": params,
+        "delegated": True,
+    }
+    if delegation_target:
+        request["delegation_target"] = delegation_target
+    return request
+
+
+def _queue(service, request: dict, label_field: str, shard: int, count: int, delegation_target=None):
+    params = request["params"]
+    attempt = params["attempt"]
+    label = f"SAM3 -> {label_field}: shard {shard + 1} of {count}" + (f" (attempt {attempt})" if attempt > 1 else "")
+    return service.queue_operation(
+        operator=SHARD_OPERATOR,
+        label=label,
+        delegation_target=delegation_target,
+        context={"request_params": request},
+        metadata={"inputs_schema": None, "outputs_schema": None},
+    )
+
+
+def queue_shards(
+    samples,
+    label_field: str,
+    settings: Sam3Settings,
+    shards,
+    *,
+    batch_size: int,
+    num_workers: int | None = None,
+    skip_failures: bool = True,
+    only_missing: bool = False,
+    output_dir: str | None = None,
+    delegation_target: str | None = None,
+) -> ShardedRun:
+    """Queues a sharded run of ``settings`` over ``samples`` into ``label_field`` (checked by the
+    caller, :func:`~sam3_ops.sdk.segment.segment`): declares the field, clears it on ``samples``
+    unless ``only_missing``, records the run with its shards, queues one operation per shard.
+
+    ``shards`` larger than the number of samples to segment is lowered to it (a warning says so).
+
+    Raises:
+        ValueError: a bad ``shards``, or a sharded run of ``label_field`` still going
+    """
+    count = check_shards(shards)
+    dataset = root_dataset(samples)
+    dataset.reload()
+    active = _active_shards(dataset, label_field)
+    if active:
+        raise ValueError(
+            f"a sharded run of {label_field!r} is still going ({active} shards queued or running): wait for it "
+            f"(sam3_ops.shard_status(dataset, {label_field!r})) or cancel it (sam3_ops.cancel_shards(dataset, "
+            f"{label_field!r})) first"
+        )
+    pending = len(samples) if not only_missing or not samples.has_field(label_field) else _missing(samples, label_field)
+    if count > max(1, pending):
+        logger.warning("%d shards for %d samples to segment: queueing %d", count, pending, max(1, pending))
+        count = max(1, pending)
+    previous = get_run(samples, label_field)
+    if previous is not None and previous.shards:
+        _store(dataset, previous.shards["run_id"]).clear()
+
+    ensure_detections_field(samples, label_field)  # declared once, before any shard can run
+    if not only_missing:
+        samples.clear_sample_field(label_field)  # every shard, first attempt or not, fills what is missing
+    run_id = uuid.uuid4().hex
+    edges = shard_edges(samples, count)
+    record_run(samples, label_field, settings, shards=_shard_info(run_id, count, edges))
+
+    service = _service()
+    operation_ids = []
+    for shard in range(count):
+        params = {
+            "run_id": run_id,
+            "label_field": label_field,
+            "shard": shard,
+            "shards": count,
+            "edges": edges,
+            "attempt": 1,
+            "settings": settings.to_dict(),
+            "batch_size": int(batch_size),
+            "num_workers": num_workers,
+            "skip_failures": bool(skip_failures),
+            "output_dir": os.fspath(output_dir) if output_dir else None,
+        }
+        request = _request_params(samples, params, delegation_target)
+        operation_ids.append(str(_queue(service, request, label_field, shard, count, delegation_target).id))
+    logger.info("Queued %d shards of %s (run %s): start workers to run them", count, label_field, run_id)
+    return ShardedRun(dataset.name, label_field, run_id, count, operation_ids, samples=len(samples))
+
+
+def segment_sharded(
+    samples,
+    label_field: str,
+    shards,
+    *,
+    token: str | None = None,
+    batch_size: int,
+    num_workers: int | None = None,
+    skip_failures: bool = True,
+    progress=None,
+    only_missing: bool = False,
+    output_dir: str | None = None,
+    record: bool = True,
+    model=None,
+    delegation_target: str | None = None,
+    **settings,
+) -> ShardedRun:
+    """``sam3_ops.segment(..., shards=N)``: the same checks as an in-process run, then
+    :func:`queue_shards`. The workers build the model from the settings; the token never travels
+    (each worker reads ``HF_TOKEN`` from its environment or the plugin secret).
+
+    Raises:
+        ValueError: a bad ``shards``, setting, output or prompt field; a video collection; a
+            ``model`` instead of settings; ``record=False`` (the run record holds the shards)
+    """
+    from .fields import output_field_problem
+    from .segment import check_prompt_fields
+
+    check_shards(shards)
+    if getattr(samples, "media_type", None) == "video":
+        raise ValueError("shards: sharded runs segment image collections; run videos with shards=None")
+    if model is not None:
+        raise ValueError("shards: each worker builds its model from the settings: give settings, not model=")
+    if not record:
+        raise ValueError("shards: a sharded run is always recorded (its record lists its shards): drop record=False")
+    if token:
+        logger.warning("shards: the token is not sent to the workers; give them HF_TOKEN (or the plugin secret)")
+    if progress not in (None, False, True):
+        logger.info("shards: progress is reported by each shard's operation, not to this callback")
+    resolved = Sam3Settings(**settings)
+    reserved = tuple(name for name in (resolved.prompt_field, resolved.negative_field) if name)
+    problem = output_field_problem(samples, label_field, overwrite=True, reserved=reserved)
+    if problem:
+        raise ValueError(problem)
+    check_prompt_fields(samples, resolved)
+    if resolved.device and resolved.device.startswith("cuda:") and resolved.device != "cuda:0":
+        logger.warning(
+            "shards: device %r names one GPU for every worker; give device='cuda' (or None) so each worker "
+            "uses the GPU its CUDA_VISIBLE_DEVICES shows it",
+            resolved.device,
+        )
+    return queue_shards(
+        samples,
+        label_field,
+        resolved,
+        shards,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        skip_failures=skip_failures,
+        only_missing=only_missing,
+        output_dir=output_dir,
+        delegation_target=delegation_target,
+    )
+
+
+def _missing(samples, label_field: str) -> int:
+    from .segment import without_results
+
+    return len(without_results(samples, label_field))
+
+
+# -- running one shard (in a worker) ----------------------------------------------------------------
+
+
+class _Heartbeat:
+    """Keeps a running shard's operation fresh (``status.updated_at``) every ``interval`` seconds
+    from a thread, and notices when the operation stops being RUNNING (failed as stale, cancelled)."""
+
+    def __init__(self, operation_id, interval: float):
+        self.operation_id = operation_id
+        self.interval = interval
+        self.progress = 0.0
+        self.label = "starting"
+        self.superseded = threading.Event()
+        self._stop = threading.Event()
+        self._thread = None
+
+    def __enter__(self):
+        if self.operation_id is not None:
+            self._thread = threading.Thread(target=self._run, name="sam3-shard-heartbeat", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self):
+        from fiftyone.operators.executor import ExecutionProgress, ExecutionRunState
+
+        service = _service()
+        while not self._stop.wait(self.interval):
+            try:
+                if service.get(self.operation_id).run_state != ExecutionRunState.RUNNING:
+                    self.superseded.set()
+                    return
+                service.set_progress(self.operation_id, ExecutionProgress(progress=self.progress, label=self.label))
+            except Exception as error:  # a transient database error must not end the shard
+                logger.debug("shard heartbeat: %s", error)
+
+
+def _heartbeat_interval() -> float:
+    try:
+        return max(0.1, float(os.environ.get(HEARTBEAT_ENV, DEFAULT_HEARTBEAT)))
+    except ValueError:
+        return DEFAULT_HEARTBEAT
+
+
+def run_shard(samples, params: dict, token: str | None = None, set_progress=None, operation_id=None) -> dict:
+    """Segments one shard of a sharded run: what a ``segment_shard`` operation does in a worker.
+
+    Args:
+        samples: the run's view (rebuilt from the operation's serialized stages)
+        params: the operation's params (:func:`queue_shards` writes them)
+        token (None): the Hugging Face token (from the worker's environment or the plugin secret)
+        set_progress (None): ``set_progress(progress=, label=)`` of the operation
+        operation_id (None): the operation's id (for the heartbeat)
+
+    Returns:
+        the shard's summary (``samples_processed``, ``detections``, ``samples_skipped``, ``skipped``),
+        its ``shard``, ``attempt``, ``worker``, and whether it ``finalized`` the run
+
+    Raises:
+        ShardSuperseded: the operation stopped being RUNNING meanwhile
+    """
+    from .segment import segment
+
+    dataset = root_dataset(samples)
+    dataset.reload()  # a long-lived worker's dataset may predate the run
+    index, count, attempt = int(params["shard"]), int(params["shards"]), int(params.get("attempt", 1))
+    label_field, run_id = params["label_field"], params["run_id"]
+    settings = Sam3Settings.from_dict(params["settings"])
+    target = shard_view(samples, index, list(params["edges"]))
+    store = _store(dataset, run_id)
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    store.set(
+        f"worker_{index}",
+        {"worker": worker, "pid": os.getpid(), "host": socket.gethostname(), "attempt": attempt, "at": time.time()},
+    )
+    name = f"shard {index + 1} of {count}"
+
+    with _Heartbeat(operation_id, _heartbeat_interval()) as heartbeat:
+
+        def progress(bar):
+            if heartbeat.superseded.is_set():
+                raise ShardSuperseded(f"{name} of {label_field!r}: its operation is no longer running; stopping")
+            now = time.monotonic()
+            if now >= getattr(progress, "next", 0.0) or bar.complete:
+                progress.next = now + PROGRESS_INTERVAL
+                heartbeat.progress = float(bar.progress or 0.0)
+                heartbeat.label = f"{name}: {bar.iteration} of {bar.total} samples"
+                if set_progress is not None:
+                    set_progress(progress=heartbeat.progress, label=heartbeat.label)
+
+        if set_progress is not None:
+            set_progress(progress=0.0, label=f"{name}: loading the model")
+        result = segment(
+            target,
+            label_field,
+            token=token,
+            batch_size=int(params.get("batch_size") or 8),
+            num_workers=params.get("num_workers"),
+            skip_failures=bool(params.get("skip_failures", True)),
+            progress=progress,
+            only_missing=True,
+            output_dir=params.get("output_dir"),
+            record=False,
+            **settings.to_dict(),
+        )
+        if heartbeat.superseded.is_set():
+            raise ShardSuperseded(f"{name} of {label_field!r}: its operation is no longer running")
+    summary = {key: value for key, value in result.to_dict().items() if key in (*_COUNTS, "skipped")}
+    store.set(f"done_{index}", {**summary, "attempt": attempt, "worker": worker, "at": time.time()})
+    finalized = _finalize(samples, label_field, settings, store, count, by=worker)
+    return {"shard": index, "shards": count, "attempt": attempt, "worker": worker, **summary, "finalized": finalized}
+
+
+def _done(store) -> set[str]:
+    return {key for key in store.list_keys() if key.startswith("done_")}
+
+
+def _finalize(samples, label_field: str, settings: Sam3Settings, store, count: int, by: str) -> bool:
+    """Completes the run once every shard is done; exactly one caller does (an atomic claim)."""
+    if len(_done(store)) < count or not store.set_if_absent("finalized", {"by": by, "at": time.time()}):
+        return False
+    summaries = [store.get(f"done_{k}") or {} for k in range(count)]
+    summary = {key: sum(int(s.get(key) or 0) for s in summaries) for key in _COUNTS}
+    summary["skipped"] = [entry for s in summaries for entry in s.get("skipped") or []]
+    summary["shards"] = count
+    summary["samples_with_results"] = samples.count(label_field)
+    ensure_detections_field(samples, label_field)  # lost meanwhile by somebody else's schema write? declare it
+    finish_run(samples, label_field, settings, summary)
+    store.set("summary", summary)
+    logger.info("Sharded run of %s complete: %s", label_field, {k: summary[k] for k in _COUNTS})
+    return True
+
+
+# -- progress, dead workers, cancelling --------------------------------------------------------------
+
+
+@dataclass
+class ShardStatus:
+    """Where a sharded run stands.
+
+    Attributes:
+        label_field, run_id: the run
+        shards: the number of shards
+        queued, running, done, failed: how many shards are in each state (a shard's state is its
+            latest attempt's; ``done`` once it stored its summary)
+        requeued: the shards found dead by this call and queued again
+        stale: the running shards silent for over ``stale_after`` (not re-queued: ``requeue=False``)
+        samples: samples in the run's view; samples_written: those holding a value in the field
+        finished: every shard is done; finalized: the run's summary is stored (its results)
+        summary: the run's summary once finalized
+        per_shard: for each shard ``shard``, ``state``, ``attempt``, ``operation_id``, ``samples``,
+            ``written``, ``worker`` (host:pid of the last attempt), ``last_seen`` (seconds ago), ``error``,
+            ``run_state`` (FiftyOne's state of its latest operation)
+    """
+
+    label_field: str
+    run_id: str
+    shards: int
+    queued: int = 0
+    running: int = 0
+    done: int = 0
+    failed: int = 0
+    requeued: list = field(default_factory=list)
+    stale: list = field(default_factory=list)
+    samples: int = 0
+    samples_written: int = 0
+    finished: bool = False
+    finalized: bool = False
+    summary: dict | None = None
+    per_shard: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self):
+        return (
+            f"{self.label_field}: {self.done}/{self.shards} shards done, {self.running} running, "
+            f"{self.queued} queued, {self.failed} failed; {self.samples_written}/{self.samples} samples written"
+        )
+
+
+def _operations(dataset, run_id: str) -> dict[int, list]:
+    """The run's operations by shard, latest attempt first."""
+    from fiftyone.factory import DelegatedOperationPagingParams
+
+    found = _service().list_operations(
+        operator=SHARD_OPERATOR,
+        dataset_id=dataset._doc.id,
+        paging=DelegatedOperationPagingParams(limit=0),
+        **{"context.request_params.params.run_id": run_id},
+    )
+    by_shard: dict[int, list] = {}
+    for op in found:
+        params = op.context.request_params.get("params", {})
+        by_shard.setdefault(int(params["shard"]), []).append(op)
+    for ops in by_shard.values():
+        ops.sort(key=lambda op: (_attempt(op), op.queued_at), reverse=True)
+    return by_shard
+
+
+def _attempt(op) -> int:
+    return int(op.context.request_params["params"].get("attempt", 1))
+
+
+def _last_seen(op) -> datetime.datetime | None:
+    times = [op.started_at, op.updated_at, getattr(op.status, "updated_at", None) if op.status else None]
+    times = [t for t in times if t is not None]
+    return max(times) if times else None
+
+
+def _sharded_record(samples, label_field: str):
+    record = get_run(samples, label_field)
+    if record is None or not record.shards:
+        raise ValueError(f"{label_field!r} has no sharded run recorded (sam3_ops.segment(..., shards=N) records one)")
+    return record
+
+
+def _active_shards(dataset, label_field: str) -> int:
+    """Shards of the field's last sharded run that are queued, or running and not silent."""
+    from fiftyone.operators.executor import ExecutionRunState
+
+    record = get_run(dataset, label_field)
+    if record is None or not record.shards:
+        return 0
+    now, active = _now(), 0
+    for ops in _operations(dataset, record.shards["run_id"]).values():
+        op = ops[0]
+        if op.run_state in (ExecutionRunState.QUEUED, ExecutionRunState.SCHEDULED):
+            active += 1
+        elif op.run_state == ExecutionRunState.RUNNING:
+            seen = _last_seen(op)
+            active += seen is not None and (now - seen).total_seconds() < DEFAULT_STALE_AFTER
+    return active
+
+
+def requeue_shard(op, reason: str):
+    """Marks the running operation ``op`` failed (only if it is still running) and queues its shard
+    again (``attempt`` + 1); returns the new operation, or ``None`` if ``op`` was no longer running."""
+    from fiftyone.operators.executor import ExecutionResult, ExecutionRunState
+
+    service = _service()
+    failed = service.set_failed(op.id, result=ExecutionResult(error=reason), required_state=ExecutionRunState.RUNNING)
+    if failed is None:
+        return None
+    request = {k: v for k, v in op.context.request_params.items() if k not in ("run_doc", "results", "target")}
+    params = dict(request["params"])
+    params["attempt"] = int(params.get("attempt", 1)) + 1
+    request["params"] = params
+    shard, count = int(params["shard"]), int(params["shards"])
+    return _queue(service, request, params["label_field"], shard, count, op.delegation_target)
+
+
+def shard_status(
+    samples, label_field: str, stale_after: float | None = DEFAULT_STALE_AFTER, requeue: bool = True
+) -> ShardStatus:
+    """Where the sharded run of ``label_field`` stands; re-queues its dead shards; completes it if
+    every shard is done and nobody has.
+
+    A running shard whose operation showed no sign of life (start, progress, heartbeat, a monitored
+    worker's ping) for ``stale_after`` seconds is presumed dead: with ``requeue`` it is marked failed
+    and queued again (it then writes only the samples it lacks). Keep ``stale_after`` well above the
+    workers' heartbeat (``SAM3_OPS_HEARTBEAT_S``, 10 s) and the clock skew between machines.
+
+    Args:
+        samples: the dataset (or a view of it)
+        label_field: the field of the sharded run
+        stale_after (600): seconds of silence after which a running shard is presumed dead;
+            ``None``: never
+        requeue (True): re-queue the dead shards (else only list them in ``stale``)
+
+    Raises:
+        ValueError: the field has no sharded run recorded
+    """
+    from fiftyone.operators.executor import ExecutionRunState
+
+    dataset = root_dataset(samples)
+    dataset.reload()
+    record = _sharded_record(dataset, label_field)
+    info = record.shards
+    run_id, count, edges = info["run_id"], int(info["count"]), list(info["edges"])
+    status = ShardStatus(label_field, run_id, count)
+    store = _store(dataset, run_id)
+    done = _done(store)
+    operations = _operations(dataset, run_id)
+    view = dataset.load_run_view(record.key)
+    totals = shard_counts(view, edges)
+    written = shard_counts(view.exists(label_field), edges)
+    now = _now()
+    for shard in range(count):
+        ops = operations.get(shard, [])
+        op = ops[0] if ops else None
+        seen = _last_seen(op) if op is not None else None
+        age = (now - seen).total_seconds() if seen is not None else None
+        worker = store.get(f"worker_{shard}") or {}
+        entry = {
+            "shard": shard,
+            "attempt": _attempt(op) if op else None,
+            "operation_id": str(op.id) if op else None,
+            "samples": totals[shard],
+            "written": written[shard],
+            "worker": worker.get("worker"),
+            "last_seen": age,
+            "error": op.result.error if op is not None and op.result is not None else None,
+            "run_state": op.run_state if op is not None else None,
+        }
+        if f"done_{shard}" in done:
+            state = "done"
+        elif op is None:
+            state = "failed"
+            entry["error"] = "no operation found (deleted?)"
+        elif op.run_state in (ExecutionRunState.QUEUED, ExecutionRunState.SCHEDULED):
+            state = "queued"
+        elif op.run_state == ExecutionRunState.RUNNING:
+            state = "running"
+            if stale_after is not None and age is not None and age > stale_after:
+                if requeue:
+                    reason = (
+                        f"sam3_ops: no sign of life for {age:.0f} s (stale_after={stale_after:g} s): worker "
+                        f"{worker.get('worker') or '?'} presumed dead; shard {shard + 1} of {count} queued again"
+                    )
+                    new = requeue_shard(op, reason)
+                    if new is not None:
+                        logger.warning("%s", reason)
+                        status.requeued.append(shard)
+                        entry.update(state="queued", attempt=entry["attempt"] + 1, operation_id=str(new.id))
+                        entry["run_state"] = new.run_state
+                        state = "queued"
+                else:
+                    status.stale.append(shard)
+        elif op.run_state == ExecutionRunState.COMPLETED:
+            state = "done"
+        else:
+            state = "failed"
+        entry["state"] = state
+        status.per_shard.append(entry)
+    for state in ("queued", "running", "done", "failed"):
+        setattr(status, state, sum(entry["state"] == state for entry in status.per_shard))
+    status.samples, status.samples_written = sum(totals), sum(written)
+    status.finished = status.done == count
+    if status.finished and not store.has("summary"):
+        _finalize(view, label_field, record.settings, store, count, by=f"status@{socket.gethostname()}:{os.getpid()}")
+    summary = store.get("summary")
+    status.finalized, status.summary = summary is not None, summary
+    return status
+
+
+def cancel_shards(samples, label_field: str) -> int:
+    """Cancels the shards of the field's sharded run that are queued or running (marked failed; a
+    running shard stops before its next batch). Re-queue the rest later with
+    ``sam3_ops.segment(..., shards=N, only_missing=True)``. Returns how many were cancelled."""
+    from fiftyone.operators.executor import ExecutionResult, ExecutionRunState
+
+    dataset = root_dataset(samples)
+    record = _sharded_record(dataset, label_field)
+    service, cancelled = _service(), 0
+    for ops in _operations(dataset, record.shards["run_id"]).values():
+        for op in ops:
+            for state in (ExecutionRunState.QUEUED, ExecutionRunState.SCHEDULED, ExecutionRunState.RUNNING):
+                if op.run_state == state:
+                    result = ExecutionResult(error="sam3_ops: cancelled")
+                    cancelled += service.set_failed(op.id, result=result, required_state=state) is not None
+    return cancelled
