@@ -1,5 +1,6 @@
 """Opt-in (``-m gpu``): the engine's CUDA path on the tiny checkpoint, against the same checkpoint
-in plain float32 on the CPU, for every kind of prompt.
+in plain float32 on the CPU, for every kind of prompt; and the video engine's (text tracking on
+frames in memory: the GPU machine has no ffmpeg).
 
 On CUDA the engine runs under bf16 autocast (Ampere and later), resizes and normalises on the device, and
 can ``torch.compile`` its encoders; none of that runs on a CPU, where the rest of the suite lives.
@@ -18,7 +19,11 @@ import pytest
 import torch
 
 from sam3_ops.core.engine import Sam3Engine
-from sam3_ops.core.queries import ImagePrompts
+from sam3_ops.core.queries import ImagePrompts, ObjectPrompt
+from sam3_ops.core.video import Sam3VideoEngine
+from sam3_ops.testing import build_tiny_video_checkpoint
+
+from .test_video_core import synthetic_frames
 
 DEVICE = os.environ.get("SAM3_TEST_DEVICE", "cuda")
 
@@ -34,6 +39,15 @@ CASES = {
     "text+negatives": ("text", ImagePrompts(texts=("cat",), negative_boxes=[[70, 20, 100, 80]])),
     "exemplars": ("exemplars", ImagePrompts(boxes=[[10, 10, 60, 50]], negative_boxes=[[70, 20, 100, 80]])),
     "boxes": ("boxes", ImagePrompts(boxes=[[10, 10, 60, 50], [30.5, 20.2, 150, 110]], box_labels=("a", "b"))),
+    "points": (
+        "points",
+        ImagePrompts(
+            objects=(
+                ObjectPrompt("a", points=np.float32([[40, 30], [90, 60]]), point_labels=np.int64([1, 0])),
+                ObjectPrompt("b", points=np.float32([[20, 80]]), point_labels=np.int64([1])),
+            )
+        ),
+    ),
 }
 THRESHOLD = 0.2  # below every score of the random tiny model (~0.25): the hit counts are comparable
 
@@ -148,3 +162,56 @@ def test_compiled_encoders_match_on_the_device(tiny_checkpoint, device_engine, i
         expected = device_engine.segment(images, [prompts] * len(images), mode=mode, threshold=THRESHOLD)
         results = compiled.segment(images, [prompts] * len(images), mode=mode, threshold=THRESHOLD)
         assert_close(results, expected, score_tol=0.02, min_box_iou=0.95, min_mask_agreement=0.95)
+
+
+# -- the video engine -----------------------------------------------------------------------------------
+
+VIDEO_PROMPTS = ["red ball", "green box"]
+
+
+@pytest.fixture(scope="module")
+def video_checkpoint(tmp_path_factory):
+    return build_tiny_video_checkpoint(tmp_path_factory.mktemp("tiny-sam3-video"))
+
+
+def _track(engine, frames):
+    # threshold 0: every query of the random model is an object (max_objects above their number), so
+    # no object hangs on a score a hair from the threshold, where bf16 could tip it either way
+    return list(engine.track_text(frames, VIDEO_PROMPTS, threshold=0.0, max_objects=100))
+
+
+def test_video_text_tracking_on_the_device_matches_float32_cpu(video_checkpoint):
+    frames = synthetic_frames(6)
+    expected = _track(Sam3VideoEngine(video_checkpoint, device="cpu"), frames)
+    results = _track(Sam3VideoEngine(video_checkpoint, device=DEVICE), frames)
+    assert [r.frame_number for r in results] == [r.frame_number for r in expected]
+    agreements = []
+    for got, want in zip(results, expected):
+        assert sorted(zip(got.object_ids, got.labels)) == sorted(zip(want.object_ids, want.labels))
+        np.testing.assert_allclose(
+            got.scores[np.argsort(got.object_ids)], want.scores[np.argsort(want.object_ids)], atol=0.03
+        )
+        for i, obj in enumerate(got.object_ids):
+            j = list(want.object_ids).index(obj)
+            a = np.zeros(got.image_size, bool)
+            b = np.zeros(want.image_size, bool)
+            for canvas, result, k in ((a, got, i), (b, want, j)):
+                x0, y0 = int(result.boxes_xyxy[k][0]), int(result.boxes_xyxy[k][1])
+                mask = result.masks[k]
+                canvas[y0 : y0 + mask.shape[0], x0 : x0 + mask.shape[1]] = mask
+            agreements.append(float((a == b).mean()))
+    assert agreements and np.mean(agreements) >= 0.95, agreements
+
+
+def test_video_engine_runs_in_bf16_where_the_gpu_has_bf16_units(video_checkpoint):
+    engine = Sam3VideoEngine(video_checkpoint, device=DEVICE)
+    expected_bf16 = DEVICE == "cuda" and torch.cuda.get_device_capability()[0] >= 8
+    assert engine.bf16 == expected_bf16
+    seen = []
+    encoder = engine.text_model.detector_model.vision_encoder
+    handle = encoder.register_forward_hook(lambda module, args, output: seen.append(output.last_hidden_state.dtype))
+    try:
+        _track(engine, synthetic_frames(2))
+    finally:
+        handle.remove()
+    assert seen and set(seen) == {torch.bfloat16 if expected_bf16 else torch.float32}
