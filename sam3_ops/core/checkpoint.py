@@ -19,6 +19,7 @@ The Hugging Face token is an argument of each load and is never stored, logged o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -135,6 +136,24 @@ def uses_bf16(device: torch.device) -> bool:
     change the user's other float32 code in the process.
     """
     return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def autocast(bf16: bool):
+    """The context SAM3's forward passes run in: bf16 autocast where :func:`uses_bf16` says so."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def load_once(owner, attribute: str, lock, load):
+    """``owner.<attribute>``: set to ``load()`` on first use, once, under ``lock`` (the engines'
+    lazily loaded processor and heads; concurrent first users wait for one load)."""
+    loaded = getattr(owner, attribute)
+    if loaded is None:
+        with lock:
+            loaded = getattr(owner, attribute)
+            if loaded is None:
+                loaded = load()
+                setattr(owner, attribute, loaded)
+    return loaded
 
 
 def _from_pretrained(loader, model_path: str, token: str | None, **kwargs):

@@ -25,7 +25,6 @@ forward passes: a device is a serial resource, and concurrent callers queue per 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -39,7 +38,9 @@ import torch
 
 from .checkpoint import (
     DEFAULT_MODEL,
+    autocast,
     load_detector,
+    load_once,
     load_processor,
     load_tracker,
     resolve_device,
@@ -188,18 +189,14 @@ class Sam3Engine:
 
     def _ensure(self, attribute: str, token: str | None = None):
         """The processor or head held in ``attribute``, loaded once (under the lock) on first use."""
-        loaded = getattr(self, attribute)
-        if loaded is None:
-            with self._lock:
-                loaded = getattr(self, attribute)
-                if loaded is None:
-                    if attribute == "_processor":
-                        loaded = load_processor(self.model_path, token)
-                    else:
-                        loader = load_tracker if attribute == "_tracker" else load_detector
-                        loaded = self._prepare(loader(self.model_path, token))
-                    setattr(self, attribute, loaded)
-        return loaded
+
+        def load():
+            if attribute == "_processor":
+                return load_processor(self.model_path, token)
+            loader = load_tracker if attribute == "_tracker" else load_detector
+            return self._prepare(loader(self.model_path, token))
+
+        return load_once(self, attribute, self._lock, load)
 
     @property
     def processor(self):
@@ -225,9 +222,7 @@ class Sam3Engine:
     # -- running ------------------------------------------------------------------------------
 
     def _autocast(self):
-        if self.bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.bf16)
 
     #: the most source pixels resized in one call of the image processor: on a GPU it turns
     #: uint8 images into float32 before resizing (12 bytes a pixel), stacking same-size images

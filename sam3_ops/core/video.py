@@ -61,7 +61,6 @@ detections beyond it are dropped, with a warning); masks are upsampled only over
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import os
@@ -76,7 +75,9 @@ import torch
 from .checkpoint import (
     DEFAULT_MODEL,
     _from_pretrained,
+    autocast,
     fail_on_missing,
+    load_once,
     load_processor,
     resolve_device,
     uses_bf16,
@@ -206,18 +207,10 @@ class Sam3VideoEngine:
         return self
 
     def _ensure(self, attribute: str, token: str | None = None):
-        loaded = getattr(self, attribute)
-        if loaded is None:
-            with self._lock:
-                loaded = getattr(self, attribute)
-                if loaded is None:
-                    loaded = (
-                        load_processor(self.model_path, token)
-                        if attribute == "_processor"
-                        else self._load(attribute, token)
-                    )
-                    setattr(self, attribute, loaded)
-        return loaded
+        def load():
+            return load_processor(self.model_path, token) if attribute == "_processor" else self._load(attribute, token)
+
+        return load_once(self, attribute, self._lock, load)
 
     def _load(self, attribute: str, token: str | None):
         from transformers import Sam3TrackerVideoModel, Sam3VideoModel
@@ -532,9 +525,7 @@ class Sam3VideoEngine:
     # -- shared -------------------------------------------------------------------------------
 
     def _autocast(self):
-        if self.bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.bf16)
 
     def _preprocess(self, frame: np.ndarray) -> torch.Tensor:
         """One frame resized and normalised by the checkpoint's image processor, on the device."""
