@@ -49,6 +49,7 @@ _EXPORTS = {
     "ShardStatus": "sam3_ops.sdk.shards",
     "shard_status": "sam3_ops.sdk.shards",
     "cancel_shards": "sam3_ops.sdk.shards",
+    "resume_shards": "sam3_ops.sdk.shards",
     "review_annotations": "sam3_ops.curation.review",
     "upgrade_boxes_to_masks": "sam3_ops.curation.edits",
     "accept_reviewed": "sam3_ops.curation.edits",

@@ -25,9 +25,18 @@ from fiftyone.operators.executor import ExecutionContext
 
 import sam3_ops
 from sam3_ops.app.operators import OPERATORS, SegmentWithTextPrompts
+from sam3_ops.sdk import shards as sdk_shards
 from sam3_ops.sdk import workers as launcher
 from sam3_ops.sdk.runs import get_run
-from sam3_ops.sdk.shards import HEARTBEAT_ENV, MAX_SHARDS, SHARD_OPERATOR, shard_counts, shard_view
+from sam3_ops.sdk.shards import (
+    HEARTBEAT_ENV,
+    MAX_SHARDS,
+    SHARD_OPERATOR,
+    ShardSuperseded,
+    run_shard,
+    shard_counts,
+    shard_view,
+)
 
 from .helpers import REPO_ROOT, write_image
 
@@ -172,6 +181,88 @@ def test_a_second_run_waits_for_the_first_or_cancels_it(plugins_dir, dataset, ti
     again = sam3_ops.segment(dataset, "sam3", shards=2, model_path=tiny_checkpoint, **SETTINGS)
     assert drain(again).done == 2
     assert dataset.count("sam3") == len(dataset)
+    _cleanup(dataset)
+
+
+DOG = {**SETTINGS, "prompts": ["dog"]}
+
+
+def _labels(dataset, field="sam3"):
+    return set(dataset.distinct(f"{field}.detections.label"))
+
+
+def test_a_new_run_waits_until_a_cancelled_running_shard_stopped(
+    plugins_dir, dataset, tiny_checkpoint, heartbeat, monkeypatch
+):
+    """A worker that claimed a shard before the run was cancelled may still be writing: a new run of
+    the field (which would clear it) waits until that worker said it stopped, its writes flushed."""
+    sam3_ops.segment(dataset, "sam3", shards=1, model_path=tiny_checkpoint, **SETTINGS)
+    (op,) = _ops(dataset)
+    DelegatedOperationService().set_running(op.id)  # a worker claimed it ...
+    assert sam3_ops.cancel_shards(dataset, "sam3") == 1  # ... and the run is cancelled under it
+    for shards in (None, 2):  # sharded or not, a new run of the field waits for that worker
+        with pytest.raises(ValueError, match="still going"):
+            sam3_ops.segment(dataset, "sam3", shards=shards, model_path=tiny_checkpoint, **DOG)
+    with pytest.raises(ValueError, match="not stopped yet"):
+        sam3_ops.resume_shards(dataset, "sam3")
+    with monkeypatch.context() as patch:  # a worker that died never says it stopped: after the grace, go on
+        patch.setattr(sdk_shards, "STOP_GRACE", 0.0)
+        assert sdk_shards.active_run_problem(dataset, "sam3") is None
+
+    monkeypatch.setattr(sdk_shards, "CHECK_INTERVAL", 0.0)  # the worker checks before its first batch
+    with pytest.raises(ShardSuperseded, match="no longer running"):
+        run_shard(dataset.view(), op.context.request_params["params"], operation_id=op.id)
+    result = sam3_ops.segment(dataset, "sam3", model_path=tiny_checkpoint, **DOG)  # it stopped: go
+    assert result.samples_processed == len(dataset) and _labels(dataset) == {"dog"}
+    _cleanup(dataset)
+
+
+def test_a_shard_of_a_replaced_run_never_writes_nor_completes_it(plugins_dir, dataset, tiny_checkpoint, heartbeat):
+    old = sam3_ops.segment(dataset, "sam3", shards=2, model_path=tiny_checkpoint, **SETTINGS)
+    with pytest.raises(ValueError, match="still going"):  # a plain run too would be overwritten by the shards
+        sam3_ops.segment(dataset, "sam3", model_path=tiny_checkpoint, **DOG)
+    assert old.cancel() == 2
+    sam3_ops.segment(dataset, "sam3", model_path=tiny_checkpoint, **DOG)
+    record = get_run(dataset, "sam3")
+    for op in _ops(dataset):  # the old shards run anyway (say, by a worker that claimed them earlier)
+        with pytest.raises(ShardSuperseded, match="no longer this one"):
+            run_shard(dataset.view(), op.context.request_params["params"])
+    assert _labels(dataset) == {"dog"} and dataset.count("sam3") == len(dataset)
+    assert get_run(dataset, "sam3").summary == record.summary and record.shards is None
+    _cleanup(dataset)
+
+
+def test_views_that_select_samples_by_the_written_field_are_refused(plugins_dir, dataset, tiny_checkpoint):
+    sam3_ops.segment(dataset.limit(2), "sam3", model_path=tiny_checkpoint, **SETTINGS)
+    for view in (
+        dataset.exists("sam3", False).limit(2),
+        dataset.match(fo.ViewField("sam3.detections").length() == 0),
+        dataset.sort_by("sam3"),
+    ):
+        with pytest.raises(ValueError, match="selects samples by 'sam3'"):
+            sam3_ops.segment(view, "sam3", shards=2, model_path=tiny_checkpoint, **SETTINGS)
+    assert not _ops(dataset)
+    # the way to fill the gaps of the first 4 samples: only_missing on a view that does not read the field
+    run = sam3_ops.segment(dataset.limit(4), "sam3", shards=2, only_missing=True, model_path=tiny_checkpoint, **DOG)
+    drain(run)
+    assert dataset.limit(4).count("sam3") == 4 and dataset.skip(4).count("sam3") == 0
+    assert _labels(dataset.limit(2)) == {"cat"} and _labels(dataset.skip(2).limit(2)) == {"dog"}
+    _cleanup(dataset)
+
+
+def test_a_cancelled_run_loses_nothing_and_resumes(plugins_dir, dataset, tiny_checkpoint, heartbeat):
+    sam3_ops.segment(dataset, "sam3", model_path=tiny_checkpoint, **SETTINGS)
+    before = _detections(dataset, "sam3")
+    run = sam3_ops.segment(dataset, "sam3", shards=2, model_path=tiny_checkpoint, **DOG)  # replaces the field
+    assert _detections(dataset, "sam3") == before  # a shard clears its range only when it starts
+    assert run.cancel() == 2
+    assert _detections(dataset, "sam3") == before
+    resumed = foo.execute_operator(STATUS_URI, {"dataset": dataset, "params": {"label_field": "sam3", "resume": True}})
+    assert resumed.result["resumed"] == 2 and resumed.result["queued"] == 2
+    status = drain(run)
+    assert (status.done, status.finalized, status.samples_written) == (2, True, len(dataset))
+    assert _labels(dataset) == {"dog"}
+    assert sam3_ops.resume_shards(dataset, "sam3") == 0  # nothing failed, nothing to resume
     _cleanup(dataset)
 
 

@@ -24,11 +24,17 @@ import fiftyone.operators as foo
 import numpy as np
 import pytest
 from fiftyone.operators.delegated import DelegatedOperationService
-from fiftyone.operators.executor import ExecutionContext, Executor, ValidationContext
+from fiftyone.operators.executor import ExecutionContext, ExecutionError, Executor, ValidationContext
 
 import sam3_ops
+import sam3_ops.app.operators as operators_module
 import sam3_ops.sdk.video as sdk_video
-from sam3_ops.app.operators import SegmentWithBoxPrompts, SegmentWithTextPrompts
+from sam3_ops.app.operators import (
+    VIDEO_AUTO_REFUSAL,
+    SegmentEverything,
+    SegmentWithBoxPrompts,
+    SegmentWithTextPrompts,
+)
 from sam3_ops.app.panel import VIDEO_REFUSAL, RefineWithNegativeBoxes
 from sam3_ops.core.video import VideoPrompt
 from sam3_ops.core.video_io import VideoReader
@@ -539,6 +545,30 @@ def test_forms_offer_frame_fields_on_a_video_dataset(video_dataset, checkpoint):
     assert properties["label_field"].invalid and "already exists" in properties["label_field"].error_message
     properties, validation = resolve_form(SegmentWithTextPrompts(), video_dataset, {**text, "only_missing": True})
     assert not validation.invalid, [e.to_json() for e in validation.errors]
+
+
+def test_segment_everything_and_shards_refuse_videos_before_anything_runs(plugins_dir, video_dataset, checkpoint):
+    params = {"model_path": str(checkpoint), "device": "cpu", "label_field": "everything"}
+    properties, validation = resolve_form(SegmentEverything(), video_dataset, params)
+    assert validation.invalid and VIDEO_AUTO_REFUSAL in properties["label_field"].error_message
+    assert "nms_iou" not in properties  # no image-only options offered
+    with pytest.raises(ExecutionError, match="Segment everything runs on images"):  # FiftyOne validates the form
+        foo.execute_operator(f"{PLUGIN}/segment_everything", {"dataset": video_dataset, "params": params})
+    assert not video_dataset.has_frame_field("everything")
+
+    class EnterpriseContext(ExecutionContext):  # FiftyOne Enterprise splits a distributed operator's run
+        num_distributed_tasks = 3
+
+    def shards(dataset, form_shards=None):
+        request = {"dataset_name": dataset.name, "params": {"shards": form_shards}}
+        return operators_module._shards(EnterpriseContext(request_params=request))
+
+    assert shards(video_dataset) == shards(video_dataset, 4) == 1  # videos: one run, never shards
+    images = fo.Dataset()
+    try:
+        assert shards(images) == 3
+    finally:
+        images.delete()
 
 
 def test_the_refinement_panel_refuses_video_datasets(video_dataset):

@@ -42,8 +42,8 @@ from ..sdk.model import Sam3Model
 from ..sdk.runs import finish_run, get_run, record_run, recorded_fields
 from ..sdk.segment import DEFAULT_BATCH_SIZE, build_engine, segment, without_results
 from ..sdk.settings import Sam3Settings
-from ..sdk.shards import DEFAULT_STALE_AFTER, MAX_SHARDS, check_shards, run_shard, shard_status
-from ..sdk.video import Sam3VideoModel, build_video_engine
+from ..sdk.shards import DEFAULT_STALE_AFTER, MAX_SHARDS, check_shards, resume_shards, run_shard, shard_status
+from ..sdk.video import Sam3VideoModel, build_video_engine, video_settings_problem
 from .forms import (
     device_input,
     flag,
@@ -132,6 +132,10 @@ class SegmentEverything(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
+        if is_video_collection(ctx.dataset):
+            prop = inputs.str("label_field", required=True, label="Output field")
+            flag(prop, VIDEO_AUTO_REFUSAL)
+            return types.Property(inputs, view=types.View(label="Segment everything"))
         target_input(ctx, inputs)
         props = _auto_inputs(inputs)
         props.update(_threshold_inputs(inputs, score=False))
@@ -213,17 +217,32 @@ class ShardedRunStatus(foo.Operator):
             description="A running shard with no progress or heartbeat for this long is queued again",
         )
         inputs.bool("requeue", default=True, label="Re-queue dead shards", view=types.CheckboxView())
+        inputs.bool(
+            "resume",
+            default=False,
+            label="Resume failed or cancelled shards",
+            description="Queue them again: the same run goes on, each shard writing what its samples lack",
+            view=types.CheckboxView(),
+        )
         return types.Property(inputs, view=types.View(label="Sharded run status"))
 
     def execute(self, ctx):
         minutes = ctx.params.get("stale_after_minutes")
         stale_after = DEFAULT_STALE_AFTER if minutes is None else float(minutes) * 60
         requeue = bool(ctx.params.get("requeue", True))
-        return shard_status(ctx.dataset, ctx.params["label_field"], stale_after=stale_after, requeue=requeue).to_dict()
+        resumed = resume_shards(ctx.dataset, ctx.params["label_field"]) if ctx.params.get("resume") else 0
+        status = shard_status(ctx.dataset, ctx.params["label_field"], stale_after=stale_after, requeue=requeue)
+        return {**status.to_dict(), "resumed": resumed}
 
     def resolve_output(self, ctx):
         return _sharded_outputs("SAM3 sharded run", status=True)
 
+
+#: what Segment everything says on a video dataset
+VIDEO_AUTO_REFUSAL = (
+    "Segment everything runs on images. On videos, track concepts with 'Segment with text prompts' or chosen "
+    "objects with 'Segment with box or point prompts'"
+)
 
 OPERATORS = [SegmentWithTextPrompts, SegmentWithBoxPrompts, SegmentEverything, SegmentShard, ShardedRunStatus]
 
@@ -708,6 +727,7 @@ def _sharded_outputs(label: str, status: bool = False) -> types.Property:
         for name in ("queued", "running", "done", "failed"):
             outputs.int(name, label=f"Shards {name}")
         outputs.list("requeued", types.Number(), label="Shards re-queued now (their worker died)")
+        outputs.int("resumed", label="Failed or cancelled shards queued again")
         outputs.int("samples", label="Samples")
         outputs.int("samples_written", label="Samples written")
         outputs.bool("finalized", label="Run complete")
@@ -733,6 +753,8 @@ def _sharded_outputs(label: str, status: bool = False) -> types.Property:
 def _shards(ctx) -> int:
     """The shards to split a run into: FiftyOne Enterprise's ``ctx.num_distributed_tasks`` where it
     provides one, else the form's "Split into N tasks" (1: one run, here)."""
+    if is_video_collection(ctx.dataset):  # videos run as one run (per video, resumable), never sharded
+        return 1
     tasks = getattr(ctx, "num_distributed_tasks", None)  # None on open-source FiftyOne
     value = tasks if tasks else ctx.params.get("shards")
     return 1 if value is None else check_shards(value)
@@ -754,8 +776,12 @@ def _execute(ctx, settings: Sam3Settings):
     label_field = params["label_field"]
     run = {"batch_size": int(params.get("batch_size") or DEFAULT_BATCH_SIZE), "skip_failures": True}
     target = ctx.target_view()
-    if is_video_collection(target) and settings.prompt_field:  # a frame field, recorded without "frames."
-        settings = settings.replace(prompt_field=frame_field_name(settings.prompt_field))
+    if is_video_collection(target):
+        problem = video_settings_problem(settings)  # before any model is loaded
+        if problem:
+            raise problem
+        if settings.prompt_field:  # a frame field, recorded without "frames."
+            settings = settings.replace(prompt_field=frame_field_name(settings.prompt_field))
     shards = _shards(ctx)
     if shards > 1:  # FiftyOne's queue does the rest: one delegated operation per shard
         only_missing = bool(params.get("only_missing"))

@@ -77,10 +77,20 @@ def record_run(
 
     Returns:
         the :class:`RunRecord`
+
+    Raises:
+        ValueError: a sharded run of ``label_field`` is still going (a new run would be overwritten
+            by its shards; wait for it or cancel it)
     """
     settings = getattr(source, "settings", source)
     changes = {k: v for k, v in (("prompt_field", prompt_field), ("negative_field", negative_field)) if v}
     settings = settings.replace(**changes) if changes else settings
+    if shards is None:  # a new run of the field while its sharded run goes on would be overwritten by it
+        from .shards import active_run_problem
+
+        problem = active_run_problem(samples, label_field)
+        if problem:
+            raise ValueError(problem)
     ensure_detections_field(samples, label_field)
     key = run_key(label_field)
     extra = {"shards": shards} if shards else {}

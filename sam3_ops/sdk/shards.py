@@ -16,17 +16,29 @@ queued and travel in the operation's params with the settings; the view travels 
 stages, as FiftyOne's own delegated operations carry it. No sample ids are ever stored.
 
 **Resuming.** Every shard segments only the samples of its range without a value in the field
-(:func:`~sam3_ops.sdk.segment.without_results`); a run that replaces a field clears it on the view
-when it is queued. So a shard run twice, or re-run after its worker died, writes exactly the samples
-it lacks: nothing twice, nothing lost.
+(:func:`~sam3_ops.sdk.segment.without_results`); a run that replaces a field has each shard clear
+its own range when it first starts (marked done in the run's store, so a re-run does not clear
+again): until a shard runs, its samples keep their earlier values, so a run cancelled or never
+served loses nothing. So a shard run twice, or re-run after its worker died, writes exactly the
+samples it lacks: nothing twice, nothing lost. The view must not select samples by the field the
+run writes (e.g. ``exists(field, False).limit(n)``): each shard evaluates the view when it runs,
+after others wrote; such views are refused (``only_missing=True`` is the way to fill the gaps).
 
 **Workers that die.** A running shard proves it is alive: its operation's ``updated_at`` /
 ``status.updated_at`` move with each progress report and with a heartbeat every
 ``SAM3_OPS_HEARTBEAT_S`` seconds (default 10; FiftyOne's monitored workers, ``-m``, also ping).
 :func:`shard_status` (and :meth:`ShardedRun.wait`) marks a running shard silent for
 ``stale_after`` seconds as failed (atomically, only if it is still running) and queues the same
-shard again (``attempt`` + 1). Should the "dead" worker be alive after all, its heartbeat sees
-its operation failed and stops the shard before its next batch (a monitored worker's parent kills it).
+shard again (``attempt`` + 1). Should the "dead" worker be alive after all, it sees its operation
+failed before its next batch (a check at most every :data:`CHECK_INTERVAL` seconds) and stops.
+
+**Cancelling, and runs over runs.** :func:`cancel_shards` marks the run's operations failed; a
+running shard stops before its next batch and says so in the run's store once its last writes are
+flushed. Until every cancelled running shard has said so (or :data:`STOP_GRACE` seconds passed),
+the field's run counts as still going: a new run of the field, sharded or not (every door records
+its run through :func:`~sam3_ops.sdk.runs.record_run`, which refuses), would otherwise have its
+samples overwritten by the old run's last batches. A shard whose run is no longer the field's
+recorded run stops at once and never completes that run.
 
 **The end of the run.** Each shard writes its summary to FiftyOne's execution store (scoped to the
 dataset, one store per run); the shard that finds every shard done claims the run's completion
@@ -40,9 +52,11 @@ declarations; tests/test_shards.py watches the database for such writes).
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import numbers
 import os
+import re
 import socket
 import threading
 import time
@@ -69,6 +83,10 @@ HEARTBEAT_ENV = "SAM3_OPS_HEARTBEAT_S"
 DEFAULT_HEARTBEAT = 10.0
 #: shards of a run report progress this often (seconds)
 PROGRESS_INTERVAL = 2.0
+#: a running shard checks that its operation is still running at most this often (seconds), between batches
+CHECK_INTERVAL = 1.0
+#: how long a cancelled running shard may take to stop (and say so) before it is presumed dead (seconds)
+STOP_GRACE = 60.0
 _STORE_PREFIX = "sam3_ops_shards_"
 #: how long :meth:`ShardedRun.wait` waits for a done shard's operation to be marked completed (seconds)
 _CLOSE_WAIT = 30.0
@@ -103,6 +121,8 @@ def shard_edges(samples, count: int) -> list[float]:
     low, high = samples.bounds(ViewExpression("$_rand"))  # a private field: by expression, not by name
     if low is None or count < 2:
         return []
+    if low == high:
+        logger.warning("every sample of the view has the same _rand value: the last shard gets them all")
     return [low + (high - low) * k / count for k in range(1, count)]
 
 
@@ -261,24 +281,22 @@ def queue_shards(
     delegation_target: str | None = None,
 ) -> ShardedRun:
     """Queues a sharded run of ``settings`` over ``samples`` into ``label_field`` (checked by the
-    caller, :func:`~sam3_ops.sdk.segment.segment`): declares the field, clears it on ``samples``
-    unless ``only_missing``, records the run with its shards, queues one operation per shard.
+    caller, :func:`~sam3_ops.sdk.segment.segment`): declares the field, records the run with its
+    shards, queues one operation per shard (each clears its own range when it first starts, unless
+    ``only_missing``).
 
     ``shards`` larger than the number of samples to segment is lowered to it (a warning says so).
 
     Raises:
-        ValueError: a bad ``shards``, or a sharded run of ``label_field`` still going
+        ValueError: a bad ``shards``; a sharded run of ``label_field`` still going; a view that
+            selects samples by ``label_field``
     """
     count = check_shards(shards)
     dataset = root_dataset(samples)
     dataset.reload()
-    active = _active_shards(dataset, label_field)
-    if active:
-        raise ValueError(
-            f"a sharded run of {label_field!r} is still going ({active} shards queued or running): wait for it "
-            f"(sam3_ops.shard_status(dataset, {label_field!r})) or cancel it (sam3_ops.cancel_shards(dataset, "
-            f"{label_field!r})) first"
-        )
+    problem = active_run_problem(dataset, label_field) or view_reads_field(samples, label_field)
+    if problem:
+        raise ValueError(problem)
     pending = len(samples) if not only_missing or not samples.has_field(label_field) else _missing(samples, label_field)
     if count > max(1, pending):
         logger.warning("%d shards for %d samples to segment: queueing %d", count, pending, max(1, pending))
@@ -288,8 +306,6 @@ def queue_shards(
         _store(dataset, previous.shards["run_id"]).clear()
 
     ensure_detections_field(samples, label_field)  # declared once, before any shard can run
-    if not only_missing:
-        samples.clear_sample_field(label_field)  # every shard, first attempt or not, fills what is missing
     run_id = uuid.uuid4().hex
     edges = shard_edges(samples, count)
     record_run(samples, label_field, settings, shards=_shard_info(run_id, count, edges))
@@ -309,6 +325,7 @@ def queue_shards(
             "num_workers": num_workers,
             "skip_failures": bool(skip_failures),
             "output_dir": os.fspath(output_dir) if output_dir else None,
+            "replace": not only_missing,  # each shard clears its range when it first starts
         }
         request = _request_params(samples, params, delegation_target)
         operation_ids.append(str(_queue(service, request, label_field, shard, count, delegation_target).id))
@@ -452,8 +469,6 @@ def run_shard(samples, params: dict, token: str | None = None, set_progress=None
     Raises:
         ShardSuperseded: the operation stopped being RUNNING meanwhile
     """
-    from .segment import segment
-
     dataset = root_dataset(samples)
     dataset.reload()  # a long-lived worker's dataset may predate the run
     index, count, attempt = int(params["shard"]), int(params["shards"]), int(params.get("attempt", 1))
@@ -467,41 +482,81 @@ def run_shard(samples, params: dict, token: str | None = None, set_progress=None
         {"worker": worker, "pid": os.getpid(), "host": socket.gethostname(), "attempt": attempt, "at": time.time()},
     )
     name = f"shard {index + 1} of {count}"
-
-    with _Heartbeat(operation_id, _heartbeat_interval()) as heartbeat:
-
-        def progress(bar):
-            if heartbeat.superseded.is_set():
-                raise ShardSuperseded(f"{name} of {label_field!r}: its operation is no longer running; stopping")
-            now = time.monotonic()
-            if now >= getattr(progress, "next", 0.0) or bar.complete:
-                progress.next = now + PROGRESS_INTERVAL
-                heartbeat.progress = float(bar.progress or 0.0)
-                heartbeat.label = f"{name}: {bar.iteration} of {bar.total} samples"
-                if set_progress is not None:
-                    set_progress(progress=heartbeat.progress, label=heartbeat.label)
-
-        if set_progress is not None:
-            set_progress(progress=0.0, label=f"{name}: loading the model")
-        result = segment(
-            target,
-            label_field,
-            token=token,
-            batch_size=int(params.get("batch_size") or 8),
-            num_workers=params.get("num_workers"),
-            skip_failures=bool(params.get("skip_failures", True)),
-            progress=progress,
-            only_missing=True,
-            output_dir=params.get("output_dir"),
-            record=False,
-            **settings.to_dict(),
-        )
-        if heartbeat.superseded.is_set():
-            raise ShardSuperseded(f"{name} of {label_field!r}: its operation is no longer running")
+    _check_current(dataset, label_field, run_id, name)
+    try:
+        with _Heartbeat(operation_id, _heartbeat_interval()) as heartbeat:
+            result = _segment_shard(target, params, settings, token, set_progress, operation_id, heartbeat, store, name)
+    finally:  # after the last writes were flushed: a cancelled run's next run may start now
+        store.set(f"stopped_{index}_{attempt}", {"worker": worker, "at": time.time()})
     summary = {key: value for key, value in result.to_dict().items() if key in (*_COUNTS, "skipped")}
     store.set(f"done_{index}", {**summary, "attempt": attempt, "worker": worker, "at": time.time()})
+    _check_current(dataset, label_field, run_id, name)
     finalized = _finalize(samples, label_field, settings, store, count, by=worker)
     return {"shard": index, "shards": count, "attempt": attempt, "worker": worker, **summary, "finalized": finalized}
+
+
+def _check_current(dataset, label_field: str, run_id: str, name: str) -> None:
+    """Stops a shard whose run is no longer the field's recorded run (a newer run replaced it)."""
+    record = get_run(dataset, label_field)
+    current = (record.shards or {}).get("run_id") if record is not None else None
+    if current != run_id:
+        raise ShardSuperseded(f"{name} of {label_field!r}: the field's run is no longer this one ({run_id}); stopping")
+
+
+def _still_running(operation_id) -> bool:
+    from fiftyone.operators.executor import ExecutionRunState
+
+    try:
+        return _service().get(operation_id).run_state == ExecutionRunState.RUNNING
+    except Exception as error:  # a transient database error must not end the shard
+        logger.debug("shard check: %s", error)
+        return True
+
+
+def _segment_shard(target, params, settings, token, set_progress, operation_id, heartbeat, store, name):
+    """Clears the shard's range on its first start (a run that replaces the field), then segments
+    what it lacks, stopping between batches once its operation is no longer running."""
+    from .segment import segment
+
+    index, label_field = int(params["shard"]), params["label_field"]
+    if params.get("replace") and not store.has(f"cleared_{index}"):
+        target.clear_sample_field(label_field)
+        store.set(f"cleared_{index}", {"at": time.time()})
+    checked = [time.monotonic()]
+
+    def progress(bar):
+        now = time.monotonic()
+        if operation_id is not None and now - checked[0] >= CHECK_INTERVAL:
+            checked[0] = now
+            if not _still_running(operation_id):
+                heartbeat.superseded.set()
+        if heartbeat.superseded.is_set():
+            raise ShardSuperseded(f"{name} of {label_field!r}: its operation is no longer running; stopping")
+        if now >= getattr(progress, "next", 0.0) or bar.complete:
+            progress.next = now + PROGRESS_INTERVAL
+            heartbeat.progress = float(bar.progress or 0.0)
+            heartbeat.label = f"{name}: {bar.iteration} of {bar.total} samples"
+            if set_progress is not None:
+                set_progress(progress=heartbeat.progress, label=heartbeat.label)
+
+    if set_progress is not None:
+        set_progress(progress=0.0, label=f"{name}: loading the model")
+    result = segment(
+        target,
+        label_field,
+        token=token,
+        batch_size=int(params.get("batch_size") or 8),
+        num_workers=params.get("num_workers"),
+        skip_failures=bool(params.get("skip_failures", True)),
+        progress=progress,
+        only_missing=True,
+        output_dir=params.get("output_dir"),
+        record=False,
+        **settings.to_dict(),
+    )
+    if heartbeat.superseded.is_set():
+        raise ShardSuperseded(f"{name} of {label_field!r}: its operation is no longer running")
+    return result
 
 
 def _done(store) -> set[str]:
@@ -609,21 +664,65 @@ def _sharded_record(samples, label_field: str):
 
 
 def _active_shards(dataset, label_field: str) -> int:
-    """Shards of the field's last sharded run that are queued, or running and not silent."""
+    """Shards of the field's last sharded run that are queued, running and not silent, or cancelled
+    while running and not yet stopped (for at most :data:`STOP_GRACE` seconds)."""
     from fiftyone.operators.executor import ExecutionRunState
 
     record = get_run(dataset, label_field)
     if record is None or not record.shards:
         return 0
+    run_id = record.shards["run_id"]
     now, active = _now(), 0
-    for ops in _operations(dataset, record.shards["run_id"]).values():
+    for ops in _operations(dataset, run_id).values():
         op = ops[0]
         if op.run_state in (ExecutionRunState.QUEUED, ExecutionRunState.SCHEDULED):
             active += 1
         elif op.run_state == ExecutionRunState.RUNNING:
             seen = _last_seen(op)
             active += seen is not None and (now - seen).total_seconds() < DEFAULT_STALE_AFTER
-    return active
+    return active + _stopping(_store(dataset, run_id))
+
+
+def _stopping(store) -> int:
+    """Shards cancelled while running whose worker has not said it stopped (for at most :data:`STOP_GRACE` s)."""
+    stopping = 0
+    for key in store.list_keys():
+        if key.startswith("cancelled_"):
+            cancelled = store.get(key) or {}
+            stopped = store.has(f"stopped_{key[len('cancelled_') :]}_{cancelled.get('attempt')}")
+            stopping += not stopped and time.time() - float(cancelled.get("at", 0)) < STOP_GRACE
+    return stopping
+
+
+def active_run_problem(samples, label_field: str) -> str | None:
+    """Why a new run of ``label_field`` cannot start now (a sharded run of it is still going), or ``None``."""
+    active = _active_shards(root_dataset(samples), label_field)
+    if not active:
+        return None
+    return (
+        f"a sharded run of {label_field!r} is still going ({active} shards queued, running or stopping): wait for "
+        f"it (sam3_ops.shard_status(dataset, {label_field!r})) or cancel it (sam3_ops.cancel_shards(dataset, "
+        f"{label_field!r})) first; a cancelled shard stops before its next batch"
+    )
+
+
+def view_reads_field(samples, label_field: str) -> str | None:
+    """Why a sharded run of ``samples`` into ``label_field`` would go wrong, or ``None``: each shard
+    evaluates the view when it runs, so a view that selects samples by the field the run writes
+    (``exists``, ``match`` or ``filter_labels`` on it, then ``limit``...) changes under the run."""
+    dataset = root_dataset(samples)
+    if samples is dataset:
+        return None
+    pattern = re.compile(r'"\$?' + re.escape(label_field) + r'(\.[^"]*)?"')
+    for stage in samples._serialize():
+        if pattern.search(json.dumps(stage.get("kwargs"), default=str)):
+            return (
+                f"the view selects samples by {label_field!r} ({stage.get('_cls', 'a stage').rsplit('.', 1)[-1]}), "
+                f"the field this run writes: each shard evaluates the view when it runs, after other shards wrote. "
+                f"Drop that stage and pass only_missing=True to segment only the samples without {label_field!r}, "
+                f"or write to another field"
+            )
+    return None
 
 
 def requeue_shard(op, reason: str):
@@ -739,17 +838,52 @@ def shard_status(
 
 def cancel_shards(samples, label_field: str) -> int:
     """Cancels the shards of the field's sharded run that are queued or running (marked failed; a
-    running shard stops before its next batch). Re-queue the rest later with
-    ``sam3_ops.segment(..., shards=N, only_missing=True)``. Returns how many were cancelled."""
+    running shard stops before its next batch, and a new run of the field waits until it has).
+    Shards that never started leave their samples' earlier values; :func:`resume_shards` goes on
+    with the same run later. Returns how many were cancelled."""
     from fiftyone.operators.executor import ExecutionResult, ExecutionRunState
 
     dataset = root_dataset(samples)
     record = _sharded_record(dataset, label_field)
-    service, cancelled = _service(), 0
-    for ops in _operations(dataset, record.shards["run_id"]).values():
+    run_id = record.shards["run_id"]
+    service, store, cancelled = _service(), _store(dataset, run_id), 0
+    for shard, ops in _operations(dataset, run_id).items():
         for op in ops:
             for state in (ExecutionRunState.QUEUED, ExecutionRunState.SCHEDULED, ExecutionRunState.RUNNING):
                 if op.run_state == state:
                     result = ExecutionResult(error="sam3_ops: cancelled")
-                    cancelled += service.set_failed(op.id, result=result, required_state=state) is not None
+                    done = service.set_failed(op.id, result=result, required_state=state) is not None
+                    cancelled += done
+                    if done and state == ExecutionRunState.RUNNING:  # its worker may still be writing
+                        store.set(f"cancelled_{shard}", {"attempt": _attempt(op), "at": time.time()})
     return cancelled
+
+
+def resume_shards(samples, label_field: str) -> int:
+    """Queues again the shards of the field's sharded run that failed or were cancelled (``attempt``
+    + 1, same run, same settings): each writes what its range lacks (a shard that had not started
+    yet replaces its range as it would have). Returns how many were queued.
+
+    Raises:
+        ValueError: the field has no sharded run recorded, or shards of it are still stopping
+    """
+    from fiftyone.operators.executor import ExecutionRunState
+
+    dataset = root_dataset(samples)
+    dataset.reload()
+    record = _sharded_record(dataset, label_field)
+    run_id = record.shards["run_id"]
+    store, service, queued = _store(dataset, run_id), _service(), 0
+    stopping = _stopping(store)
+    if stopping:
+        raise ValueError(f"{stopping} cancelled shards of {label_field!r} have not stopped yet: try again in a moment")
+    for shard, ops in sorted(_operations(dataset, run_id).items()):
+        op = ops[0]
+        if store.has(f"done_{shard}") or op.run_state != ExecutionRunState.FAILED:
+            continue
+        store.delete(f"cancelled_{shard}")
+        request = {k: v for k, v in op.context.request_params.items() if k not in ("run_doc", "results", "target")}
+        request["params"] = {**request["params"], "attempt": _attempt(op) + 1}
+        _queue(service, request, label_field, shard, int(request["params"]["shards"]), op.delegation_target)
+        queued += 1
+    return queued

@@ -15,8 +15,10 @@ Two doors, one inference path (:meth:`Sam3VideoModel.track`, on
   calls :meth:`Sam3VideoModel.predict` with its reader; the model decodes the file with the core's
   reader (streaming, exact frame numbers) and returns the video's labels, which FiftyOne merges
   into the frames and saves once per video: that route holds one video's labels in memory (its
-  contract), and re-running it on a field that has values appends to them (FiftyOne merges frame
-  label lists). ``segment`` replaces, streams its writes and resumes.
+  contract), writes no done-marker (so only ``segment`` resumes per video), and a video FiftyOne
+  cannot open (missing, corrupt) is skipped and logged by FiftyOne itself, before the model sees
+  it (``model.summary()`` does not list it). ``segment`` streams its writes, resumes, and reports
+  every video it skipped.
 
 What marks a video as done (resume): the sample-level integer field
 ``<label_field>_tracks`` (:func:`~sam3_ops.sdk.fields.tracks_field`): the number of instances
@@ -548,7 +550,8 @@ def fit_in_document(labels: fol.Detections, mask_dir: str | None, filepath: str,
 
 
 def without_video_results(samples, label_field: str):
-    """The videos of ``samples`` not done yet for ``label_field`` (no ``<label_field>_tracks``)."""
+    """The videos of ``samples`` not done yet for ``label_field`` (no ``<label_field>_tracks``, which
+    :func:`segment_videos` writes; after a plain ``apply_model`` run, every video)."""
     marker = tracks_field(frame_field_name(label_field))
     if not root_dataset(samples).has_sample_field(marker):
         return samples
