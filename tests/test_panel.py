@@ -472,6 +472,22 @@ def test_clicks_drawn_in_the_annotation_field_and_selected_keypoints_are_the_poi
     assert sample[CLICKS_FIELD] is None and "(1 sample(s))" in message(state)["text"]
 
 
+def test_a_remembered_object_is_refined_only_on_its_open_sample(sam3_dataset, model):
+    """Accept and undo act on the open (or selected) samples: a click refinement from the grid, with
+    no sample open, must not land on a sample remembered from earlier."""
+    sample, other = sam3_dataset.first(), sam3_dataset.last()
+    target = sample[FIELD].detections[0]
+    state = {"field": FIELD, "positive_points": centre_px(target, sample.metadata.width, sample.metadata.height)}
+    call(sam3_dataset, "on_change_selected_labels", state, selected_labels=[selected(sample, FIELD, target)])
+    assert state["point_target"]["sample_id"] == sample.id
+    for current in (None, other.id):  # the grid, or another sample open
+        call(sam3_dataset, "refine_points", state, current_sample=current)
+        assert message(state)["kind"] == "error" and "Select the detection to refine" in message(state)["text"]
+    assert not sam3_dataset.has_field(PREVIEW) or sam3_dataset[sample.id][PREVIEW] is None  # nothing proposed
+    call(sam3_dataset, "refine_points", state, current_sample=sample.id)  # its own sample open: refined
+    assert message(state)["kind"] == "success", message(state)
+
+
 def test_a_mask_written_by_a_box_refinement_in_this_session_is_refined_from(sam3_dataset, model):
     """The box refinement keeps its masks' logits too: clicking one of them starts from its mask."""
     sample = sam3_dataset.first()

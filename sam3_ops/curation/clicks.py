@@ -342,7 +342,8 @@ def _target(sample_id: str, label_id: str, field_name: str, origin_id: str | Non
 
 def choose_object(objects: list[dict], remembered: dict | None, field_name: str | None, sample_id: str | None) -> dict:
     """The one object to refine: the selected detection of the SAM3 field, else the one remembered
-    from an earlier selection or refinement (when it is on ``sample_id``, the open sample).
+    from an earlier selection or refinement when it is on ``sample_id``, the open sample (with no
+    sample open, never: accept and undo act on the open or selected samples, which may be others).
 
     Raises:
         RefineError: several selected, or none selected or remembered
@@ -353,7 +354,12 @@ def choose_object(objects: list[dict], remembered: dict | None, field_name: str 
         )
     if objects:
         return objects[0]
-    if remembered and remembered.get("field_name") == field_name and sample_id in (None, remembered.get("sample_id")):
+    if (
+        remembered
+        and remembered.get("field_name") == field_name
+        and sample_id
+        and sample_id == remembered.get("sample_id")
+    ):
         return remembered
     raise RefineError(f"Select the detection to refine: click one detection of '{field_name}' in the sample")
 
