@@ -144,7 +144,31 @@ def _die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-class Sam3Model(fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
+class RunCounts:
+    """What a SAM3 model counts for its run's summary (images and videos alike): ``failures`` (the
+    samples skipped, with reasons), ``num_processed`` and ``num_detections``."""
+
+    def _start_counts(self) -> None:
+        self.failures: list[Failure] = []
+        self.num_processed = 0
+        self.num_detections = 0
+
+    def fail(self, filepath: str | None, reason: str) -> None:
+        """Records (and logs) a sample that was skipped."""
+        logger.warning("Skipping %s: %s", filepath or "<no filepath>", reason)
+        self.failures.append(Failure(filepath, reason))
+
+    def summary(self) -> dict:
+        """Counts for a report: samples processed, detections written, samples skipped and why."""
+        return {
+            "samples_processed": self.num_processed,
+            "detections": self.num_detections,
+            "samples_skipped": len(self.failures),
+            "skipped": [{"filepath": f.filepath, "reason": f.reason} for f in self.failures],
+        }
+
+
+class Sam3Model(RunCounts, fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
     """SAM3 as a FiftyOne model for ``apply_model``; build it with :func:`sam3_ops.load_model`.
 
     Args:
@@ -174,9 +198,7 @@ class Sam3Model(fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
         self.prompt_overrides = dict(prompt_overrides or {})
         self._options = settings.segment_options()
         self._preprocess = False
-        self.failures: list[Failure] = []
-        self.num_processed = 0
-        self.num_detections = 0
+        self._start_counts()
 
     @property
     def config(self) -> Sam3Settings:
@@ -255,7 +277,7 @@ class Sam3Model(fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
         good = [item for item in items if item.error is None]
         for item in items:
             if item.error is not None:
-                self._fail(item, item.error)
+                self.fail(item.filepath, item.error)
             for warning in item.warnings:
                 logger.warning("%s: %s", item.filepath, warning)
             item.warnings = []
@@ -279,7 +301,7 @@ class Sam3Model(fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
                 failure = f"{type(error).__name__}: {error}"
         if failure is not None:
             if len(good) == 1:
-                self._fail(good[0], failure)
+                self.fail(good[0].filepath, failure)
             else:
                 # find the culprit(s): one sample at a time, so the rest are written
                 logger.warning("A batch of %d failed (%s); retrying its samples one by one", len(good), failure)
@@ -319,19 +341,6 @@ class Sam3Model(fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
             if detection.mask is not None:
                 detection.export_mask(os.path.join(mask_dir, f"{detection.id}.png"), update=True)
         return labels
-
-    def _fail(self, item: _Item, reason: str) -> None:
-        logger.warning("Skipping %s: %s", item.filepath or "<no filepath>", reason)
-        self.failures.append(Failure(item.filepath, reason))
-
-    def summary(self) -> dict:
-        """Counts for a report: samples processed, detections written, samples skipped and why."""
-        return {
-            "samples_processed": self.num_processed,
-            "detections": self.num_detections,
-            "samples_skipped": len(self.failures),
-            "skipped": [{"filepath": f.filepath, "reason": f.reason} for f in self.failures],
-        }
 
 
 def stored_mask_bytes(labels, limit: int) -> int:

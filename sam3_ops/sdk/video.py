@@ -64,7 +64,7 @@ from .fields import (
     root_dataset,
     tracks_field,
 )
-from .model import MAX_LABEL_BYTES, Failure, stored_mask_bytes
+from .model import MAX_LABEL_BYTES, RunCounts, stored_mask_bytes
 from .runs import finish_run, record_run, run_key
 from .segment import SegmentResult
 from .settings import Sam3Settings, SettingsError
@@ -336,7 +336,7 @@ class VideoTrack:
 # -- the model --------------------------------------------------------------------------------------
 
 
-class Sam3VideoModel(fom.Model, fom.SamplesMixin):
+class Sam3VideoModel(RunCounts, fom.Model, fom.SamplesMixin):
     """SAM3 as a FiftyOne video model: tracks through each video; build it with
     ``sam3_ops.load_model(..., media_type="video")``.
 
@@ -364,9 +364,7 @@ class Sam3VideoModel(fom.Model, fom.SamplesMixin):
             raise problem
         self.settings = settings
         self.engine = engine or Sam3VideoEngine(settings.model_path, device=settings.device)
-        self.failures: list[Failure] = []
-        self.num_processed = 0
-        self.num_detections = 0
+        self._start_counts()
 
     @property
     def config(self) -> Sam3Settings:
@@ -460,11 +458,6 @@ class Sam3VideoModel(fom.Model, fom.SamplesMixin):
         )
         return VideoTrack(filepath, reader.frame_count, results, prompt_ids)
 
-    def fail(self, filepath: str, reason: str) -> None:
-        """Records (and logs) a video that was skipped."""
-        logger.warning("Skipping %s: %s", filepath or "<no filepath>", reason)
-        self.failures.append(Failure(filepath, reason))
-
     def count(self, track: VideoTrack) -> None:
         """Counts a video tracked to its end."""
         self.num_processed += 1
@@ -498,15 +491,6 @@ class Sam3VideoModel(fom.Model, fom.SamplesMixin):
     def predict_all(self, args, samples=None):
         samples = samples if samples is not None else [None] * len(args)
         return [self.predict(arg, sample=sample) for arg, sample in zip(args, samples)]
-
-    def summary(self) -> dict:
-        """Counts for a report: videos processed, detections written, videos skipped and why."""
-        return {
-            "samples_processed": self.num_processed,
-            "detections": self.num_detections,
-            "samples_skipped": len(self.failures),
-            "skipped": [{"filepath": f.filepath, "reason": f.reason} for f in self.failures],
-        }
 
 
 def _video_path(arg) -> str:
