@@ -63,6 +63,21 @@ def dataset(image_paths):
         ds.delete()
 
 
+@pytest.fixture(scope="module")
+def plugins_dir(tmp_path_factory):
+    """A FiftyOne plugins directory holding the repository, as a user would install it (a link)."""
+    import fiftyone as fo
+
+    from tests.helpers import REPO_ROOT
+
+    directory = tmp_path_factory.mktemp("plugins")
+    os.symlink(REPO_ROOT, directory / "sam3")
+    previous = fo.config.plugins_dir
+    fo.config.plugins_dir = str(directory)
+    yield directory
+    fo.config.plugins_dir = previous
+
+
 def _stop_database():
     if _MONGO is not None:
         _MONGO.stop()

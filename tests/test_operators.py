@@ -2,8 +2,6 @@
 (immediate and through the delegated operation service), and forms resolved on real
 ``ExecutionContext``s. Real FiftyOne, the tiny random checkpoint; no mocks."""
 
-import os
-
 import fiftyone as fo
 import fiftyone.operators as foo
 import pytest
@@ -17,23 +15,10 @@ from sam3_ops.sdk.fields import output_field_problem
 from sam3_ops.sdk.runs import get_run
 from sam3_ops.sdk.settings import normalize_prompts
 
-from .helpers import REPO_ROOT
-
 PLUGIN = "@sam3-ops/sam3"
 TEXT_URI = f"{PLUGIN}/segment_with_text_prompts"
 BOX_URI = f"{PLUGIN}/segment_with_box_prompts"
 AUTO_URI = f"{PLUGIN}/segment_everything"
-
-
-@pytest.fixture(scope="module")
-def plugins_dir(tmp_path_factory):
-    """A FiftyOne plugins directory holding the repository, as a user would install it (a link)."""
-    directory = tmp_path_factory.mktemp("plugins")
-    os.symlink(REPO_ROOT, directory / "sam3")
-    previous = fo.config.plugins_dir
-    fo.config.plugins_dir = str(directory)
-    yield directory
-    fo.config.plugins_dir = previous
 
 
 @pytest.fixture

@@ -50,17 +50,6 @@ SAMPLES = 200
 WORKER_APP = "sam3-shard-worker"  # the workers' MongoDB appName, for the database profiler
 
 
-@pytest.fixture(scope="module")
-def plugins_dir(tmp_path_factory):
-    """A FiftyOne plugins directory holding the repository (a link), for this process and the workers."""
-    directory = tmp_path_factory.mktemp("plugins")
-    os.symlink(REPO_ROOT, directory / "sam3")
-    previous = fo.config.plugins_dir
-    fo.config.plugins_dir = str(directory)
-    yield directory
-    fo.config.plugins_dir = previous
-
-
 @pytest.fixture
 def heartbeat(monkeypatch):
     monkeypatch.setenv(HEARTBEAT_ENV, "0.5")

@@ -43,7 +43,6 @@ from sam3_ops.sdk.runs import get_run
 from sam3_ops.sdk.settings import SettingsError
 from sam3_ops.testing import build_tiny_video_checkpoint
 
-from .helpers import REPO_ROOT
 from .test_video_core import TEXT_THRESHOLD, synthetic_frames, write_video
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg (apt-get install ffmpeg)")
@@ -439,17 +438,6 @@ def test_video_settings_and_fields_are_checked_before_anything_runs(video_datase
 
 
 # -- the App ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def plugins_dir(tmp_path_factory):
-    """A FiftyOne plugins directory holding the repository, as a user would install it (a link)."""
-    directory = tmp_path_factory.mktemp("plugins")
-    os.symlink(REPO_ROOT, directory / "sam3")
-    previous = fo.config.plugins_dir
-    fo.config.plugins_dir = str(directory)
-    yield directory
-    fo.config.plugins_dir = previous
 
 
 def triggered(result, operator_name):
