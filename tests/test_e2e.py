@@ -327,7 +327,7 @@ def test_refine_with_negative_boxes_panel(page, app_url, app_dataset, tiny_check
     import fiftyone as fo
     from playwright.sync_api import expect
 
-    from sam3_ops.curation.refine import REFINEMENTS_FIELD
+    from sam3_ops.curation.proposals import REFINEMENTS_FIELD
 
     _segment_with_sdk(app_dataset, tiny_checkpoint)
     first = app_dataset.first()
@@ -393,7 +393,7 @@ def test_click_refine_accept_and_undo_in_the_sample(page, app_url, app_dataset, 
     import fiftyone as fo
     from playwright.sync_api import expect
 
-    from sam3_ops.curation.refine import REFINEMENTS_FIELD
+    from sam3_ops.curation.proposals import REFINEMENTS_FIELD
 
     _segment_with_sdk(app_dataset, tiny_checkpoint)
     first = app_dataset.first()

@@ -8,6 +8,7 @@ import pytest
 
 import sam3_ops
 from sam3_ops.app.panel import PANELS, RefineWithNegativeBoxes
+from sam3_ops.app.panel_input import parse_pixel_boxes, parse_pixel_points, target_sample_ids
 from sam3_ops.curation.clicks import (
     CLICKS_FIELD,
     FROM_BOX,
@@ -16,19 +17,14 @@ from sam3_ops.curation.clicks import (
     clicks_field_problem,
     points_of_label,
 )
-from sam3_ops.curation.refine import (
+from sam3_ops.curation.proposals import (
     REFINEMENTS_FIELD,
-    BoxSpec,
     RefineError,
-    check_boxes,
     count_per_prompt,
-    parse_pixel_boxes,
-    parse_pixel_points,
     preview_field_name,
-    refine_samples,
     refinement_history,
-    target_sample_ids,
 )
+from sam3_ops.curation.refine import BoxSpec, check_boxes, refine_samples
 from sam3_ops.sdk.runs import record_run
 
 from .test_engine import CallCounter
@@ -782,6 +778,77 @@ def test_count_per_prompt_and_targets():
     assert target_sample_ids(None, None) == []
 
 
+#: records as this plugin has stored them: a box refinement from before kinds existed (its field
+#: was empty before the accept), an accept whose backup expired, a proposal written by another tool
+STORED_RECORDS = [
+    {
+        "field": "f",
+        "status": "accepted",
+        "refined_at": "2026-01-01T00:00:00+00:00",
+        "negative_boxes": [[1.0, 2.0, 3.0, 4.0]],
+        "accepted_at": "2026-01-02T00:00:00+00:00",
+        "backup": None,
+    },
+    {
+        "field": "f",
+        "status": "accepted",
+        "refined_at": "t0",
+        "kind": "points",
+        "replaced": {"a": "b"},
+        "accepted_at": "t1",
+        "undo_expired": True,
+    },
+    {"field": "g", "status": "undone", "refined_at": None, "accepted_at": "t1", "backup": "{}", "undone_at": "t2"},
+]
+
+
+def test_stored_records_read_back_typed_and_write_out_unchanged():
+    from sam3_ops.curation.proposals import Kind, Record, Status
+
+    for stored in STORED_RECORDS:
+        record = Record.from_dict(stored)
+        assert isinstance(record.status, Status)
+        written = record.to_dict()
+        assert written == stored and type(written["status"]) is str  # plain text in the database
+    legacy, expired, foreign = (Record.from_dict(r) for r in STORED_RECORDS)
+    assert legacy.kind is None and legacy.has_backup and legacy.backup is None  # undo restores "empty"
+    assert expired.kind is Kind.POINTS and not expired.has_backup and expired.details == {"replaced": {"a": "b"}}
+    assert foreign.status is Status.UNDONE and foreign.backup == "{}"
+    assert "backup" not in Record.from_dict(STORED_RECORDS[2]).to_dict(with_backup=False)
+
+
+def test_the_ledger_moves_proposals_through_their_statuses():
+    import fiftyone as fo
+
+    from sam3_ops.curation.proposals import MAX_UNDO_STEPS, Kind, Ledger, Status
+
+    ledger = Ledger(fo.Sample(filepath="image.png"))  # a sample with no records yet
+    assert ledger.records == [] and ledger.undo("f") is None
+    ledger.propose("f", Kind.BOXES, {"negative_boxes": []})
+    ledger.propose("f", Kind.POINTS, {"label": "cat"})
+    ledger.propose("g", Kind.BOXES, {})
+    assert [(r.field, r.status) for r in ledger.records] == [
+        ("f", Status.SUPERSEDED),
+        ("f", Status.PROPOSED),
+        ("g", Status.PROPOSED),
+    ]
+    ledger.discard("g")
+    assert ledger.records[-1].status is Status.DISCARDED and ledger.records[-1].discarded_at
+    ledger.accept("f", backup="before")
+    accepted = ledger.last("f", Status.ACCEPTED)
+    assert accepted.kind is Kind.POINTS and accepted.backup == "before" and accepted.accepted_at
+    ledger.accept("f", backup=None)  # no record pending: a proposal another tool wrote
+    assert ledger.records[-1].refined_at is None and ledger.records[-1].kind is None
+    for step in range(MAX_UNDO_STEPS):
+        ledger.propose("f", Kind.BOXES, {})
+        ledger.accept("f", backup=str(step))
+    undoable = [r for r in ledger.of_field("f", Status.ACCEPTED) if r.has_backup]
+    assert [r.backup for r in undoable] == [str(step) for step in range(MAX_UNDO_STEPS)]
+    assert all(r.undo_expired and not r.has_backup for r in ledger.of_field("f", Status.ACCEPTED)[:2])
+    undone = ledger.undo("f")
+    assert undone.status is Status.UNDONE and undone.backup == str(MAX_UNDO_STEPS - 1) and undone.undone_at
+
+
 def test_records_field_is_declared_as_a_list_of_dicts(sam3_dataset):
     import fiftyone as fo
 
@@ -807,7 +874,7 @@ def test_a_boxes_mode_field_is_refined_with_its_prompt_boxes_and_refuses_positiv
 
 
 def test_only_the_last_accepts_keep_an_undo_backup(sam3_dataset):
-    from sam3_ops.curation.refine import MAX_UNDO_STEPS, accept_refinement, undo_refinement
+    from sam3_ops.curation.proposals import MAX_UNDO_STEPS, accept_refinement, undo_refinement
 
     sample = sam3_dataset.first()
     states = []

@@ -1,5 +1,6 @@
-"""The refinement panel: a thin App door into :mod:`sam3_ops.curation.refine` (boxes) and
-:mod:`sam3_ops.curation.clicks` (points).
+"""The refinement panel: a thin App door into :mod:`sam3_ops.curation.refine` (boxes),
+:mod:`sam3_ops.curation.clicks` (points) and :mod:`sam3_ops.curation.proposals` (accept, undo,
+discard); typed text is read by :mod:`sam3_ops.app.panel_input`.
 
 Each callback reads the App's context (current or selected samples, selected labels, the panel's
 state), calls one function of those modules, and puts the outcome in the panel state;
@@ -43,26 +44,21 @@ from ..curation.clicks import (
     resolve_click_selection,
     setup_clicks_field,
 )
-from ..curation.refine import (
-    POINTS_KIND,
-    BoxSpec,
+from ..curation.proposals import (
+    Kind,
     RefineError,
     accept_refinement,
-    describe_field,
     detections_fields,
     discard_refinement,
     ensure_refinement_fields,
-    parse_pixel_boxes,
-    parse_pixel_points,
     preview_field_name,
-    refine_samples,
     refinement_history,
-    resolve_selected_labels,
     sam3_fields,
-    target_sample_ids,
     undo_refinement,
 )
+from ..curation.refine import BoxSpec, describe_field, refine_samples, resolve_selected_labels
 from .forms import hf_token
+from .panel_input import parse_pixel_boxes, parse_pixel_points, target_sample_ids
 
 logger = logging.getLogger(__name__)
 
@@ -513,7 +509,7 @@ def _points_markdown(values, sources: list[dict]) -> str:
 def _history_markdown(history: list[dict]) -> str:
     lines = []
     for record in history[-5:]:
-        if record.get("kind") == POINTS_KIND:
+        if record.get("kind") == Kind.POINTS:
             labels = record.get("point_labels") or []
             what = (
                 f"`{record.get('label')}` with {labels.count(1)} positive and {labels.count(0)} negative point(s), "

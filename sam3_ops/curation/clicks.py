@@ -12,14 +12,14 @@ that one object from the points and its current mask, as SAM's interactive segme
   gives per-point labels; without one its ``label`` does (:data:`NEGATIVE_CLICK_LABELS`).
 - **The run**: the field's recorded run in ``points`` mode (its model, device, mask threshold and
   limits kept; one mask per object), through the one inference path
-  (:func:`~sam3_ops.sdk.segment.segment` with the prompt keypoint given in memory). The keypoint
+  (:func:`~sam3_ops.curation.proposals.run_proposal` with the prompt keypoint given in memory). The keypoint
   names the detection (``sam3_refines``), so the engine starts from that detection's cached
   low-resolution mask logits; when they are not cached (the field was written by another
   process), from its box (``sam3_box``). The image's features are cached too: a further click
   on the same image costs no image-encoder work.
 - **The proposal**: the field with that detection replaced by the refined one (same label, tags and
   ``prompt_id``; the other detections untouched, ids included), in the preview field, with a
-  record of kind ``"points"``. Accept, undo and discard are :mod:`sam3_ops.curation.refine`'s.
+  record of kind ``"points"``. Accept, undo and discard are :mod:`sam3_ops.curation.proposals`'.
 
 Ids: the refined detection keeps the id SAM3 wrote it with, under which its logits are cached, and
 accepting moves the proposal's detections into the field as they are, so the next click on it
@@ -39,29 +39,26 @@ import fiftyone.core.fields as fof
 import fiftyone.core.labels as fol
 import numpy as np
 
-from ..core.checkpoint import ModelLoadError
 from ..core.images import ImageLoadError, image_size
 from ..sdk.convert import POINT_LABEL_ATTRS, REFINES_ATTR, REFINES_BOX_ATTR, point_labels
 from ..sdk.fields import label_fields
-from ..sdk.model import Sam3Model
-from ..sdk.segment import build_engine, segment
-from ..sdk.settings import Sam3Settings, SettingsError
-from .refine import (
-    ACCEPTED,
-    POINTS_KIND,
-    PROPOSED,
+from ..sdk.settings import Sam3Settings
+from .proposals import (
+    Kind,
+    Ledger,
+    Record,
     RefineError,
-    append_proposal,
+    Status,
     count_per_prompt,
     ensure_refinement_fields,
-    find_selected_label,
     get_sample,
-    last_record,
     preview_field_name,
-    sample_records,
+    proposal_model,
+    run_proposal,
     settings_for_here,
     validate_field,
 )
+from .refine import find_selected_label
 
 #: the scratch field the App's annotation mode draws clicks into (a ``Polylines`` field)
 CLICKS_FIELD = "sam3_clicks"
@@ -375,17 +372,16 @@ def next_target(target: dict, outcome: ClickOutcome) -> dict:
 def current_id(sample, field_name: str, label_id: str) -> str:
     """The id ``label_id`` has now, following the ``replaced`` maps of the field's pending and
     accepted point refinements (oldest first); ``label_id`` itself if none replaced it."""
-    for record in sample_records(sample):
-        if record.get("field") == field_name and record.get("status") in (PROPOSED, ACCEPTED):
-            label_id = (record.get("replaced") or {}).get(label_id, label_id)
+    for record in Ledger(sample).of_field(field_name, Status.PROPOSED, Status.ACCEPTED):
+        label_id = (record.details.get("replaced") or {}).get(label_id, label_id)
     return label_id
 
 
-def _pending_points(sample, field_name: str) -> dict | None:
+def _pending_points(sample, field_name: str) -> Record | None:
     """The field's pending proposal when it is a point proposal (one to build on), else ``None``."""
-    record = last_record(sample, field_name, PROPOSED)
+    record = Ledger(sample).last(field_name, Status.PROPOSED)
     preview = preview_field_name(field_name)
-    if record is None or record.get("kind") != POINTS_KIND or not sample.has_field(preview) or sample[preview] is None:
+    if record is None or record.kind != Kind.POINTS or not sample.has_field(preview) or sample[preview] is None:
         return None
     return record
 
@@ -478,7 +474,8 @@ def plan_clicks(dataset, field_name: str, target: dict, points: PointSpec) -> Cl
     sample, width, height = _sample_and_size(dataset, target.get("sample_id"))
     base, detection = locate_object(sample, field_name, [target.get("label_id"), target.get("origin_id")])
     points_px, values, sources = points_for_sample(points, sample, width, height)
-    replaced = dict((_pending_points(sample, field_name) or {}).get("replaced") or {})
+    pending = _pending_points(sample, field_name)
+    replaced = dict((pending.details.get("replaced") if pending else None) or {})
     return ClickPlan(sample, width, height, base, detection, points_px, values, sources, replaced)
 
 
@@ -559,8 +556,8 @@ def refine_with_points(dataset, field_name: str | None, target: dict, points: Po
     plan = plan_clicks(dataset, field_name, target, points)
     sample, detection, values = plan.sample, plan.detection, plan.point_labels
     _check_clicks(values)
-    pending = last_record(sample, field_name, PROPOSED)
-    if pending is not None and pending.get("kind") != POINTS_KIND:
+    pending = Ledger(sample).last(field_name, Status.PROPOSED)
+    if pending is not None and pending.kind != Kind.POINTS:
         notes.append("The pending box proposal was replaced by this one")
     keypoint = _prompt_keypoint(detection, plan.points_px, values, plan.width, plan.height)
     refined, started_from = _run(dataset, sample, field_name, points_settings(settings), keypoint, token)
@@ -579,15 +576,17 @@ def refine_with_points(dataset, field_name: str | None, target: dict, points: Po
         after=count_per_prompt(proposal, settings.labels),
         notes=notes,
     )
-    record = {
+    details = {
         **_provenance(settings, (plan.height, plan.width)),
-        **_record(outcome, _replaced(plan.replaced, detection.id, refined.id)),
+        **_details(outcome, _replaced(plan.replaced, detection.id, refined.id)),
         "points": plan.points_px.round(2).tolist(),
         "point_labels": [int(v) for v in values],
         "point_sources": plan.sources,
     }
     sample[outcome.preview_field] = proposal
-    append_proposal(sample, field_name, record)
+    ledger = Ledger(sample)
+    ledger.propose(field_name, Kind.POINTS, details)
+    ledger.save()
     return outcome
 
 
@@ -603,22 +602,15 @@ def _check_clicks(values: np.ndarray) -> None:
 
 
 def _run(dataset, sample, field_name: str, settings: Sam3Settings, keypoint, token) -> tuple[fol.Detection, str]:
-    """Runs the prompt keypoint through the one inference path into the preview field; returns the
-    refined detection and what it started from. On failure the preview field is put back as it was.
-
-    Loader workers are not used: the App's server process must not fork.
-    """
+    """Runs the prompt keypoint into the preview field; returns the refined detection and what it
+    started from. On failure the preview field is put back as it was."""
     preview = preview_field_name(field_name)
     ensure_refinement_fields(dataset, field_name)
     previous = sample[preview]
-    overrides = {sample.id: {"prompt_field": fol.Keypoints(keypoints=[keypoint]), "negative_field": None}}
-    try:
-        model = Sam3Model(settings, build_engine(settings, token), cache_features=True, prompt_overrides=overrides)
-    except (ModelLoadError, SettingsError) as error:
-        raise RefineError(str(error)) from None
-    mask_key = (sample.filepath, keypoint.get_field(REFINES_ATTR))  # as the model keys each mask it writes
-    started_from = FROM_MASK if model.engine.cached_mask(mask_key) is not None else FROM_BOX
-    segment(dataset.select([sample.id]), preview, model=model, record=False, num_workers=0, progress=False)
+    prompts = {sample.id: {"prompt_field": fol.Keypoints(keypoints=[keypoint]), "negative_field": None}}
+    model = proposal_model(settings, prompts, token)
+    started_from = FROM_MASK if model.has_cached_mask(sample.filepath, keypoint.get_field(REFINES_ATTR)) else FROM_BOX
+    run_proposal(dataset, model, [sample.id], field_name)
     sample.reload()
     result = sample[preview]
     if result is None or not result.detections:
@@ -647,9 +639,8 @@ def _provenance(settings: Sam3Settings, size: tuple[int, int]) -> dict:
     }
 
 
-def _record(outcome: ClickOutcome, replaced: dict) -> dict:
+def _details(outcome: ClickOutcome, replaced: dict) -> dict:
     return {
-        "kind": POINTS_KIND,
         "label": outcome.label,
         "object_id": outcome.object_id,
         "result_id": outcome.result_id,

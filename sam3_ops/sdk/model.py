@@ -322,6 +322,11 @@ class Sam3Model(RunCounts, fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
                 {(filepath, d.id): logits for d, logits in zip(labels.detections, segmentation.low_res_logits)}
             )
 
+    def has_cached_mask(self, filepath: str, detection_id: str) -> bool:
+        """Whether the low-resolution logits of a detection written under ``filepath`` by an
+        interactive run are still in the engine: refining it with points starts from its mask."""
+        return self.engine.cached_mask((filepath, str(detection_id))) is not None
+
     def _fit_in_document(self, labels, filepath: str):
         """Moves the masks to PNG files (``mask_path``) when the labels would not fit in the
         sample's MongoDB document (16 MB); FiftyOne's convention for on-disk masks."""
