@@ -64,6 +64,8 @@ def main(argv=None) -> int:
         sam3_ops.load_model(**settings, reuse=True)
     except (sam3_ops.ModelLoadError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
+        if not args.tiny:
+            print("To try the pipeline offline: python -m sam3_ops.demo --tiny", file=sys.stderr)
         return 2
 
     import fiftyone as fo

@@ -156,15 +156,254 @@ def load_once(owner, attribute: str, lock, load):
     return loaded
 
 
-def _from_pretrained(loader, model_path: str, token: str | None, **kwargs):
-    """``loader(model_path, token=..., **kwargs)`` with every failure as a :class:`ModelLoadError`."""
+def hub_timeout() -> float:
+    """Seconds to wait for the hub's answer before calling it unreachable: huggingface_hub's own
+    ``HF_HUB_ETAG_TIMEOUT`` (10 s by default). The access check is one request, never retried, so a
+    machine without network hears so in seconds, not after minutes of retried HEAD requests."""
+    from huggingface_hub import constants
+
+    return float(os.environ.get("HF_HUB_ETAG_TIMEOUT", constants.DEFAULT_ETAG_TIMEOUT))
+
+
+#: the files a hub checkpoint is downloaded with (facebook/sam3 also holds the original ``sam3.pt``,
+#: 3.4 GB that transformers never reads)
+DOWNLOAD_PATTERNS = ("*.json", "*.safetensors", "*.txt")
+#: a tokenizer is one of these sets of files (fast tokenizer, or CLIP's slow one)
+TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
+#: the image processor's settings are in one of these
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+#: the heads that read text prompts (exemplar boxes too are encoded with a text prompt): without
+#: tokenizer files transformers builds a 2-token tokenizer and every prompt becomes unknown tokens
+TEXT_HEADS = ("Sam3Model", "Sam3VideoModel")
+_NO_NETWORK_HELP = (
+    "Offline, pass a local checkpoint directory saved with save_pretrained instead (for a smoke test, "
+    "`python -m sam3_ops.testing DIR` writes a tiny random one)."
+)
+#: hub ids already resolved to a local snapshot in this process (the path only: never a token)
+_resolved: dict[tuple[str, str | None], str] = {}
+
+
+def download_checkpoint(model_path: str, local_dir: str | None = None, token: str | None = None) -> str:
+    """A local directory holding the SAM3 checkpoint ``model_path``, downloaded if needed; every
+    way this can fail is a :class:`ModelLoadError` that says which it is.
+
+    A local directory is checked and returned as is. A hub id is checked with one request to the
+    hub (timeout :func:`hub_timeout`, no retries), then downloaded (config, safetensors, processor and
+    tokenizer files only) into the Hugging Face cache, or into ``local_dir`` if given. With
+    ``HF_HUB_OFFLINE=1``, or when the hub cannot be reached, the local cache is used if it holds the
+    checkpoint.
+
+    Args:
+        model_path: a hub id (``"facebook/sam3"``) or a local checkpoint directory
+        local_dir (None): where to download a hub checkpoint (``None``: the Hugging Face cache)
+        token (None): a Hugging Face token for this download only (``None``: ``HF_TOKEN`` or the
+            stored ``hf auth login``); never logged, stored or shown
+
+    Returns:
+        the checkpoint's local directory
+
+    Raises:
+        ModelLoadError: no network / hub unreachable; no token or licence not accepted (gated);
+            token refused; not found; not a SAM3 checkpoint; weights corrupt or truncated; files
+            missing
+    """
+    path = validate_model_path(model_path)
+    if os.path.isdir(path):
+        check_checkpoint_files(path)
+        return path
+    key = (path, os.fspath(local_dir) if local_dir else None)
+    directory = _resolved.get(key)
+    if directory is None or not os.path.isdir(directory):
+        directory = _fetch(path, key[1], token)
+        try:
+            validate_model_path(directory)
+        except ModelLoadError as error:
+            raise ModelLoadError(f"{path!r} on the hub {str(error).split(' ', 1)[1]}") from None
+        check_checkpoint_files(directory, name=path)
+        _resolved[key] = directory
+    return directory
+
+
+def _fetch(repo_id: str, local_dir: str | None, token: str | None) -> str:
+    """``snapshot_download`` of ``repo_id`` after one quick access check, errors classified."""
+    from huggingface_hub import constants, snapshot_download
+
+    kwargs = dict(repo_id=repo_id, allow_patterns=list(DOWNLOAD_PATTERNS), local_dir=local_dir, token=token or None)
+
+    def cached() -> str | None:
+        try:
+            return snapshot_download(**kwargs, local_files_only=True)
+        except Exception:  # not (fully) in the cache
+            return None
+
+    if constants.HF_HUB_OFFLINE:
+        found = cached()
+        if found:
+            return found
+        raise ModelLoadError(
+            f"{repo_id!r} is not in the local Hugging Face cache ({local_dir or constants.HF_HUB_CACHE}) and "
+            f"HF_HUB_OFFLINE is set, so the hub is not asked. To download it, unset HF_HUB_OFFLINE where the hub "
+            f"can be reached (facebook/sam3 is gated: accept its licence, then `hf auth login` or set HF_TOKEN). "
+            f"{_NO_NETWORK_HELP}"
+        )
     try:
-        return loader(model_path, token=token or None, **kwargs)
+        _check_access(repo_id, token)
+    except _Unreachable as error:
+        found = cached()
+        if found:
+            logger.warning("The Hugging Face hub is unreachable (%s); using the cached %s", error, repo_id)
+            return found
+        raise ModelLoadError(hub_error_message(repo_id, error, token)) from None
+    except Exception as error:  # the hub answered no: gated, not found, token refused
+        raise ModelLoadError(hub_error_message(repo_id, error, token)) from None
+    try:
+        return snapshot_download(**kwargs, etag_timeout=hub_timeout())
+    except Exception as error:
+        raise ModelLoadError(hub_error_message(repo_id, error, token)) from None
+
+
+class _Unreachable(Exception):
+    """The hub did not answer (no network, DNS, proxy, firewall, timeout)."""
+
+
+def _check_access(repo_id: str, token: str | None) -> None:
+    """One request (the hub's ``auth-check``), not retried, bounded by :func:`hub_timeout`: returns if
+    this token (or the stored login) may download ``repo_id``; raises huggingface_hub's own errors
+    (``GatedRepoError``, ``RepositoryNotFoundError``, ...) or :class:`_Unreachable`."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+    url = f"{constants.ENDPOINT}/api/models/{repo_id}/auth-check"
+    try:
+        response = get_session().get(url, headers=build_hf_headers(token=token or None), timeout=hub_timeout())
+    except Exception as error:  # a request that got no answer: transport errors (httpx), DNS, timeouts
+        raise _Unreachable(f"{type(error).__name__}: {error}") from error
+    if response.status_code >= 500:
+        raise _Unreachable(f"HTTP {response.status_code} from {constants.ENDPOINT}")
+    hf_raise_for_status(response)
+
+
+def hub_error_message(repo_id: str, error: BaseException, token: str | None = None) -> str:
+    """What a failed hub request means to the user, by cause: hub unreachable; gated (no token, or
+    licence not accepted); token refused; not found; anything else with its type. The one place the
+    hub's errors are classified (``download_checkpoint`` and the loaders)."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+    from huggingface_hub.utils import get_token
+
+    has_token = bool(token or get_token())
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if isinstance(error, GatedRepoError):
+        if not has_token:
+            why = "no Hugging Face token was given and there is no stored login"
+        else:
+            why = "the token's account has not accepted its licence (or the request is still pending)"
+        return (
+            f"{repo_id!r} is a gated model and {why}: accept the licence on "
+            f"{constants.ENDPOINT}/{repo_id}, then log in (`hf auth login`) or set the HF_TOKEN environment "
+            f"variable (in the App: the plugin secret HF_TOKEN). {_NO_NETWORK_HELP}"
+        )
+    if status == 401 and has_token and not isinstance(error, RepositoryNotFoundError):
+        return f"the hub refused the Hugging Face token for {repo_id!r} (invalid or expired): log in again (`hf auth login`)"
+    if isinstance(error, (RepositoryNotFoundError, RevisionNotFoundError)):
+        return (
+            f"{repo_id!r} was not found on the Hugging Face hub: check the id (a private repository also "
+            f"answers 'not found' to a token that cannot read it). {_NO_NETWORK_HELP}"
+        )
+    network = isinstance(error, (_Unreachable, LocalEntryNotFoundError)) or (
+        not isinstance(error, HfHubHTTPError)
+        and (isinstance(error, OSError) or type(error).__module__.startswith(("httpx", "httpcore")))
+    )
+    if network:
+        text = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return (
+            f"the Hugging Face hub ({constants.ENDPOINT}) is unreachable: no network, or a proxy/firewall "
+            f"blocks it ({text}); {repo_id!r} is not in the local cache either. {_NO_NETWORK_HELP}"
+        )
+    return f"Could not download {repo_id!r} from the Hugging Face hub: {type(error).__name__}: {str(error)[:500]}"
+
+
+def check_checkpoint_files(directory: str, name: str | None = None, head: str | None = None) -> None:
+    """Refuses, by name, a checkpoint directory missing what its heads need, before anything runs.
+
+    Every head needs ``config.json`` (checked by :func:`validate_model_path`), complete safetensors
+    weights and the image processor's settings; ``head`` in :data:`TEXT_HEADS` (text prompts,
+    exemplars, video text tracking) needs the tokenizer's files too.
+
+    Raises:
+        ModelLoadError: naming the missing or corrupt file
+    """
+    name = name or directory
+    index = os.path.join(directory, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        try:
+            with open(index) as handle:
+                shards = sorted(set(json.load(handle)["weight_map"].values()))
+        except (OSError, ValueError, KeyError) as error:
+            raise ModelLoadError(f"{name!r}: model.safetensors.index.json is unreadable ({error})") from None
+    else:
+        shards = ["model.safetensors"]
+    for shard in shards:
+        _check_safetensors(os.path.join(directory, shard), name)
+    if not any(os.path.isfile(os.path.join(directory, f)) for f in PROCESSOR_FILES):
+        raise ModelLoadError(
+            f"{name!r} has no image processor settings ({' or '.join(PROCESSOR_FILES)}): save the checkpoint's "
+            "Sam3Processor with it (processor.save_pretrained(directory))"
+        )
+    if head in TEXT_HEADS and not any(
+        all(os.path.isfile(os.path.join(directory, f)) for f in files) for files in TOKENIZER_FILES
+    ):
+        raise ModelLoadError(
+            f"{name!r} has no tokenizer files (tokenizer.json, or vocab.json + merges.txt), which text prompts "
+            "and exemplars need: without them every prompt would be read as unknown tokens. Save the "
+            "checkpoint's Sam3Processor with it (processor.save_pretrained(directory))"
+        )
+
+
+def _check_safetensors(path: str, name: str) -> None:
+    """Refuses a missing, corrupt or truncated safetensors file, from its header alone."""
+    file = os.path.basename(path)
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            header_size = int.from_bytes(handle.read(8), "little")
+            if size < 8 + header_size or header_size <= 0:
+                raise ValueError(f"its header declares {header_size} bytes, the file has {size}")
+            header = json.loads(handle.read(header_size))
+    except FileNotFoundError:
+        raise ModelLoadError(f"{name!r} has no {file} (only safetensors weights are loaded)") from None
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"{name!r}: {file} is corrupt or truncated ({error}); download it again") from None
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    expected = 8 + header_size + max(ends, default=0)
+    if size < expected:
+        raise ModelLoadError(
+            f"{name!r}: {file} is truncated: {size} bytes where its header declares {expected}; download it again"
+        )
+
+
+def _from_pretrained(loader, model_path: str, token: str | None, **kwargs):
+    """``loader(directory, **kwargs)`` on the checkpoint's local directory (from
+    :func:`download_checkpoint`, so hub errors are classified once), after checking it holds the files
+    the loader's head needs; every failure is a :class:`ModelLoadError`."""
+    directory = download_checkpoint(model_path, token=token)
+    owner = getattr(loader, "__self__", None)
+    check_checkpoint_files(directory, name=model_path, head=getattr(owner, "__name__", None))
+    try:
+        return loader(directory, **kwargs)
     except ModelLoadError:
         raise
-    except Exception as error:  # hub/network/gating/format errors all mean the same to a user
+    except Exception as error:  # a checkpoint transformers cannot read: say what it said
         logger.debug("loading %s failed: %s", model_path, type(error).__name__)
-        raise ModelLoadError(f"{login_help(model_path)}\nCause: {type(error).__name__}: {error}") from None
+        raise ModelLoadError(
+            f"Could not load SAM3 from {model_path!r}: {type(error).__name__}: {str(error)[:500]}"
+        ) from None
 
 
 def load_processor(model_path: str, token: str | None = None):
@@ -189,8 +428,15 @@ def load_tracker(model_path: str, token: str | None = None):
     """The tracker head (``Sam3TrackerModel``), every weight from the checkpoint, whatever its layout."""
     from transformers import Sam3TrackerModel
 
+    # the tracker's own config, given explicitly: read from the sam3_video config.json, transformers
+    # would warn "You are using a model of type sam3_video to instantiate a model of type sam3_tracker"
     model, info = _from_pretrained(
-        Sam3TrackerModel.from_pretrained, model_path, token, use_safetensors=True, output_loading_info=True
+        Sam3TrackerModel.from_pretrained,
+        model_path,
+        token,
+        config=tracker_config(download_checkpoint(model_path, token=token)),
+        use_safetensors=True,
+        output_loading_info=True,
     )
     missing = set(info["missing_keys"])
     if missing:
@@ -201,6 +447,18 @@ def load_tracker(model_path: str, token: str | None = None):
         missing -= {tracker_key(k) for k in found}
     fail_on_missing(missing, "tracker")
     return model.eval()
+
+
+def tracker_config(directory: str):
+    """The ``Sam3TrackerConfig`` of a local checkpoint: its ``tracker_config`` (a ``sam3_video``
+    checkpoint) or the whole config (a ``sam3_tracker`` one)."""
+    from transformers import Sam3TrackerConfig
+
+    with open(os.path.join(directory, "config.json")) as handle:
+        config = json.load(handle)
+    config = config.get("tracker_config") or config
+    config.pop("model_type", None)  # sam3_tracker_video's; its fields are the tracker's and more
+    return Sam3TrackerConfig(**config)
 
 
 def tracker_key(key: str) -> str | None:
@@ -222,7 +480,7 @@ def read_tensors(model_path: str, token: str | None, wanted) -> dict[str, torch.
 
     def resolve(name):
         return _from_pretrained(
-            lambda path, token: cached_file(path, name, token=token, _raise_exceptions_for_missing_entries=False),
+            lambda path: cached_file(path, name, _raise_exceptions_for_missing_entries=False),
             model_path,
             token,
         )
