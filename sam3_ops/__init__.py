@@ -42,7 +42,7 @@ _EXPORTS = {
     "load_model": "sam3_ops.sdk.segment",
     "segment": "sam3_ops.sdk.segment",
     "without_results": "sam3_ops.sdk.segment",
-    "SegmentResult": "sam3_ops.sdk.segment",
+    "SegmentResult": "sam3_ops.sdk.runs",
     "get_run": "sam3_ops.sdk.runs",
     "record_run": "sam3_ops.sdk.runs",
     "ShardedRun": "sam3_ops.sdk.shards",

@@ -288,3 +288,134 @@ def test_pooled_engine_is_shared_but_never_changed_by_a_caller(dataset, tiny_che
     assert max(max(d.mask.shape) for s in large_view for d in s.large.detections) > 4
     compiled = sam3_ops.load_model(tiny_checkpoint, prompts=["a"], reuse=True, device="cpu", compile=True)
     assert compiled.engine is not small.engine  # the weights differ: a pool entry of its own
+
+
+# -- bad settings and run options: named, and refused before anything is written ------------------
+
+#: (setting or run option, a wrong value): every setting and run option of segment, wrong types
+#: (numbers as text, bools as numbers and numbers as bools, ...) and wrong ranges
+BAD_VALUES = [
+    ("model_path", 123),
+    ("model_path", ["facebook/sam3"]),
+    ("mode", 3),
+    ("mode", "segment"),
+    ("prompts", 7),
+    ("prompts", ["cat", ""]),
+    ("threshold", "0.5"),
+    ("threshold", 1.5),
+    ("threshold", True),
+    ("threshold", float("nan")),
+    ("mask_threshold", "0.5"),
+    ("mask_threshold", -0.1),
+    ("max_mask_size", "2048"),
+    ("max_mask_size", 0),
+    ("max_mask_size", 2.5),
+    ("max_image_pixels", "1000"),
+    ("max_image_pixels", True),
+    ("device", 0),
+    ("device", "tpu"),
+    ("compile", 1),
+    ("prompt_field", 3),
+    ("negative_field", ""),
+    ("mask_dir", 3),
+    ("multimask", True),
+    ("multimask", "some"),
+    ("nms_iou", "0.5"),
+    ("nms_iou", 0),
+    ("nms_iou", float("inf")),
+    ("nms_per_label", 1),
+    ("nms_containment", "0.5"),
+    ("nms_containment", 1.5),
+    ("max_detections", "10"),
+    ("max_detections", 0),
+    ("max_detections", True),
+    ("min_area", "0.01"),
+    ("min_area", 1),
+    ("min_area", float("nan")),
+    ("points_per_side", "32"),
+    ("points_per_side", 0),
+    ("pred_iou_threshold", "0.9"),
+    ("stability_threshold", 2),
+    ("auto_label", 5),
+    ("direction", "sideways"),
+    ("max_objects", "50"),
+    ("max_objects", 0),
+    ("batch_size", 0),
+    ("batch_size", "8"),
+    ("batch_size", 2.5),
+    ("batch_size", True),
+    ("num_workers", -1),
+    ("num_workers", "2"),
+    ("num_workers", False),
+    ("skip_failures", 1),
+    ("only_missing", "yes"),
+    ("record", 0),
+    ("reuse", None),
+    ("shards", 0),
+    ("shards", "4"),
+    ("shards", 2.0),
+    ("output_dir", 3),
+    ("token", 12345),
+    ("progress", "verbose"),
+]
+
+
+@pytest.fixture(scope="module")
+def segmented(image_paths, tiny_checkpoint):
+    """A dataset with a recorded run in ``sam3`` that wrote detections (threshold 0: every query kept)."""
+    import fiftyone as fo
+
+    ds = fo.Dataset()
+    ds.add_samples([fo.Sample(filepath=p) for p in image_paths[:3]])
+    sam3_ops.segment(ds, "sam3", model_path=tiny_checkpoint, prompts=["cat"], threshold=0.0, device="cpu")
+    assert ds.count("sam3.detections") > 0  # there are values to keep
+    yield ds
+    ds.delete()
+
+
+def _state(dataset) -> dict:
+    """Everything a refused call could have changed: schema, runs (and their records), values."""
+    dataset.reload()
+    runs = {
+        key: (dataset.get_run_info(key).timestamp, dataset.get_run_info(key).config.to_str())
+        for key in dataset.list_runs()
+    }
+    schema = {name: type(field).__name__ for name, field in dataset.get_field_schema(flat=True).items()}
+    values = [d.to_json() if d is not None else None for d in dataset.values("sam3")]
+    return {"schema": schema, "runs": runs, "values": values, "detections": dataset.count("sam3.detections")}
+
+
+@pytest.mark.parametrize("label_field", ["sam3", "fresh"])
+@pytest.mark.parametrize("name, value", BAD_VALUES, ids=[f"{n}={v!r}" for n, v in BAD_VALUES])
+def test_a_bad_setting_or_run_option_is_named_and_nothing_is_written(
+    segmented, tiny_checkpoint, name, value, label_field
+):
+    before = _state(segmented)
+    options = {"model_path": tiny_checkpoint, "prompts": ["cat"], "threshold": 0.0, "device": "cpu", name: value}
+    with pytest.raises(sam3_ops.SettingsError) as raised:
+        sam3_ops.segment(segmented, label_field, **options)
+    assert raised.value.field == name
+    word = "prompt" if name == "prompts" else name  # "prompt 2 is blank": the entry, by number
+    assert word in str(raised.value)
+    if name == "token":
+        assert "12345" not in str(raised.value)  # a token's value is never shown
+    after = _state(segmented)
+    assert after == before
+    assert "fresh" not in after["schema"] and "sam3_fresh" not in after["runs"]
+    assert after["detections"] > 0 and all(after["values"])  # the kept values were compared
+
+
+def test_segment_needs_a_collection_and_a_model_from_load_model(segmented, tiny_checkpoint):
+    before = _state(segmented)
+    with pytest.raises(ValueError, match="segment needs a dataset or a view, not a Sample.*select"):
+        sam3_ops.segment(segmented.first(), "sam3", model_path=tiny_checkpoint, prompts=["cat"], device="cpu")
+    with pytest.raises(ValueError, match="model must be a model from sam3_ops.load_model"):
+        sam3_ops.segment(segmented, "sam3", model="facebook/sam3")
+    assert _state(segmented) == before
+
+
+@pytest.mark.parametrize("media_type", ["image", "video"])
+def test_load_model_names_a_model_path_of_the_wrong_type(media_type):
+    with pytest.raises(sam3_ops.SettingsError, match="model_path must be a hub id .* not int 123") as raised:
+        sam3_ops.load_model(123, prompts=["cat"], media_type=media_type)
+    assert raised.value.field == "model_path"

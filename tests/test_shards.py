@@ -26,8 +26,9 @@ from fiftyone.operators.executor import ExecutionContext
 import sam3_ops
 from sam3_ops.app.operators import OPERATORS, SegmentWithTextPrompts
 from sam3_ops.sdk import shards as sdk_shards
+from sam3_ops.sdk import shardstore
 from sam3_ops.sdk import workers as launcher
-from sam3_ops.sdk.runs import get_run
+from sam3_ops.sdk.runs import active_run_problem, get_run
 from sam3_ops.sdk.shards import (
     HEARTBEAT_ENV,
     MAX_SHARDS,
@@ -195,8 +196,8 @@ def test_a_new_run_waits_until_a_cancelled_running_shard_stopped(
     with pytest.raises(ValueError, match="not stopped yet"):
         sam3_ops.resume_shards(dataset, "sam3")
     with monkeypatch.context() as patch:  # a worker that died never says it stopped: after the grace, go on
-        patch.setattr(sdk_shards, "STOP_GRACE", 0.0)
-        assert sdk_shards.active_run_problem(dataset, "sam3") is None
+        patch.setattr(shardstore, "STOP_GRACE", 0.0)
+        assert active_run_problem(dataset, "sam3") is None
 
     monkeypatch.setattr(sdk_shards, "CHECK_INTERVAL", 0.0)  # the worker checks before its first batch
     with pytest.raises(ShardSuperseded, match="no longer running"):

@@ -7,17 +7,19 @@ results, once the run ends, the summary (samples processed, detections, skipped)
 reads the run of the field it refines and reproduces its settings exactly.
 
 :func:`sam3_ops.segment` records its runs itself; callers of ``dataset.apply_model`` can call
-:func:`record_run` afterwards.
+:func:`record_run` afterwards. What a run wrote comes back as a :class:`SegmentResult`, whichever
+medium and route ran it.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
 from .fields import ensure_detections_field, root_dataset
 from .settings import Sam3Settings
+from .shardstore import active_shards
 
 #: the ``method`` of every run this plugin records
 METHOD = "sam3_ops.segment"
@@ -28,6 +30,28 @@ LEGACY_INFO_KEY = "sam3_ops_runs"
 def run_key(label_field: str) -> str:
     """The run key of the SAM3 run that writes ``label_field``: ``sam3_<field>`` (an identifier)."""
     return "sam3_" + re.sub(r"\W", "_", label_field)
+
+
+@dataclass
+class SegmentResult:
+    """What a run of :func:`sam3_ops.segment` wrote.
+
+    Attributes:
+        label_field: the field written
+        run_key: the key of its run record (``dataset.get_run_info(run_key)``), ``None`` if not recorded
+        samples_processed, detections, samples_skipped: counts
+        skipped: ``{"filepath", "reason"}`` of each sample skipped
+    """
+
+    label_field: str
+    run_key: str | None
+    samples_processed: int = 0
+    detections: int = 0
+    samples_skipped: int = 0
+    skipped: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -86,8 +110,6 @@ def record_run(
     changes = {k: v for k, v in (("prompt_field", prompt_field), ("negative_field", negative_field)) if v}
     settings = settings.replace(**changes) if changes else settings
     if shards is None:  # a new run of the field while its sharded run goes on would be overwritten by it
-        from .shards import active_run_problem
-
         problem = active_run_problem(samples, label_field)
         if problem:
             raise ValueError(problem)
@@ -99,6 +121,21 @@ def record_run(
     if summary is not None:
         save_summary(samples, label_field, summary)
     return get_run(samples, label_field)
+
+
+def active_run_problem(samples, label_field: str) -> str | None:
+    """Why a new run of ``label_field`` cannot start now (a sharded run of it is still going), or ``None``."""
+    record = get_run(samples, label_field)
+    if record is None or not record.shards:
+        return None
+    active = active_shards(root_dataset(samples), record.shards["run_id"])
+    if not active:
+        return None
+    return (
+        f"a sharded run of {label_field!r} is still going ({active} shards queued, running or stopping): wait for "
+        f"it (sam3_ops.shard_status(dataset, {label_field!r})) or cancel it (sam3_ops.cancel_shards(dataset, "
+        f"{label_field!r})) first; a cancelled shard stops before its next batch"
+    )
 
 
 def save_summary(samples, label_field: str, summary: dict) -> None:

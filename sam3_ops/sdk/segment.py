@@ -1,51 +1,38 @@
 """The SDK's entry points: :func:`load_model` (a model for ``dataset.apply_model``) and
 :func:`segment` (apply_model + checks + the run record, in one call). The operators, QA, the
 refinement panel and the demo call these; there is no other way in.
+
+This module is the top of the SDK: it checks what it is given (the collection, the run options,
+:class:`~sam3_ops.sdk.settings.RunOptions`) and dispatches over media and execution: images in this
+process (:mod:`~sam3_ops.sdk.images`), videos (:mod:`~sam3_ops.sdk.video`), sharded runs
+(:mod:`~sam3_ops.sdk.shards`). Those modules never import this one.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
 
-from ..core.checkpoint import DEFAULT_MODEL, device_problem
-from ..core.engine import Sam3Engine
-from ..core.pool import POOLED_FEATURE_CACHE_SIZE, POOLED_MASK_CACHE_SIZE, get_engine
-from .fields import check_label_field, ensure_detections_field, output_field_problem, prompt_label_type
+from fiftyone.core.collections import SampleCollection
+
+from ..core.checkpoint import DEFAULT_MODEL
+from .images import build_engine, check_prompt_fields, segment_images, without_image_results
 from .model import Sam3Model
-from .runs import finish_run, record_run, run_key
-from .settings import Sam3Settings, SettingsError
+from .runs import SegmentResult
+from .settings import DEFAULT_BATCH_SIZE, RunOptions, Sam3Settings, as_model_path
+from .shards import segment_sharded
+from .video import Sam3VideoModel, load_video_model, segment_videos, without_video_results
 
-#: images per forward pass when the caller does not say
-DEFAULT_BATCH_SIZE = 8
-
-
-def build_engine(
-    settings: Sam3Settings, token: str | None = None, reuse: bool = True, cache_features: bool = False
-) -> Sam3Engine:
-    """The engine for ``settings`` (the pooled one with ``reuse``), its heads for the mode loaded now
-    (a clear error before a long run rather than on every batch). ``token`` is used to load only.
-    A new engine gets the pool's feature and mask caches with ``cache_features`` (pooled ones have them).
-
-    Raises:
-        SettingsError: the settings' device is not on this machine
-        ModelLoadError: the checkpoint cannot be loaded
-    """
-    problem = device_problem(settings.device)
-    if problem:
-        raise SettingsError("device", problem)
-    if reuse:
-        engine = get_engine(settings.model_path, settings.device, settings.compile)
-    else:
-        sizes = (POOLED_FEATURE_CACHE_SIZE, POOLED_MASK_CACHE_SIZE) if cache_features else (0, 0)
-        engine = Sam3Engine(
-            settings.model_path,
-            device=settings.device,
-            compile=settings.compile,
-            feature_cache_size=sizes[0],
-            mask_cache_size=sizes[1],
-        )
-    return engine.load(settings.mode, token)
+#: names other modules import from here (defined in the modules below it)
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "SegmentResult",
+    "build_engine",
+    "check_prompt_fields",
+    "load_model",
+    "segment",
+    "split_options",
+    "without_results",
+]
 
 
 def load_model(
@@ -107,13 +94,12 @@ def load_model(
         ValueError: a bad setting (:class:`~sam3_ops.sdk.settings.SettingsError`, naming it)
         ModelLoadError: the checkpoint does not exist, cannot be reached, or is incomplete
     """
+    model_path = as_model_path(model_path)  # a wrong type is named here, before either route
     if media_type == "video":
-        from .video import load_video_model
-
         return load_video_model(model_path, mode, prompts, token=token, reuse=reuse, **settings)
     if media_type != "image":
         raise ValueError(f"media_type must be 'image' or 'video', not {media_type!r}")
-    resolved = Sam3Settings(model_path=os.fspath(model_path), mode=mode, prompts=prompts, **settings)
+    resolved = Sam3Settings(model_path=model_path, mode=mode, prompts=prompts, **settings)
     engine = build_engine(resolved, token, reuse, cache_features)
     return Sam3Model(resolved, engine=engine, cache_features=cache_features)
 
@@ -124,32 +110,8 @@ def without_results(samples, label_field: str):
     Samples that were segmented (even with no hits: an empty ``Detections``) are not redone. On a
     video collection: the videos not marked done (see :mod:`sam3_ops.sdk.video`)."""
     if getattr(samples, "media_type", None) == "video":
-        from .video import without_video_results
-
         return without_video_results(samples, label_field)
-    return samples.exists(label_field, False)
-
-
-@dataclass
-class SegmentResult:
-    """What :func:`segment` wrote.
-
-    Attributes:
-        label_field: the field written
-        run_key: the key of its run record (``dataset.get_run_info(run_key)``), ``None`` if not recorded
-        samples_processed, detections, samples_skipped: counts
-        skipped: ``{"filepath", "reason"}`` of each sample skipped
-    """
-
-    label_field: str
-    run_key: str | None
-    samples_processed: int = 0
-    detections: int = 0
-    samples_skipped: int = 0
-    skipped: list = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    return without_image_results(samples, label_field)
 
 
 def split_options(options: dict) -> tuple[dict, dict]:
@@ -157,19 +119,6 @@ def split_options(options: dict) -> tuple[dict, dict]:
     options (everything else: ``token``, ``batch_size``, ``num_workers``, ``progress``, ...)."""
     names = set(Sam3Settings.names())
     return {k: v for k, v in options.items() if k in names}, {k: v for k, v in options.items() if k not in names}
-
-
-def check_prompt_fields(samples, settings: Sam3Settings) -> None:
-    """Checks that the prompt fields of ``settings`` are fields of ``samples`` of the right type:
-    ``Keypoints`` for the prompt field in ``points`` mode, ``Detections`` otherwise.
-
-    Raises:
-        ValueError: naming the field and the fields of the right type there are
-    """
-    if settings.prompt_field:
-        check_label_field(samples, settings.prompt_field, prompt_label_type(settings.mode), what="prompt_field")
-    if settings.negative_field:
-        check_label_field(samples, settings.negative_field, what="negative_field")
 
 
 def segment(
@@ -220,60 +169,48 @@ def segment(
         a :class:`SegmentResult`; with ``shards``, a :class:`~sam3_ops.sdk.shards.ShardedRun`
 
     Raises:
-        ValueError: a bad setting, output field or prompt field
+        ValueError: ``samples`` is not a dataset or view (a ``Sample``, say); a bad setting or run
+            option (:class:`~sam3_ops.sdk.settings.SettingsError`, naming it, raised before anything
+            is written); a bad output or prompt field
         ModelLoadError: the checkpoint cannot be loaded
     """
-    if shards is not None:  # queued, one delegated operation per shard: sdk/shards.py
-        from .shards import segment_sharded
-
-        run = dict(token=token, batch_size=batch_size, num_workers=num_workers, skip_failures=skip_failures)
-        run.update(progress=progress, only_missing=only_missing, output_dir=output_dir, record=record, model=model)
-        return segment_sharded(samples, label_field, shards, **run, **settings)
-    if getattr(samples, "media_type", None) == "video":  # tracking, streamed per video: sdk/video.py
-        from .video import segment_videos
-
+    if not isinstance(samples, SampleCollection):
+        raise ValueError(
+            f"segment needs a dataset or a view, not a {type(samples).__name__}: to segment one sample, "
+            "pass dataset.select(sample.id)"
+        )
+    if model is not None and not isinstance(model, Sam3Model | Sam3VideoModel):
+        raise ValueError(f"model must be a model from sam3_ops.load_model, not {type(model).__name__}")
+    # every run option checked before anything is written (the settings are checked by each route,
+    # as its first step, by Sam3Settings)
+    run = RunOptions(
+        batch_size=batch_size,
+        num_workers=num_workers,
+        skip_failures=skip_failures,
+        only_missing=only_missing,
+        record=record,
+        reuse=reuse,
+        shards=shards,
+        output_dir=output_dir,
+        token=token,
+        progress=progress,
+    )
+    if run.shards is not None:  # queued, one delegated operation per shard
+        return segment_sharded(samples, label_field, run, model=model, **settings)
+    if samples.media_type == "video":  # tracking, streamed per video
         return segment_videos(
             samples,
             label_field,
-            token=token,
-            reuse=reuse,
-            progress=progress,
-            only_missing=only_missing,
-            output_dir=output_dir,
-            record=record,
+            token=run.token,
+            reuse=run.reuse,
+            progress=run.progress,
+            only_missing=run.only_missing,
+            output_dir=run.output_dir,
+            record=run.record,
             model=model,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            skip_failures=skip_failures,
+            batch_size=run.batch_size,
+            num_workers=run.num_workers,
+            skip_failures=run.skip_failures,
             **settings,
         )
-    # a given model's prompt fields may still be chosen here, as apply_model allows
-    fields = {k: settings.pop(k) for k in ("prompt_field", "negative_field") if k in settings} if model else {}
-    if model is not None and settings:
-        raise ValueError(f"give either a model or settings ({', '.join(sorted(settings))}), not both")
-    resolved = model.settings.replace(**fields) if model is not None else Sam3Settings(**settings)
-    reserved = tuple(name for name in (resolved.prompt_field, resolved.negative_field) if name)
-    problem = output_field_problem(samples, label_field, overwrite=True, reserved=reserved)
-    if problem:
-        raise ValueError(problem)
-    check_prompt_fields(samples, resolved)
-    model = model or Sam3Model(resolved, engine=build_engine(resolved, token, reuse))
-    if record:  # before the run: an interrupted run leaves its provenance, and resumes with it
-        record_run(samples, label_field, resolved)
-    target = without_results(samples, label_field) if only_missing else samples
-    if len(target):
-        target.apply_model(
-            model,
-            label_field=label_field,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            skip_failures=skip_failures,
-            progress=progress,
-            output_dir=output_dir,
-            **{key: value for key, value in fields.items() if value},
-        )
-    ensure_detections_field(samples, label_field)
-    summary = model.summary()
-    if record:
-        finish_run(samples, label_field, resolved, summary)
-    return SegmentResult(label_field, run_key(label_field) if record else None, **summary)
+    return segment_images(samples, label_field, run, model=model, **settings)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import numbers
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -40,8 +42,14 @@ class SettingsError(ValueError):
 
 
 def is_number(value) -> bool:
-    """Whether ``value`` is a real, finite number (``True``/``False`` are not numbers here)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """Whether ``value`` is a real, finite number (``True``/``False`` are not numbers here; text
+    such as ``"0.5"`` is not a number either: a form or a config file converts it first)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_whole(value) -> bool:
+    """Whether ``value`` is a whole number (an ``int``, numpy's included; not a bool, not ``2.0``)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)  # numpy's bool is neither
 
 
 def unit_interval_problem(value, name: str) -> str | None:
@@ -244,6 +252,25 @@ class Sam3Settings:
         return list(dict.fromkeys(p.name for p in self.prompts))
 
 
+def as_model_path(value) -> str:
+    """``value`` as a model path string (a ``str`` or an ``os.PathLike``), its type checked here so
+    a wrong one is named rather than failing inside ``os.fspath``.
+
+    Raises:
+        SettingsError: ``value`` is neither
+    """
+    if not isinstance(value, str | os.PathLike):
+        raise SettingsError(
+            "model_path",
+            f"model_path must be a hub id (e.g. 'facebook/sam3') or a local directory, not {type(value).__name__} "
+            f"{value!r}",
+        )
+    path = os.fspath(value)
+    if not isinstance(path, str):  # a PathLike of bytes
+        raise SettingsError("model_path", f"model_path must be text, not {type(path).__name__} {path!r}")
+    return path
+
+
 def _check_mode(mode, values):
     if mode not in MODES:
         values["mode"] = "exemplars"  # the most permissive, so later checks still run
@@ -262,18 +289,18 @@ def _check_unit(name):
 
 
 def _check_max_mask_size(size, values):
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+    if size is not None and (not is_whole(size) or size < 1):
         raise SettingsError(
             "max_mask_size", f"max_mask_size must be a whole number of pixels >= 1 or None, not {size!r}"
         )
-    return size
+    return None if size is None else int(size)
 
 
 def _check_max_image_pixels(pixels, values):
     pixels = DEFAULT_MAX_PIXELS if pixels is None else pixels
-    if not isinstance(pixels, int) or isinstance(pixels, bool) or pixels < 1:
+    if not is_whole(pixels) or pixels < 1:
         raise SettingsError("max_image_pixels", f"max_image_pixels must be a whole number >= 1, not {pixels!r}")
-    return pixels
+    return int(pixels)
 
 
 def _check_compile(value, values):
@@ -312,14 +339,17 @@ def _check_bool(name):
     return check
 
 
-def _check_count(name, optional: bool):
+def _check_count(name, optional: bool, low: int = 1, high: int | None = None, why: str = ""):
+    """A whole number from ``low`` (to ``high``), or ``None`` when ``optional``."""
+
     def check(value, values):
         if value is None and optional:
             return None
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            allowed = "a whole number >= 1" + (" or None" if optional else "")
+        if not is_whole(value) or value < low or (high is not None and value > high):
+            allowed = f"a whole number >= {low}" if high is None else f"a whole number from {low} to {high}"
+            allowed += why + (" or None" if optional else "")
             raise SettingsError(name, f"{name} must be {allowed}, not {value!r}")
-        return value
+        return int(value)
 
     return check
 
@@ -330,9 +360,9 @@ def _check_fraction(name, optional: bool, open_zero: bool = True):
     def check(value, values):
         if value is None and optional:
             return None
-        low_ok = (value > 0) if open_zero else (value >= 0)
-        high_ok = (value <= 1) if open_zero else (value < 1)
-        if not is_number(value) or not (low_ok and high_ok):
+        # the type first: "0.5" > 0 would raise a TypeError that names nothing
+        inside = is_number(value) and ((0 < value <= 1) if open_zero else (0 <= value < 1))
+        if not inside:
             interval = "(0, 1]" if open_zero else "[0, 1)"
             raise SettingsError(
                 name, f"{name} must be a number in {interval}{' or None' if optional else ''}, not {value!r}"
@@ -372,7 +402,7 @@ def _check_label(value, values):
 
 #: each setting's rule, in dependency order (the prompts' rule reads the mode)
 _CHECKS = (
-    ("model_path", lambda value, values: validate_model_path(value)),
+    ("model_path", lambda value, values: validate_model_path(as_model_path(value))),
     ("mode", _check_mode),
     ("prompts", lambda value, values: normalize_prompts(value, values["mode"])),
     ("threshold", _check_unit("threshold")),
@@ -399,10 +429,10 @@ _CHECKS = (
 )
 
 
-def _normalize(values: dict, problems: dict | None = None) -> dict:
+def _normalize(values: dict, problems: dict | None = None, checks=_CHECKS) -> dict:
     """Every setting checked and normalised. Raises the first problem, or, given a ``problems``
     dict, records every problem there by setting name and carries on."""
-    for name, check in _CHECKS:
+    for name, check in checks:
         try:
             values[name] = check(values[name], values)
         except (SettingsError, ModelLoadError) as error:
@@ -410,3 +440,104 @@ def _normalize(values: dict, problems: dict | None = None) -> dict:
                 raise
             problems.setdefault(name, str(error))
     return values
+
+
+# -- how a run goes: segment()'s run options ------------------------------------------------------
+
+#: images per forward pass when the caller does not say
+DEFAULT_BATCH_SIZE = 8
+#: at most this many shards per run (a shard is one delegated operation)
+MAX_SHARDS = 1000
+
+
+def _check_optional_path(name):
+    def check(value, values):
+        if value is None:
+            return None
+        if not isinstance(value, str | os.PathLike) or not isinstance(os.fspath(value), str) or not os.fspath(value):
+            raise SettingsError(name, f"{name} must be a directory path or None, not {value!r}")
+        return os.fspath(value)
+
+    return check
+
+
+def _check_token(value, values):
+    if value is not None and not isinstance(value, str):  # the type only: a token's value is never shown
+        raise SettingsError("token", f"token must be text (a Hugging Face token) or None, not {type(value).__name__}")
+    return value or None
+
+
+def _check_progress(value, values):
+    if value is not None and not isinstance(value, bool) and not callable(value):
+        raise SettingsError("progress", f"progress must be True, False, None or a callback, not {value!r}")
+    return value
+
+
+_SHARDS_WHY = " (the delegated operations to split the run into, e.g. one or a few per GPU)"
+
+#: each run option's rule
+_RUN_CHECKS = (
+    ("batch_size", _check_count("batch_size", optional=False)),
+    ("num_workers", _check_count("num_workers", optional=True, low=0)),
+    ("skip_failures", _check_bool("skip_failures")),
+    ("only_missing", _check_bool("only_missing")),
+    ("record", _check_bool("record")),
+    ("reuse", _check_bool("reuse")),
+    ("shards", _check_count("shards", optional=True, high=MAX_SHARDS, why=_SHARDS_WHY)),
+    ("output_dir", _check_optional_path("output_dir")),
+    ("token", _check_token),
+    ("progress", _check_progress),
+)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run goes, as opposed to what it writes (:class:`Sam3Settings`): the options of
+    :func:`sam3_ops.segment` besides the settings, checked by the same rules, before anything is
+    written (:class:`SettingsError` naming the option; :meth:`problems` for forms).
+
+    Attributes:
+        batch_size: images per forward pass (>= 1)
+        num_workers: data-loader workers (>= 0), ``None`` for FiftyOne's default
+        skip_failures: log and skip a sample that fails, rather than stop
+        only_missing: segment only the samples without a value in the field (resume)
+        record: record the run on the dataset
+        reuse: run on the process's pooled engine
+        shards: split the run into this many delegated operations (1 to :data:`MAX_SHARDS`), or ``None``
+        output_dir: where ``apply_model`` writes masks as files, or ``None``
+        token: a Hugging Face token (never stored, never shown), or ``None``
+        progress: ``apply_model``'s progress: ``True``, ``False``, ``None`` or a callback
+    """
+
+    batch_size: int = DEFAULT_BATCH_SIZE
+    num_workers: int | None = None
+    skip_failures: bool = True
+    only_missing: bool = False
+    record: bool = True
+    reuse: bool = True
+    shards: int | None = None
+    output_dir: str | None = None
+    token: str | None = dataclasses.field(default=None, repr=False)
+    progress: object = dataclasses.field(default=None, repr=False)
+
+    def __post_init__(self):
+        normalized = _normalize({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, checks=_RUN_CHECKS)
+        for name, value in normalized.items():
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def problems(cls, values: Mapping) -> dict[str, str]:
+        """Every problem of ``values`` (run options; missing ones take their defaults), by name."""
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        problems: dict[str, str] = {}
+        _normalize(defaults | {k: v for k, v in values.items() if k in defaults}, problems, checks=_RUN_CHECKS)
+        return problems
+
+
+def check_shards(value) -> int:
+    """``value`` as a number of shards (the rule of :attr:`RunOptions.shards`).
+
+    Raises:
+        SettingsError: ``value`` is not a whole number from 1 to :data:`MAX_SHARDS`
+    """
+    return _check_count("shards", optional=False, high=MAX_SHARDS, why=_SHARDS_WHY)(value, {})

@@ -16,7 +16,7 @@ queued and travel in the operation's params with the settings; the view travels 
 stages, as FiftyOne's own delegated operations carry it. No sample ids are ever stored.
 
 **Resuming.** Every shard segments only the samples of its range without a value in the field
-(:func:`~sam3_ops.sdk.segment.without_results`); a run that replaces a field has each shard clear
+(:func:`~sam3_ops.sdk.images.without_image_results`); a run that replaces a field has each shard clear
 its own range when it first starts (marked done in the run's store, so a re-run does not clear
 again): until a shard runs, its samples keep their earlier values, so a run cancelled or never
 served loses nothing. So a shard run twice, or re-run after its worker died, writes exactly the
@@ -34,7 +34,7 @@ failed before its next batch (a check at most every :data:`CHECK_INTERVAL` secon
 
 **Cancelling, and runs over runs.** :func:`cancel_shards` marks the run's operations failed; a
 running shard stops before its next batch and says so in the run's store once its last writes are
-flushed. Until every cancelled running shard has said so (or :data:`STOP_GRACE` seconds passed),
+flushed. Until every cancelled running shard has said so (or :data:`~sam3_ops.sdk.shardstore.STOP_GRACE` seconds passed),
 the field's run counts as still going: a new run of the field, sharded or not (every door records
 its run through :func:`~sam3_ops.sdk.runs.record_run`, which refuses), would otherwise have its
 samples overwritten by the old run's last batches. A shard whose run is no longer the field's
@@ -51,10 +51,8 @@ declarations; tests/test_shards.py watches the database for such writes).
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
-import numbers
 import os
 import re
 import socket
@@ -66,18 +64,25 @@ from dataclasses import asdict, dataclass, field
 from fiftyone import ViewExpression
 from fiftyone import ViewField as F
 
-from .fields import ensure_detections_field, root_dataset
-from .runs import finish_run, get_run, record_run
-from .settings import Sam3Settings
+from .fields import ensure_detections_field, output_field_problem, root_dataset
+from .images import check_prompt_fields, segment_images, without_image_results
+from .runs import active_run_problem, finish_run, get_run, record_run
+from .settings import DEFAULT_BATCH_SIZE, RunOptions, Sam3Settings, check_shards
+from .settings import MAX_SHARDS as MAX_SHARDS  # re-exported: the operators' shard input reads it here
+from .shardstore import (
+    DEFAULT_STALE_AFTER,
+    SHARD_OPERATOR,
+    attempt_of,
+    last_seen,
+    operation_service,
+    run_operations,
+    run_store,
+    stopping_shards,
+    utc_now,
+)
 
 logger = logging.getLogger(__name__)
 
-#: the operator every shard runs (the plugin's, unlisted)
-SHARD_OPERATOR = "@sam3-ops/sam3/segment_shard"
-#: at most this many shards per run (a shard is one delegated operation)
-MAX_SHARDS = 1000
-#: a running shard silent this long (seconds) is presumed dead, by default
-DEFAULT_STALE_AFTER = 600.0
 #: the environment variable giving a worker's heartbeat interval, in seconds (default 10)
 HEARTBEAT_ENV = "SAM3_OPS_HEARTBEAT_S"
 DEFAULT_HEARTBEAT = 10.0
@@ -85,9 +90,6 @@ DEFAULT_HEARTBEAT = 10.0
 PROGRESS_INTERVAL = 2.0
 #: a running shard checks that its operation is still running at most this often (seconds), between batches
 CHECK_INTERVAL = 1.0
-#: how long a cancelled running shard may take to stop (and say so) before it is presumed dead (seconds)
-STOP_GRACE = 60.0
-_STORE_PREFIX = "sam3_ops_shards_"
 #: how long :meth:`ShardedRun.wait` waits for a done shard's operation to be marked completed (seconds)
 _CLOSE_WAIT = 30.0
 #: a shard's summary counts, summed into the run's
@@ -97,20 +99,6 @@ _COUNTS = ("samples_processed", "detections", "samples_skipped")
 class ShardSuperseded(RuntimeError):
     """The shard's operation is no longer running (presumed dead and re-queued, or cancelled):
     this attempt stops before writing more."""
-
-
-def check_shards(value) -> int:
-    """``value`` as a number of shards.
-
-    Raises:
-        ValueError: ``value`` is not a whole number from 1 to :data:`MAX_SHARDS`
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= MAX_SHARDS:
-        raise ValueError(
-            f"shards must be a whole number from 1 to {MAX_SHARDS} (the delegated operations to split "
-            f"the run into, e.g. one or a few per GPU), not {value!r}"
-        )
-    return int(value)
 
 
 # -- the shards ------------------------------------------------------------------------------------
@@ -150,25 +138,6 @@ def shard_counts(samples, edges: list[float]) -> list[int]:
     index = ViewExpression({"$add": [{"$cond": [{"$gte": ["$_rand", edge]}, 1, 0]} for edge in edges]})
     counts = samples.count_values(index)
     return [int(counts.get(k, 0)) for k in range(len(edges) + 1)]
-
-
-# -- the run's state: FiftyOne's execution store ----------------------------------------------------
-
-
-def _store(dataset, run_id: str):
-    from fiftyone.operators.store import ExecutionStore
-
-    return ExecutionStore.create(_STORE_PREFIX + run_id, dataset_id=dataset._doc.id)
-
-
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)  # FiftyOne's naive UTC
-
-
-def _service():
-    from fiftyone.operators.delegated import DelegatedOperationService
-
-    return DelegatedOperationService()
 
 
 # -- queueing ----------------------------------------------------------------------------------------
@@ -303,14 +272,14 @@ def queue_shards(
         count = max(1, pending)
     previous = get_run(samples, label_field)
     if previous is not None and previous.shards:
-        _store(dataset, previous.shards["run_id"]).clear()
+        run_store(dataset, previous.shards["run_id"]).clear()
 
     ensure_detections_field(samples, label_field)  # declared once, before any shard can run
     run_id = uuid.uuid4().hex
     edges = shard_edges(samples, count)
     record_run(samples, label_field, settings, shards=_shard_info(run_id, count, edges))
 
-    service = _service()
+    service = operation_service()
     operation_ids = []
     for shard in range(count):
         params = {
@@ -336,16 +305,8 @@ def queue_shards(
 def segment_sharded(
     samples,
     label_field: str,
-    shards,
+    run: RunOptions,
     *,
-    token: str | None = None,
-    batch_size: int,
-    num_workers: int | None = None,
-    skip_failures: bool = True,
-    progress=None,
-    only_missing: bool = False,
-    output_dir: str | None = None,
-    record: bool = True,
     model=None,
     delegation_target: str | None = None,
     **settings,
@@ -354,23 +315,28 @@ def segment_sharded(
     :func:`queue_shards`. The workers build the model from the settings; the token never travels
     (each worker reads ``HF_TOKEN`` from its environment or the plugin secret).
 
+    Args:
+        samples: an image dataset or view
+        label_field: the field to write
+        run: the run options, validated (``run.shards``: how many)
+        model (None): refused (each worker builds its own)
+        delegation_target (None): FiftyOne's delegation target of the operations
+        **settings: :class:`~sam3_ops.sdk.settings.Sam3Settings`
+
     Raises:
         ValueError: a bad ``shards``, setting, output or prompt field; a video collection; a
             ``model`` instead of settings; ``record=False`` (the run record holds the shards)
     """
-    from .fields import output_field_problem
-    from .segment import check_prompt_fields
-
-    check_shards(shards)
+    check_shards(run.shards)
     if getattr(samples, "media_type", None) == "video":
         raise ValueError("shards: sharded runs segment image collections; run videos with shards=None")
     if model is not None:
         raise ValueError("shards: each worker builds its model from the settings: give settings, not model=")
-    if not record:
+    if not run.record:
         raise ValueError("shards: a sharded run is always recorded (its record lists its shards): drop record=False")
-    if token:
+    if run.token:
         logger.warning("shards: the token is not sent to the workers; give them HF_TOKEN (or the plugin secret)")
-    if progress not in (None, False, True):
+    if run.progress not in (None, False, True):
         logger.info("shards: progress is reported by each shard's operation, not to this callback")
     resolved = Sam3Settings(**settings)
     reserved = tuple(name for name in (resolved.prompt_field, resolved.negative_field) if name)
@@ -388,20 +354,18 @@ def segment_sharded(
         samples,
         label_field,
         resolved,
-        shards,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        skip_failures=skip_failures,
-        only_missing=only_missing,
-        output_dir=output_dir,
+        run.shards,
+        batch_size=run.batch_size,
+        num_workers=run.num_workers,
+        skip_failures=run.skip_failures,
+        only_missing=run.only_missing,
+        output_dir=run.output_dir,
         delegation_target=delegation_target,
     )
 
 
 def _missing(samples, label_field: str) -> int:
-    from .segment import without_results
-
-    return len(without_results(samples, label_field))
+    return len(without_image_results(samples, label_field))
 
 
 # -- running one shard (in a worker) ----------------------------------------------------------------
@@ -434,7 +398,7 @@ class _Heartbeat:
     def _run(self):
         from fiftyone.operators.executor import ExecutionProgress, ExecutionRunState
 
-        service = _service()
+        service = operation_service()
         while not self._stop.wait(self.interval):
             try:
                 if service.get(self.operation_id).run_state != ExecutionRunState.RUNNING:
@@ -475,7 +439,7 @@ def run_shard(samples, params: dict, token: str | None = None, set_progress=None
     label_field, run_id = params["label_field"], params["run_id"]
     settings = Sam3Settings.from_dict(params["settings"])
     target = shard_view(samples, index, list(params["edges"]))
-    store = _store(dataset, run_id)
+    store = run_store(dataset, run_id)
     worker = f"{socket.gethostname()}:{os.getpid()}"
     store.set(
         f"worker_{index}",
@@ -507,7 +471,7 @@ def _still_running(operation_id) -> bool:
     from fiftyone.operators.executor import ExecutionRunState
 
     try:
-        return _service().get(operation_id).run_state == ExecutionRunState.RUNNING
+        return operation_service().get(operation_id).run_state == ExecutionRunState.RUNNING
     except Exception as error:  # a transient database error must not end the shard
         logger.debug("shard check: %s", error)
         return True
@@ -516,8 +480,6 @@ def _still_running(operation_id) -> bool:
 def _segment_shard(target, params, settings, token, set_progress, operation_id, heartbeat, store, name):
     """Clears the shard's range on its first start (a run that replaces the field), then segments
     what it lacks, stopping between batches once its operation is no longer running."""
-    from .segment import segment
-
     index, label_field = int(params["shard"]), params["label_field"]
     if params.get("replace") and not store.has(f"cleared_{index}"):
         target.clear_sample_field(label_field)
@@ -541,19 +503,17 @@ def _segment_shard(target, params, settings, token, set_progress, operation_id, 
 
     if set_progress is not None:
         set_progress(progress=0.0, label=f"{name}: loading the model")
-    result = segment(
-        target,
-        label_field,
+    run = RunOptions(
         token=token,
-        batch_size=int(params.get("batch_size") or 8),
+        batch_size=int(params.get("batch_size") or DEFAULT_BATCH_SIZE),
         num_workers=params.get("num_workers"),
         skip_failures=bool(params.get("skip_failures", True)),
         progress=progress,
         only_missing=True,
         output_dir=params.get("output_dir"),
         record=False,
-        **settings.to_dict(),
     )
+    result = segment_images(target, label_field, run, **settings.to_dict())
     if heartbeat.superseded.is_set():
         raise ShardSuperseded(f"{name} of {label_field!r}: its operation is no longer running")
     return result
@@ -627,83 +587,11 @@ class ShardStatus:
         )
 
 
-def _operations(dataset, run_id: str) -> dict[int, list]:
-    """The run's operations by shard, latest attempt first."""
-    from fiftyone.factory import DelegatedOperationPagingParams
-
-    found = _service().list_operations(
-        operator=SHARD_OPERATOR,
-        dataset_id=dataset._doc.id,
-        paging=DelegatedOperationPagingParams(limit=0),
-        **{"context.request_params.params.run_id": run_id},
-    )
-    by_shard: dict[int, list] = {}
-    for op in found:
-        params = op.context.request_params.get("params", {})
-        by_shard.setdefault(int(params["shard"]), []).append(op)
-    for ops in by_shard.values():
-        ops.sort(key=lambda op: (_attempt(op), op.queued_at), reverse=True)
-    return by_shard
-
-
-def _attempt(op) -> int:
-    return int(op.context.request_params["params"].get("attempt", 1))
-
-
-def _last_seen(op) -> datetime.datetime | None:
-    times = [op.started_at, op.updated_at, getattr(op.status, "updated_at", None) if op.status else None]
-    times = [t for t in times if t is not None]
-    return max(times) if times else None
-
-
 def _sharded_record(samples, label_field: str):
     record = get_run(samples, label_field)
     if record is None or not record.shards:
         raise ValueError(f"{label_field!r} has no sharded run recorded (sam3_ops.segment(..., shards=N) records one)")
     return record
-
-
-def _active_shards(dataset, label_field: str) -> int:
-    """Shards of the field's last sharded run that are queued, running and not silent, or cancelled
-    while running and not yet stopped (for at most :data:`STOP_GRACE` seconds)."""
-    from fiftyone.operators.executor import ExecutionRunState
-
-    record = get_run(dataset, label_field)
-    if record is None or not record.shards:
-        return 0
-    run_id = record.shards["run_id"]
-    now, active = _now(), 0
-    for ops in _operations(dataset, run_id).values():
-        op = ops[0]
-        if op.run_state in (ExecutionRunState.QUEUED, ExecutionRunState.SCHEDULED):
-            active += 1
-        elif op.run_state == ExecutionRunState.RUNNING:
-            seen = _last_seen(op)
-            active += seen is not None and (now - seen).total_seconds() < DEFAULT_STALE_AFTER
-    return active + _stopping(_store(dataset, run_id))
-
-
-def _stopping(store) -> int:
-    """Shards cancelled while running whose worker has not said it stopped (for at most :data:`STOP_GRACE` s)."""
-    stopping = 0
-    for key in store.list_keys():
-        if key.startswith("cancelled_"):
-            cancelled = store.get(key) or {}
-            stopped = store.has(f"stopped_{key[len('cancelled_') :]}_{cancelled.get('attempt')}")
-            stopping += not stopped and time.time() - float(cancelled.get("at", 0)) < STOP_GRACE
-    return stopping
-
-
-def active_run_problem(samples, label_field: str) -> str | None:
-    """Why a new run of ``label_field`` cannot start now (a sharded run of it is still going), or ``None``."""
-    active = _active_shards(root_dataset(samples), label_field)
-    if not active:
-        return None
-    return (
-        f"a sharded run of {label_field!r} is still going ({active} shards queued, running or stopping): wait for "
-        f"it (sam3_ops.shard_status(dataset, {label_field!r})) or cancel it (sam3_ops.cancel_shards(dataset, "
-        f"{label_field!r})) first; a cancelled shard stops before its next batch"
-    )
 
 
 def view_reads_field(samples, label_field: str) -> str | None:
@@ -730,7 +618,7 @@ def requeue_shard(op, reason: str):
     again (``attempt`` + 1); returns the new operation, or ``None`` if ``op`` was no longer running."""
     from fiftyone.operators.executor import ExecutionResult, ExecutionRunState
 
-    service = _service()
+    service = operation_service()
     failed = service.set_failed(op.id, result=ExecutionResult(error=reason), required_state=ExecutionRunState.RUNNING)
     if failed is None:
         return None
@@ -771,22 +659,22 @@ def shard_status(
     info = record.shards
     run_id, count, edges = info["run_id"], int(info["count"]), list(info["edges"])
     status = ShardStatus(label_field, run_id, count)
-    store = _store(dataset, run_id)
+    store = run_store(dataset, run_id)
     done = _done(store)
-    operations = _operations(dataset, run_id)
+    operations = run_operations(dataset, run_id)
     view = dataset.load_run_view(record.key)
     totals = shard_counts(view, edges)
     written = shard_counts(view.exists(label_field), edges)
-    now = _now()
+    now = utc_now()
     for shard in range(count):
         ops = operations.get(shard, [])
         op = ops[0] if ops else None
-        seen = _last_seen(op) if op is not None else None
+        seen = last_seen(op) if op is not None else None
         age = (now - seen).total_seconds() if seen is not None else None
         worker = store.get(f"worker_{shard}") or {}
         entry = {
             "shard": shard,
-            "attempt": _attempt(op) if op else None,
+            "attempt": attempt_of(op) if op else None,
             "operation_id": str(op.id) if op else None,
             "samples": totals[shard],
             "written": written[shard],
@@ -846,8 +734,8 @@ def cancel_shards(samples, label_field: str) -> int:
     dataset = root_dataset(samples)
     record = _sharded_record(dataset, label_field)
     run_id = record.shards["run_id"]
-    service, store, cancelled = _service(), _store(dataset, run_id), 0
-    for shard, ops in _operations(dataset, run_id).items():
+    service, store, cancelled = operation_service(), run_store(dataset, run_id), 0
+    for shard, ops in run_operations(dataset, run_id).items():
         for op in ops:
             for state in (ExecutionRunState.QUEUED, ExecutionRunState.SCHEDULED, ExecutionRunState.RUNNING):
                 if op.run_state == state:
@@ -855,7 +743,7 @@ def cancel_shards(samples, label_field: str) -> int:
                     done = service.set_failed(op.id, result=result, required_state=state) is not None
                     cancelled += done
                     if done and state == ExecutionRunState.RUNNING:  # its worker may still be writing
-                        store.set(f"cancelled_{shard}", {"attempt": _attempt(op), "at": time.time()})
+                        store.set(f"cancelled_{shard}", {"attempt": attempt_of(op), "at": time.time()})
     return cancelled
 
 
@@ -873,17 +761,17 @@ def resume_shards(samples, label_field: str) -> int:
     dataset.reload()
     record = _sharded_record(dataset, label_field)
     run_id = record.shards["run_id"]
-    store, service, queued = _store(dataset, run_id), _service(), 0
-    stopping = _stopping(store)
+    store, service, queued = run_store(dataset, run_id), operation_service(), 0
+    stopping = stopping_shards(store)
     if stopping:
         raise ValueError(f"{stopping} cancelled shards of {label_field!r} have not stopped yet: try again in a moment")
-    for shard, ops in sorted(_operations(dataset, run_id).items()):
+    for shard, ops in sorted(run_operations(dataset, run_id).items()):
         op = ops[0]
         if store.has(f"done_{shard}") or op.run_state != ExecutionRunState.FAILED:
             continue
         store.delete(f"cancelled_{shard}")
         request = {k: v for k, v in op.context.request_params.items() if k not in ("run_doc", "results", "target")}
-        request["params"] = {**request["params"], "attempt": _attempt(op) + 1}
+        request["params"] = {**request["params"], "attempt": attempt_of(op) + 1}
         _queue(service, request, label_field, shard, int(request["params"]["shards"]), op.delegation_target)
         queued += 1
     return queued

@@ -65,8 +65,7 @@ from .fields import (
     tracks_field,
 )
 from .model import MAX_LABEL_BYTES, RunCounts, stored_mask_bytes
-from .runs import finish_run, record_run, run_key
-from .segment import SegmentResult
+from .runs import SegmentResult, finish_run, record_run, run_key
 from .settings import Sam3Settings, SettingsError
 
 logger = logging.getLogger(__name__)
