@@ -107,12 +107,20 @@ def test_parse_prompts_accepts_lists_and_comma_separated_text(value, expected):
     assert tuple(p.text for p in normalize_prompts(entries, "exemplars")) == expected
 
 
-@pytest.mark.parametrize("value", [["cat", "   "], " , ", "", ["cat", 3], 7])
-def test_bad_form_prompts_are_named_by_the_form_or_the_settings(value):
-    entries, problem = parse_prompts(value)
-    if problem is None:
-        with pytest.raises(ValueError, match="prompt"):
-            normalize_prompts(entries, "text")
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        (["cat", "   "], ["prompt 2", "blank"]),  # the settings name the entry
+        (" , ", ["prompt", "blank"]),  # the form: nothing but commas
+        ("", ["prompt 1", "blank"]),
+        (["cat", 3], ["prompt 2", "int"]),
+        (7, ["prompts must be text", "int"]),  # the form: not text at all
+    ],
+)
+def test_bad_form_prompts_are_named_by_the_form_or_the_settings(dataset, text_params, value, words):
+    """What the form shows under its prompts input, whichever of the form or the settings found it."""
+    properties, validation = resolve_form(SegmentWithTextPrompts(), dataset, {**text_params, "prompts": value})
+    assert_flagged(properties, validation, "prompts", *words)
 
 
 # -- execution with each target ------------------------------------------------------------------

@@ -295,13 +295,27 @@ def test_accept_needs_tagged_detections(dataset):
 
 
 def test_restore_a_view_restores_only_its_samples(dataset):
-    before = gt_dumps(dataset)
+    for sample in dataset.limit(2):  # labels the view's filter leaves out, so "restored whole" can fail
+        sample.ground_truth.detections.append(fo.Detection(label="dog", bounding_box=[0.1, 0.1, 0.2, 0.2]))
+        sample.save()
+
+    def stored():
+        return {s.id: s.to_mongo_dict(include_id=True).get("ground_truth") for s in dataset}
+
+    before = stored()
     dataset.clone_sample_field("ground_truth", "gt_saved")
     dataset.set_values("ground_truth", [fo.Detections() for _ in range(len(dataset))])
+    emptied = stored()
+    assert all(emptied[i] != before[i] for i in before)  # every sample's value changed: restoring one shows
     view = dataset.limit(2).filter_labels("gt_saved", F("label") == "cat")
+    chosen = set(view.values("id"))
+    assert len(chosen) == 2 < len(dataset)
     assert edits.restore_field(view, "ground_truth", "gt_saved") == 2
-    after = gt_dumps(dataset)
-    assert after[:2] == before[:2] or sum(a == b for a, b in zip(after, before)) == 2
+    after = stored()
+    assert {i for i in after if after[i] == before[i]} == chosen  # the view's samples, exactly as they were
+    assert all(after[i] == emptied[i] for i in after if i not in chosen)  # the others untouched
+    labels = {d["label"] for i in chosen for d in after[i]["detections"]}
+    assert labels == {"cat", "dog"}  # whole samples: the view's label filter did not reach the copy
     with pytest.raises(ValueError, match="does not exist"):
         edits.restore_field(dataset, "ground_truth", "nope")
 
