@@ -9,14 +9,8 @@ import pytest
 import sam3_ops
 from sam3_ops.app.panel import PANELS, RefineWithNegativeBoxes
 from sam3_ops.app.panel_input import parse_pixel_boxes, parse_pixel_points, target_sample_ids
-from sam3_ops.curation.clicks import (
-    CLICKS_FIELD,
-    FROM_BOX,
-    FROM_MASK,
-    check_points,
-    clicks_field_problem,
-    points_of_label,
-)
+from sam3_ops.curation.click_input import CLICKS_FIELD, check_points, clicks_field_problem, points_of_label
+from sam3_ops.curation.clicks import FROM_BOX, FROM_MASK
 from sam3_ops.curation.proposals import (
     REFINEMENTS_FIELD,
     RefineError,

@@ -1,5 +1,5 @@
 """The refinement panel: a thin App door into :mod:`sam3_ops.curation.refine` (boxes),
-:mod:`sam3_ops.curation.clicks` (points) and :mod:`sam3_ops.curation.proposals` (accept, undo,
+:mod:`sam3_ops.curation.clicks` (points, read by :mod:`sam3_ops.curation.click_input`) and :mod:`sam3_ops.curation.proposals` (accept, undo,
 discard); typed text is read by :mod:`sam3_ops.app.panel_input`.
 
 Each callback reads the App's context (current or selected samples, selected labels, the panel's
@@ -28,13 +28,16 @@ import logging
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from ..curation.clicks import (
+from ..curation.click_input import (
     CLICKS_FIELD,
     PointSpec,
-    choose_object,
     clear_clicks,
     click_fields,
     clicks_field_problem,
+    setup_clicks_field,
+)
+from ..curation.clicks import (
+    choose_object,
     clicks_of_sample,
     is_object_selection,
     next_target,
@@ -42,7 +45,6 @@ from ..curation.clicks import (
     plan_clicks,
     refine_with_points,
     resolve_click_selection,
-    setup_clicks_field,
 )
 from ..curation.proposals import (
     Kind,

@@ -32,6 +32,7 @@ import fiftyone.core.fields as fof
 import fiftyone.core.labels as fol
 
 from ..core.checkpoint import ModelLoadError, device_problem, resolve_device
+from ..core.images import ImageLoadError, image_size
 from ..sdk.fields import detections_fields as all_detections_fields
 from ..sdk.model import Sam3Model
 from ..sdk.runs import RunRecord, get_run, recorded_fields
@@ -198,11 +199,6 @@ class Ledger:
         self.sample.save()
 
 
-def last_record(sample, field_name: str, status: Status) -> Record | None:
-    """The newest record of ``field_name`` with ``status`` on ``sample``, or ``None``."""
-    return Ledger(sample).last(field_name, status)
-
-
 def refinement_history(sample, field_name: str | None = None) -> list[dict]:
     """A sample's refinement records (oldest first) as stored, for QA review; backups left out."""
     records = Ledger(sample).records
@@ -265,6 +261,19 @@ def get_sample(dataset, sample_id: str):
             f"Sample {sample_id} is not in the dataset: refinement works on the dataset's own samples "
             "(not on patches, clips or frames views)"
         ) from None
+
+
+def image_size_of(sample) -> tuple[int, int]:
+    """``(width, height)`` of a sample's image, read from its header.
+
+    Raises:
+        RefineError: an image that cannot be read, naming the sample
+    """
+    try:
+        height, width = image_size(sample.filepath)
+    except ImageLoadError as error:
+        raise RefineError(f"Cannot read the image of sample {sample.id}: {error}") from None
+    return width, height
 
 
 def count_per_prompt(detections, prompts: Sequence[str] = ()) -> dict[str, int]:

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import fiftyone.core.labels as fol
 import numpy as np
 
-from ..core.images import ImageLoadError, image_size
 from ..core.queries import VISUAL_PROMPT
 from ..sdk.convert import relative_to_xyxy, xyxy_to_relative
 from ..sdk.runs import RunRecord
@@ -39,7 +38,7 @@ from .proposals import (
     detections_fields,
     ensure_refinement_fields,
     get_sample,
-    last_record,
+    image_size_of,
     preview_field_name,
     proposal_model,
     run_proposal,
@@ -190,7 +189,7 @@ def describe_field(dataset, field_name: str, sample_ids: Sequence[str] = ()) -> 
         sample = get_sample(dataset, sample_id)
         counts.update(count_per_prompt(sample[field_name], prompts))
         pending += bool(has_preview and sample[preview] is not None)
-        accepted += last_record(sample, field_name, Status.ACCEPTED) is not None
+        accepted += Ledger(sample).last(field_name, Status.ACCEPTED) is not None
     ordered = {p: counts.pop(p, 0) for p in prompts}
     ordered.update(sorted(counts.items()))
     return {
@@ -312,10 +311,7 @@ def _check_refinement(dataset, settings: Sam3Settings, negatives: BoxSpec, posit
 
 def _plan_sample(sample, settings: Sam3Settings, negatives: BoxSpec, positives: BoxSpec) -> SamplePlan | None:
     """One sample's :class:`SamplePlan`, or ``None`` when no chosen box belongs to it."""
-    try:
-        height, width = image_size(sample.filepath)
-    except ImageLoadError as error:
-        raise RefineError(f"Cannot read the image of sample {sample.id}: {error}") from None
+    width, height = image_size_of(sample)
     added_negatives, negative_sources = _boxes_for_sample(negatives, sample, width, height, "Negative box")
     added_positives, positive_sources = _boxes_for_sample(positives, sample, width, height, "Positive example box")
     if not len(added_negatives) and not len(added_positives):
