@@ -1,9 +1,11 @@
 """A tiny random SAM3 checkpoint, for offline smoke tests of a whole pipeline.
 
-``facebook/sam3`` is gated and large. :func:`build_tiny_checkpoint` writes a ~0.3 M parameter
+``facebook/sam3`` is gated and large. :func:`build_tiny_checkpoint` writes a ~4.4 M parameter
 checkpoint with random weights in the same ``sam3_video`` layout as ``facebook/sam3``
 (``detector_model.*``, ``tracker_model.*``, ``tracker_neck.*`` plus processor files), so the real
-loading code (``from_pretrained``) runs on it. Its outputs are meaningless but deterministic.
+loading code (``from_pretrained``) runs on it, and every head runs in every mode, image (text,
+boxes, exemplars, points, auto, refinement) and video (text, boxes, points). Its outputs are
+meaningless but deterministic.
 
 Usage::
 
@@ -44,7 +46,7 @@ def _byte_alphabet() -> list[str]:
     return [chr(c) for c in chars]
 
 
-def tiny_processor():
+def tiny_processor(image_size: int = _IMAGE_SIZE):
     """A ``Sam3Processor`` built in memory (224 px input, a byte-level tokenizer with no merges)."""
     from transformers import CLIPTokenizer, Sam3ImageProcessor, Sam3Processor
 
@@ -53,12 +55,12 @@ def tiny_processor():
         vocab.setdefault(char, len(vocab))
         vocab.setdefault(char + "</w>", len(vocab))
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
-    image_processor = Sam3ImageProcessor(size={"height": _IMAGE_SIZE, "width": _IMAGE_SIZE})
+    image_processor = Sam3ImageProcessor(size={"height": image_size, "width": image_size})
     return Sam3Processor(image_processor=image_processor, tokenizer=tokenizer)
 
 
-def tiny_config():
-    """A ``Sam3VideoConfig`` (detector + tracker) small enough to run in milliseconds on a CPU."""
+def _narrow_config():
+    """The 32-wide layout :func:`tiny_config` widens (its ViT and text encoder stay this size)."""
     from transformers import Sam3Config, Sam3TrackerVideoConfig, Sam3VideoConfig
 
     grid = _IMAGE_SIZE // _PATCH  # 16 patches a side
@@ -115,7 +117,7 @@ def tiny_config():
             "num_attention_heads": 2,
             "iou_head_hidden_dim": 32,
         },
-        # video-memory modules: unused for images, but part of the checkpoint layout
+        # video-memory modules (widened by tiny_config)
         memory_attention_hidden_size=32,
         memory_attention_num_layers=1,
         memory_attention_feed_forward_hidden_size=64,
@@ -127,6 +129,49 @@ def tiny_config():
         memory_fuser_intermediate_dim=64,
     )
     return Sam3VideoConfig(detector_config=detector, tracker_config=tracker)
+
+
+#: the width of the tiny checkpoints' features and heads: transformers' video tracker hard-codes
+#: 64-channel memory (its memory attention's keys) and splits each object pointer (this width) into
+#: 64-wide tokens, and it reads the detector's neck; so every head is this wide, a multiple of 64
+#: above 64, for the video models to run on the same checkpoint as the image ones
+TINY_WIDTH = 128
+
+
+def tiny_config(image_size: int = _IMAGE_SIZE):
+    """A ``Sam3VideoConfig`` (detector + tracker) whose every head runs in every mode, image and
+    video, small enough to run in milliseconds on a CPU: a 32-wide ViT and text encoder, heads and
+    memory :data:`TINY_WIDTH` wide.
+
+    Args:
+        image_size (224): the input size, a multiple of 14 (the patch size)
+    """
+    from transformers import Sam3VideoConfig
+
+    width, grid = TINY_WIDTH, image_size // _PATCH
+    config = _narrow_config().to_dict()
+    for vision in (config["detector_config"]["vision_config"], config["tracker_config"]["vision_config"]):
+        vision["fpn_hidden_size"] = width
+        vision["backbone_feature_sizes"] = [[4 * grid, 4 * grid], [2 * grid, 2 * grid], [grid, grid]]
+        vision["backbone_config"].update(image_size=image_size, pretrain_image_size=image_size)
+    tracker = config["tracker_config"]
+    tracker.update(
+        image_size=image_size,
+        memory_attention_hidden_size=width,
+        memory_encoder_hidden_size=width,
+        memory_encoder_output_channels=64,
+        mask_downsampler_embed_dim=width,
+        memory_fuser_embed_dim=width,
+        memory_attention_rope_feat_sizes=[grid, grid],
+    )
+    tracker["mask_decoder_config"]["hidden_size"] = width
+    tracker["prompt_encoder_config"].update(hidden_size=width, image_size=image_size)
+    detector = config["detector_config"]
+    for head in ("geometry_encoder_config", "detr_encoder_config", "detr_decoder_config", "mask_decoder_config"):
+        detector[head]["hidden_size"] = width
+    detector["text_config"]["projection_dim"] = width
+    config["low_res_mask_size"] = 4 * grid
+    return Sam3VideoConfig.from_dict(config)
 
 
 #: the checkpoint layouts :func:`build_tiny_checkpoint` writes
@@ -161,6 +206,7 @@ def build_tiny_checkpoint(path: str | os.PathLike, seed: int = 0, layout: str = 
     os.makedirs(path, exist_ok=True)
     torch.manual_seed(seed)
     model = Sam3VideoModel(tiny_config())
+    _tracker_sees_objects(model)
     if confident:
         with torch.no_grad():
             detector = model.detector_model
@@ -182,16 +228,22 @@ def build_tiny_checkpoint(path: str | os.PathLike, seed: int = 0, layout: str = 
     return path
 
 
+def _tracker_sees_objects(model) -> None:
+    """Random weights call every tracked object absent (then video masks are empty): bias the
+    tracker's object-score head towards "present", as a trained tracker is for a prompted object."""
+    import torch
+
+    torch.nn.init.constant_(model.tracker_model.mask_decoder.pred_obj_score_head.proj_out.bias, 3.0)
+
+
 #: the input size of :func:`build_tiny_video_checkpoint`
 VIDEO_IMAGE_SIZE = 112
 
 
 def build_tiny_video_checkpoint(path, seed: int = 0, **config_overrides) -> str:
-    """A tiny random ``sam3_video`` checkpoint whose VIDEO models run, written like
-    :func:`build_tiny_checkpoint` (hub layout, safetensors, processor). The image checkpoint is
-    too narrow for them (the memory attention needs a feature width other than its 64 key width,
-    and 64-channel memory); this one is wider (128), at 112 px. Random weights call every object
-    absent, so the tracker's object-score head is biased towards "present".
+    """:func:`build_tiny_checkpoint`'s layout at 112 px (hub layout, safetensors, processor), for
+    video tests that want small frames; ``config_overrides`` change its video settings. Every head
+    runs on it, as on :func:`build_tiny_checkpoint`'s.
 
     Args:
         path: the directory to write
@@ -200,31 +252,10 @@ def build_tiny_video_checkpoint(path, seed: int = 0, **config_overrides) -> str:
     """
     import torch
     from safetensors.torch import save_file
-    from transformers import Sam3ImageProcessor, Sam3Processor, Sam3VideoConfig, Sam3VideoModel
+    from transformers import Sam3VideoConfig, Sam3VideoModel
 
-    width, grid = 128, VIDEO_IMAGE_SIZE // 14
-    config = tiny_config().to_dict()
-    for vision in (config["detector_config"]["vision_config"], config["tracker_config"]["vision_config"]):
-        vision["fpn_hidden_size"] = width
-        vision["backbone_feature_sizes"] = [[4 * grid, 4 * grid], [2 * grid, 2 * grid], [grid, grid]]
-        vision["backbone_config"].update(image_size=VIDEO_IMAGE_SIZE, pretrain_image_size=VIDEO_IMAGE_SIZE)
+    config = tiny_config(VIDEO_IMAGE_SIZE).to_dict()
     tracker = config["tracker_config"]
-    tracker.update(
-        image_size=VIDEO_IMAGE_SIZE,
-        memory_attention_hidden_size=width,
-        memory_encoder_hidden_size=width,
-        memory_encoder_output_channels=64,
-        mask_downsampler_embed_dim=width,
-        memory_fuser_embed_dim=width,
-        memory_attention_rope_feat_sizes=[grid, grid],
-    )
-    tracker["mask_decoder_config"]["hidden_size"] = width
-    tracker["prompt_encoder_config"].update(hidden_size=width, image_size=VIDEO_IMAGE_SIZE)
-    detector = config["detector_config"]
-    for head in ("geometry_encoder_config", "detr_encoder_config", "detr_decoder_config", "mask_decoder_config"):
-        detector[head]["hidden_size"] = width
-    detector["text_config"]["projection_dim"] = width
-    config["low_res_mask_size"] = 4 * grid
     for name, value in config_overrides.items():
         if name.startswith("tracker_"):
             tracker[name[len("tracker_") :]] = value
@@ -232,14 +263,12 @@ def build_tiny_video_checkpoint(path, seed: int = 0, **config_overrides) -> str:
             config[name] = value
     torch.manual_seed(seed)
     model = Sam3VideoModel(Sam3VideoConfig.from_dict(config))
-    # random weights call every object absent (then masks are empty); make the tracker see them
-    torch.nn.init.constant_(model.tracker_model.mask_decoder.pred_obj_score_head.proj_out.bias, 3.0)
+    _tracker_sees_objects(model)
     os.makedirs(path, exist_ok=True)
     state = {name: tensor.detach().clone().contiguous() for name, tensor in model.state_dict().items()}
     save_file(state, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
     model.config.save_pretrained(path)
-    image_processor = Sam3ImageProcessor(size={"height": VIDEO_IMAGE_SIZE, "width": VIDEO_IMAGE_SIZE})
-    Sam3Processor(image_processor=image_processor, tokenizer=tiny_processor().tokenizer).save_pretrained(path)
+    tiny_processor(VIDEO_IMAGE_SIZE).save_pretrained(path)
     return os.fspath(path)
 
 
