@@ -414,6 +414,19 @@ def test_segment_needs_a_collection_and_a_model_from_load_model(segmented, tiny_
     assert _state(segmented) == before
 
 
+def test_unknown_settings_and_a_field_name_of_the_wrong_type_are_named(segmented, tiny_checkpoint):
+    before = _state(segmented)
+    options = {"model_path": tiny_checkpoint, "prompts": ["cat"], "device": "cpu"}
+    with pytest.raises(sam3_ops.SettingsError, match="unknown settings \\['colour'\\]") as raised:
+        sam3_ops.segment(segmented, "sam3", colour="red", **options)
+    assert raised.value.field == "colour"
+    with pytest.raises(ValueError, match="label_field must be a field name .* not int 5"):
+        sam3_ops.segment(segmented, 5, **options)
+    with pytest.raises(sam3_ops.SettingsError, match="batch_size is a run option.*segment"):
+        sam3_ops.load_model(batch_size=8, **options)
+    assert _state(segmented) == before
+
+
 @pytest.mark.parametrize("media_type", ["image", "video"])
 def test_load_model_names_a_model_path_of_the_wrong_type(media_type):
     with pytest.raises(sam3_ops.SettingsError, match="model_path must be a hub id .* not int 123") as raised:

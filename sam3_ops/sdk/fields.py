@@ -33,8 +33,10 @@ def holds(field, label_type=fol.Detections) -> bool:
 
 def field_name_problem(name) -> str | None:
     """Why ``name`` cannot be a new top-level field name, or ``None``."""
-    if not isinstance(name, str) or not name.strip():
-        return "Give the field to write to, e.g. 'sam3'"
+    if name is not None and not isinstance(name, str):
+        return f"label_field must be a field name (text, e.g. 'sam3'), not {type(name).__name__} {name!r}"
+    if not name or not name.strip():
+        return "Give the field to write to (label_field), e.g. 'sam3'"
     if not _FIELD_NAME.match(name):
         return f"{name!r} is not a valid field name: use letters, digits and underscores, starting with a letter (e.g. 'sam3_masks')"
     return None

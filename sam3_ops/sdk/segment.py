@@ -95,6 +95,7 @@ def load_model(
         ModelLoadError: the checkpoint does not exist, cannot be reached, or is incomplete
     """
     model_path = as_model_path(model_path)  # a wrong type is named here, before either route
+    Sam3Settings.check_names(settings)
     if media_type == "video":
         return load_video_model(model_path, mode, prompts, token=token, reuse=reuse, **settings)
     if media_type != "image":
@@ -183,6 +184,7 @@ def segment(
         raise ValueError(f"model must be a model from sam3_ops.load_model, not {type(model).__name__}")
     # every run option checked before anything is written (the settings are checked by each route,
     # as its first step, by Sam3Settings)
+    Sam3Settings.check_names(settings)
     run = RunOptions(
         batch_size=batch_size,
         num_workers=num_workers,

@@ -202,12 +202,28 @@ class Sam3Settings:
     @classmethod
     def from_dict(cls, values: Mapping) -> Sam3Settings:
         """Settings from a plain dict (as :meth:`to_dict` writes it); unknown keys are an error."""
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise SettingsError(
-                sorted(unknown)[0], f"unknown settings {sorted(unknown)}; known: {', '.join(cls.names())}"
-            )
+        cls.check_names(values)
         return cls(**values)
+
+    @classmethod
+    def check_names(cls, values: Mapping) -> None:
+        """Checks that every key of ``values`` is a setting (a misspelt one is named, rather than
+        a ``TypeError`` from the constructor); a run option given here is pointed to where it goes.
+
+        Raises:
+            SettingsError: naming the first unknown key
+        """
+        unknown = sorted(set(values) - set(cls.names()))
+        if not unknown:
+            return
+        run_options = [name for name in unknown if name in RunOptions.names()]
+        if run_options:
+            raise SettingsError(
+                run_options[0],
+                f"{run_options[0]} is a run option, not a setting of the model: give it to sam3_ops.segment(...) "
+                "or dataset.apply_model(...)",
+            )
+        raise SettingsError(unknown[0], f"unknown settings {unknown}; known: {', '.join(cls.names())}")
 
     @classmethod
     def names(cls) -> list[str]:
@@ -524,6 +540,11 @@ class RunOptions:
         normalized = _normalize({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, checks=_RUN_CHECKS)
         for name, value in normalized.items():
             object.__setattr__(self, name, value)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """The names of every run option."""
+        return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
     def problems(cls, values: Mapping) -> dict[str, str]:
