@@ -26,7 +26,9 @@ __all__ = [
     "PrivateMongo",
     "LAYOUTS",
     "build_tiny_video_checkpoint",
+    "build_fullsize_checkpoint",
     "VIDEO_IMAGE_SIZE",
+    "TINY_WIDTH",
 ]
 
 _IMAGE_SIZE = 224
@@ -270,6 +272,38 @@ def build_tiny_video_checkpoint(path, seed: int = 0, **config_overrides) -> str:
     model.config.save_pretrained(path)
     tiny_processor(VIDEO_IMAGE_SIZE).save_pretrained(path)
     return os.fspath(path)
+
+
+def build_fullsize_checkpoint(path: str | os.PathLike, seed: int = 0) -> str:
+    """Write a random checkpoint of SAM3's full size (transformers' defaults: 1008 px input, 288 px
+    low-resolution masks, 200 queries, ~860 M parameters, 3.4 GB of float32 safetensors) in
+    ``facebook/sam3``'s layout, with the in-memory tokenizer of :func:`tiny_processor`. For the
+    shapes of the real model without its weights; slow to build and to run on a CPU (about a
+    minute per image).
+
+    Args:
+        path: the directory to write (a few GB free)
+        seed (0): the seed of the random weights
+
+    Returns:
+        the directory, as a string
+    """
+    import torch
+    from safetensors.torch import save_file
+    from transformers import Sam3ImageProcessor, Sam3Processor, Sam3VideoConfig, Sam3VideoModel
+
+    path = os.fspath(path)
+    os.makedirs(path, exist_ok=True)
+    torch.manual_seed(seed)
+    model = Sam3VideoModel(Sam3VideoConfig())
+    _tracker_sees_objects(model)
+    # cloned, as in build_tiny_checkpoint: safetensors refuses tensors that share memory
+    state = {name: tensor.detach().clone().contiguous() for name, tensor in model.state_dict().items()}
+    save_file(state, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    model.config.save_pretrained(path)
+    del model, state
+    Sam3Processor(image_processor=Sam3ImageProcessor(), tokenizer=tiny_processor().tokenizer).save_pretrained(path)
+    return path
 
 
 class PrivateMongo:
