@@ -4,12 +4,14 @@ archive URL, not a local path; a GitHub repository is fetched as exactly such an
 registered into a temporary model-zoo directory. The tiny checkpoint stands where
 ``download_model`` puts the weights. Real FiftyOne, real ``ExecutionContext``s; no mocks."""
 
+import contextlib
 import functools
 import http.server
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zipfile
@@ -56,17 +58,41 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def archive_url(tmp_path_factory):
-    """The checkout as an archive on a local HTTP server; yields its URL."""
-    directory = tmp_path_factory.mktemp("served")
-    _checkout_archive(directory / f"{ARCHIVE_ROOT}.zip")
+@contextlib.contextmanager
+def served_checkout(directory):
+    """The checkout as an archive on a local HTTP server while in the block; yields its URL."""
+    _checkout_archive(os.path.join(directory, f"{ARCHIVE_ROOT}.zip"))
     handler = functools.partial(_QuietHandler, directory=str(directory))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/{ARCHIVE_ROOT}.zip"
-    server.shutdown()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/{ARCHIVE_ROOT}.zip"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def archive_url(tmp_path_factory):
+    with served_checkout(tmp_path_factory.mktemp("served")) as url:
+        yield url
+
+
+def register_checkout(zoo_dir, checkpoint) -> str:
+    """Registers the checkout as a zoo source in ``zoo_dir`` with ``checkpoint`` (a directory)
+    copied where ``download_model`` puts ``facebook/sam3``, as a user's machine has them after
+    ``register-source`` and ``download``; FiftyOne's config is restored. Returns the checkpoint's
+    zoo directory. For the README's zoo section (``FIFTYONE_MODEL_ZOO_DIR=zoo_dir``)."""
+    previous = _use_zoo_dir(zoo_dir)
+    try:
+        with tempfile.TemporaryDirectory() as served, served_checkout(served) as url:
+            foz.register_zoo_model_source(url)
+        target = checkpoint_dir(foz.get_zoo_model(IMAGE_MODEL).get_path_in_dir(str(zoo_dir)))
+        shutil.copytree(checkpoint, target)
+        return target
+    finally:
+        _restore_zoo_dir(previous)
 
 
 def _use_zoo_dir(directory):
