@@ -12,8 +12,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -21,8 +19,6 @@ import pytest
 
 from sam3_ops.core import checkpoint
 from sam3_ops.core.checkpoint import ModelLoadError, download_checkpoint
-
-from .helpers import REPO_ROOT
 
 TOKEN = "hf_PLANTEDsecret0123456789abcdef"
 
@@ -264,26 +260,3 @@ def test_the_tracker_loads_without_the_model_type_warning(tiny_checkpoint, capfd
     hf_logging.set_verbosity_warning()
     load_tracker(tiny_checkpoint)
     assert "to instantiate a model of type" not in capfd.readouterr().err
-
-
-# -- the demo, as a user runs it without network -------------------------------------------------
-
-
-def test_demo_without_network_says_so_within_seconds(tmp_path):
-    env = dict(os.environ, HF_HUB_OFFLINE="0", HF_ENDPOINT=f"http://127.0.0.1:{_closed_port()}")
-    env.update(HF_HUB_CACHE=str(tmp_path / "hub"), HF_TOKEN_PATH=str(tmp_path / "no-token"))
-    env.pop("HF_TOKEN", None)
-    started = time.monotonic()
-    run = subprocess.run(
-        [sys.executable, "-m", "sam3_ops.demo", "--dataset", "sam3-demo-offline"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-    elapsed = time.monotonic() - started
-    assert run.returncode == 2, run.stderr[-2000:]
-    assert "unreachable" in run.stderr and "--tiny" in run.stderr and "gated" not in run.stderr
-    assert "Traceback" not in run.stderr
-    assert elapsed < 60, f"{elapsed:.0f} s (a process start and imports included)"
