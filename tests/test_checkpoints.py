@@ -260,3 +260,18 @@ def test_the_tracker_loads_without_the_model_type_warning(tiny_checkpoint, capfd
     hf_logging.set_verbosity_warning()
     load_tracker(tiny_checkpoint)
     assert "to instantiate a model of type" not in capfd.readouterr().err
+
+
+def test_checkpoint_problem_classifies_without_downloading(online, fake_hub, tiny_checkpoint, tmp_path):
+    """What forms call: the same causes, found without downloading or loading any weights."""
+    from sam3_ops.core.checkpoint import checkpoint_problem
+
+    assert checkpoint_problem(tiny_checkpoint) is None
+    assert "is truncated" in checkpoint_problem(_copy(tiny_checkpoint, tmp_path, truncate="model.safetensors"))
+    online(fake_hub["endpoint"])
+    fake_hub.update(status=401, code="GatedRepo")
+    assert "gated" in checkpoint_problem("facebook/sam3", token=TOKEN)
+    fake_hub.update(status=404, code="RepoNotFound")
+    assert "not found" in checkpoint_problem("someone/nothing")
+    online(f"http://127.0.0.1:{_closed_port()}")
+    assert "unreachable" in checkpoint_problem("facebook/sam3")

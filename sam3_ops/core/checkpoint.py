@@ -240,12 +240,7 @@ def _fetch(repo_id: str, local_dir: str | None, token: str | None) -> str:
         found = cached()
         if found:
             return found
-        raise ModelLoadError(
-            f"{repo_id!r} is not in the local Hugging Face cache ({local_dir or constants.HF_HUB_CACHE}) and "
-            f"HF_HUB_OFFLINE is set, so the hub is not asked. To download it, unset HF_HUB_OFFLINE where the hub "
-            f"can be reached (facebook/sam3 is gated: accept its licence, then `hf auth login` or set HF_TOKEN). "
-            f"{_NO_NETWORK_HELP}"
-        )
+        raise ModelLoadError(_offline_message(repo_id, local_dir))
     try:
         _check_access(repo_id, token)
     except _Unreachable as error:
@@ -260,6 +255,51 @@ def _fetch(repo_id: str, local_dir: str | None, token: str | None) -> str:
         return snapshot_download(**kwargs, etag_timeout=hub_timeout())
     except Exception as error:
         raise ModelLoadError(hub_error_message(repo_id, error, token)) from None
+
+
+def _offline_message(repo_id: str, local_dir: str | None = None) -> str:
+    from huggingface_hub import constants
+
+    return (
+        f"{repo_id!r} is not in the local Hugging Face cache ({local_dir or constants.HF_HUB_CACHE}) and "
+        f"HF_HUB_OFFLINE is set, so the hub is not asked. To download it, unset HF_HUB_OFFLINE where the hub "
+        f"can be reached (facebook/sam3 is gated: accept its licence, then `hf auth login` or set HF_TOKEN). "
+        f"{_NO_NETWORK_HELP}"
+    )
+
+
+def checkpoint_problem(model_path, token: str | None = None) -> str | None:
+    """Why ``model_path`` cannot be loaded, found without downloading or loading any weights (for
+    forms); ``None`` if it can. The same classification as :func:`download_checkpoint`: a local
+    directory gets its file checks; a hub id is fine if cached, else one access check (bounded by
+    :func:`hub_timeout`) says gated, not found, unreachable, ...
+
+    Args:
+        model_path: a hub id or a local checkpoint directory
+        token (None): a Hugging Face token for the access check only; never logged or shown
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        path = validate_model_path(model_path)
+        if os.path.isdir(path):
+            check_checkpoint_files(path)
+            return None
+    except ModelLoadError as error:
+        return str(error)
+    if path in _resolved_ids() or isinstance(try_to_load_from_cache(path, "config.json"), str):
+        return None
+    if constants.HF_HUB_OFFLINE:
+        return _offline_message(path)
+    try:
+        _check_access(path, token)
+    except Exception as error:  # unreachable, gated, not found, token refused
+        return hub_error_message(path, error, token)
+    return None
+
+
+def _resolved_ids() -> set[str]:
+    return {repo_id for repo_id, _ in _resolved}
 
 
 class _Unreachable(Exception):
