@@ -18,6 +18,7 @@ frames are 112 px to keep it fast.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -71,6 +72,24 @@ def write_video(path, frames: list[np.ndarray], fps: int = 10, codec: list[str] 
     return os.fspath(path)
 
 
+def truncated_video(path, frames: list[np.ndarray], keep: int) -> str:
+    """A real ffmpeg-made MP4 (index first, no B-frames) cut in the middle of frame ``keep``'s data:
+    its index still declares every frame, ffmpeg decodes the first ``keep`` and exits with 0."""
+    full = write_video(
+        f"{path}.full.mp4",
+        frames,
+        codec=["-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "8", "-bf", "0", "-movflags", "+faststart"],
+    )
+    probe = ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pos,size", "-of", "json"]
+    described = subprocess.run([*probe, full], capture_output=True, text=True, check=True).stdout
+    packet = json.loads(described)["packets"][keep]
+    position, size = int(packet["pos"]), int(packet["size"])
+    with open(full, "rb") as source, open(path, "wb") as target:
+        target.write(source.read()[: position + size // 2])
+    os.remove(full)
+    return os.fspath(path)
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     return build_tiny_video_checkpoint(tmp_path_factory.mktemp("tiny-sam3-video"))
@@ -106,8 +125,9 @@ def _processors(checkpoint):
     return image_processor, video_processor, processor.tokenizer
 
 
-def reference_text(checkpoint, frames, texts, threshold, max_objects=None):
-    """{frame index: {object id: (score, xyxy inclusive box, full-size mask, prompt text)}}."""
+def reference_text(checkpoint, frames, texts, threshold=None, max_objects=None):
+    """{frame index: {object id: (score, xyxy inclusive box, full-size mask, prompt text)}}; with
+    ``threshold`` and ``max_objects`` ``None``, at the checkpoint's own settings."""
     from transformers import Sam3VideoModel, Sam3VideoProcessor
 
     image_processor, video_processor, tokenizer = _processors(checkpoint)
@@ -115,8 +135,9 @@ def reference_text(checkpoint, frames, texts, threshold, max_objects=None):
         image_processor=image_processor, video_processor=video_processor, tokenizer=tokenizer
     )
     model = Sam3VideoModel.from_pretrained(checkpoint).eval()
-    model.new_det_thresh = threshold
-    model.score_threshold_detection = min(model.score_threshold_detection, threshold)
+    if threshold is not None:
+        model.new_det_thresh = threshold
+        model.score_threshold_detection = min(model.score_threshold_detection, threshold)
     if max_objects is not None:
         model.max_num_objects = max_objects
     session = processor.init_video_session(video=frames, inference_device="cpu")
@@ -252,6 +273,23 @@ def test_unreadable_videos_raise_video_load_error(tmp_path):
     truncated.write_bytes(data[: len(data) // 2])  # the index (moov) is at the end: unreadable
     with pytest.raises(VideoLoadError):
         list(VideoReader(truncated).frames())
+
+
+def test_a_truncated_video_raises_after_its_last_decodable_frame(tmp_path):
+    """ffmpeg decodes 4 of the 20 frames a cut file declares and exits with 0: the read yields the
+    4 frames, then raises (never a short video taken for a whole one); reads that stop before the
+    cut are fine."""
+    path = truncated_video(tmp_path / "cut.mp4", synthetic_frames(20, height=48, width=64), keep=4)
+    reader = VideoReader(path)
+    assert reader.frame_count == 20
+    seen = []
+    with pytest.raises(VideoLoadError, match="declares 20 frames, but decoding stopped after 4"):
+        for index, _ in reader.frames():
+            seen.append(index)
+    assert seen == [0, 1, 2, 3]
+    assert [index for index, _ in reader.frames(1, 3)] == [1, 2]
+    with pytest.raises(VideoLoadError, match="truncated"):
+        list(reader.frames(2, 10))
 
 
 # -- text prompts -------------------------------------------------------------------------------

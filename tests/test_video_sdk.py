@@ -40,10 +40,10 @@ from sam3_ops.core.video import VideoPrompt
 from sam3_ops.core.video_io import VideoReader
 from sam3_ops.sdk.fields import tracks_field
 from sam3_ops.sdk.runs import get_run
-from sam3_ops.sdk.settings import SettingsError
+from sam3_ops.sdk.settings import Sam3Settings, SettingsError
 from sam3_ops.testing import build_tiny_video_checkpoint
 
-from .test_video_core import TEXT_THRESHOLD, synthetic_frames, write_video
+from .test_video_core import TEXT_THRESHOLD, Agreement, reference_text, synthetic_frames, truncated_video, write_video
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg (apt-get install ffmpeg)")
 
@@ -186,8 +186,9 @@ def test_text_prompts_write_frame_detections_equal_to_the_core(video_dataset, ch
 
     frames = written(video_dataset, "sam3")
     long, short = video_dataset.values("filepath")
-    assert assert_matches_core(frames[long], text_reference[long]) >= 4
-    assert assert_matches_core(frames[short], text_reference[short]) >= 0
+    # the comparison compared something: 2 instances on frames 10-12 of the long video, on all 4 of the short one
+    assert assert_matches_core(frames[long], text_reference[long]) >= 6
+    assert assert_matches_core(frames[short], text_reference[short]) >= 8
     assert set(frames[long]) == set(range(1, 13)) and set(frames[short]) == set(range(1, 5))
     labels = assert_stable_identities(frames[long])
     assert set(labels.values()) == {"ball", "green box"}  # both prompts, one pass, the mapped label
@@ -221,10 +222,73 @@ def test_apply_model_on_a_video_dataset_tracks_like_the_core(video_dataset, chec
 
     frames = written(video_dataset, "tracked")
     for path, reference in text_reference.items():
-        assert_matches_core(frames[path], reference)
+        assert assert_matches_core(frames[path], reference) >= 6
     assert model.summary()["samples_processed"] == 2 and model.summary()["samples_skipped"] == 0
     record = sam3_ops.record_run(video_dataset, "tracked", model)
     assert record.settings.prompts == model.settings.prompts and record.settings.mode == "text"
+
+
+#: calibrated: on the short video, 6 objects tracked, 2 of them started below new_det_thresh
+DEFAULT_THRESHOLDS = {"score_threshold_detection": 0.257, "new_det_thresh": 0.258}
+
+
+@pytest.fixture(scope="module")
+def default_checkpoint(tmp_path_factory):
+    """The video checkpoint (same weights) with detection thresholds of its own that random weights
+    reach (facebook/sam3's are 0.5 and 0.7): a run at the checkpoint's defaults finds objects."""
+    return build_tiny_video_checkpoint(tmp_path_factory.mktemp("tiny-sam3-video-defaults"), **DEFAULT_THRESHOLDS)
+
+
+def test_a_video_run_without_threshold_equals_the_plain_transformers_loop(video_dataset, default_checkpoint):
+    """No ``threshold`` given: the checkpoint's own detection thresholds, so ``segment`` writes what
+    transformers' plain video loop (Sam3VideoProcessor + Sam3VideoModel, nothing overridden) gives:
+    the same instances, ids, scores and boxes on every frame, masks agreeing >= 99 %. The run record
+    keeps "not given" (``None``), not a number."""
+    short = video_dataset.last()
+    texts = ["red ball", "green box"]
+    result = sam3_ops.segment(
+        video_dataset.select(short.id), "defaults", model_path=default_checkpoint, prompts=texts, device="cpu"
+    )
+
+    frames = written(video_dataset, "defaults")[short.filepath]
+    decoded = [frame for _, frame in VideoReader(short.filepath).frames()]
+    reference = reference_text(default_checkpoint, decoded, texts)  # the checkpoint's settings, untouched
+    assert set(frames) == {index + 1 for index in reference}
+    agreement, compared = Agreement(), 0
+    for index, theirs in reference.items():
+        detections = frames[index + 1].detections
+        assert [d.index for d in detections] == sorted(theirs), f"frame {index + 1}"
+        for d in detections:
+            score, box, mask, text = theirs[d.index]
+            x0, y0, x1, y1 = (int(v) for v in box)
+            assert d.label == text and d.confidence == pytest.approx(score, abs=1e-6)
+            box = [x0 / WIDTH, y0 / HEIGHT, (x1 + 1 - x0) / WIDTH, (y1 + 1 - y0) / HEIGHT]
+            assert d.bounding_box == pytest.approx(box)
+            mine = np.zeros((HEIGHT, WIDTH), bool)
+            mine[y0 : y1 + 1, x0 : x1 + 1] = d.mask
+            agreement.add(mine, mask)
+            compared += 1
+    assert compared >= 8 and agreement.value >= 0.99  # the comparison compared something
+    assert result.detections == compared
+    settings = get_run(video_dataset, "defaults").settings
+    assert settings.threshold is None and Sam3Settings.from_dict(settings.to_dict()) == settings
+
+    # transformers starts tracks on the first frame from every detection above
+    # score_threshold_detection, even below new_det_thresh; a threshold given holds on what is
+    # written: here the checkpoint's own new_det_thresh, and the instances below it are not written
+    given_threshold = DEFAULT_THRESHOLDS["new_det_thresh"]
+    below = {obj for theirs in reference.values() for obj, (score, *_) in theirs.items() if score < given_threshold}
+    assert below
+    sam3_ops.segment(
+        video_dataset.select(short.id),
+        "given",
+        model_path=default_checkpoint,
+        prompts=texts,
+        threshold=given_threshold,
+        device="cpu",
+    )
+    given = [d for value in written(video_dataset, "given")[short.filepath].values() for d in value.detections]
+    assert given and all(d.confidence >= given_threshold for d in given) and not {d.index for d in given} & below
 
 
 # -- box and point prompts ------------------------------------------------------------------------
@@ -412,6 +476,41 @@ def test_a_video_that_fails_half_way_is_cleared_and_reported(video_dataset, chec
     assert {fn for fn, v in frames[short].items() if v is not None} == {1, 2, 3, 4}
     assert video_dataset.values(tracks_field("masks")) == [None, 1]
     assert result.skipped == [{"filepath": long, "reason": "RuntimeError: disk full"}]
+
+
+def test_a_truncated_video_is_reported_and_not_kept(video_dataset, checkpoint, tmp_path):
+    """A video cut short (ffmpeg decodes 4 of the 20 frames it declares and exits with 0): listed as
+    skipped with the reason, its frames cleared, no done-marker; the other video is written. Through
+    ``apply_model`` the same video is reported in ``model.summary()`` and nothing is written."""
+    cut = truncated_video(tmp_path / "cut.mp4", synthetic_frames(20, height=HEIGHT, width=WIDTH), keep=4)
+    sample = fo.Sample(filepath=cut)
+    sample.frames[1]["boxes"] = fo.Detections(detections=[fo.Detection(label="box", bounding_box=relative(DISC_BOX))])
+    video_dataset.add_sample(sample)
+    runs = video_dataset.skip(1)  # the short video and the cut one
+    options = {"model_path": checkpoint, "mode": "boxes", "prompt_field": "boxes", "device": "cpu"}
+
+    result = sam3_ops.segment(runs, "masks", **options)
+
+    assert (result.samples_processed, result.samples_skipped) == (1, 1)
+    (skipped,) = result.skipped
+    assert skipped["filepath"] == cut and "declares 20 frames, but decoding stopped after 4" in skipped["reason"]
+    frames = written(video_dataset, "masks")
+    assert not any(value is not None for value in frames[cut].values())  # nothing of it kept
+    assert {fn for fn, value in frames[video_dataset.values("filepath")[1]].items() if value is not None} == {
+        1,
+        2,
+        3,
+        4,
+    }
+    assert video_dataset.values(tracks_field("masks")) == [None, 1, None]
+    assert get_run(video_dataset, "masks").summary["samples_skipped"] == 1
+
+    model = sam3_ops.load_model(checkpoint, mode="boxes", device="cpu", reuse=True, media_type="video")
+    video_dataset.select(sample.id).apply_model(model, label_field="applied", prompt_field="boxes")
+    assert model.summary()["samples_processed"] == 0
+    assert [entry["filepath"] for entry in model.summary()["skipped"]] == [cut]
+    assert "truncated" in model.summary()["skipped"][0]["reason"]
+    assert not video_dataset.has_frame_field("applied")  # FiftyOne got no labels: nothing written
 
 
 def test_video_settings_and_fields_are_checked_before_anything_runs(video_dataset, checkpoint):

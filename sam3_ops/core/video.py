@@ -100,8 +100,7 @@ class TextPrompt:
     Attributes:
         text: what SAM3 looks for
         label (None): the label its instances get (``None``: the text)
-        threshold (None): the detection score an object needs to become an instance (``None``: the
-            run's threshold)
+        threshold (None): the detection score its instances need (``None``: the run's threshold)
     """
 
     text: str
@@ -262,10 +261,16 @@ class Sam3VideoEngine:
                 :meth:`VideoReader.frames`, without the indices); read lazily, one at a time
             prompts: strings, ``{"text", "label", "threshold"}`` dicts, or :class:`TextPrompt`;
                 distinct texts
-            threshold (None): the detection score an object needs to become an instance, for
-                prompts without their own; ``None``: the checkpoint's (``new_det_thresh``, 0.7 for
-                facebook/sam3). The model runs with the lowest threshold of all prompts; an instance
-                of a prompt with a higher one is tracked but reported only if its score reaches it.
+            threshold (None): for prompts without their own: a detection starts a tracked
+                object when its score reaches this (transformers' ``new_det_thresh``; its
+                ``score_threshold_detection`` is lowered to it if above), and an instance is
+                reported only if the score it was detected with reaches it. ``None``: the
+                checkpoint's own thresholds (``new_det_thresh`` 0.7, ``score_threshold_detection``
+                0.5 for facebook/sam3) and no score filter: exactly what transformers' video loop
+                reports (which, on a frame where nothing is tracked yet, starts an object from every
+                detection above ``score_threshold_detection``). The model runs with the lowest
+                threshold of all prompts; an instance of a prompt with a higher one is tracked (it
+                counts towards ``max_objects``) but reported only if its score reaches that one.
             mask_threshold (0.5): a pixel is in the mask where its probability exceeds this
             max_objects (50): the most objects tracked at once; new detections beyond it are
                 dropped (the highest scores are kept) and a warning says so
@@ -282,9 +287,13 @@ class Sam3VideoEngine:
         if threshold is not None:
             _check_probability("threshold", threshold)
         model = self.text_model
-        effective = [p.threshold if p.threshold is not None else threshold for p in text_prompts]
-        effective = [t if t is not None else float(model.new_det_thresh) for t in effective]
+        given = [p.threshold if p.threshold is not None else threshold for p in text_prompts]
+        effective = [float(model.new_det_thresh) if t is None else float(t) for t in given]
         lowest = min(effective)
+        # the score filter of each prompt's instances: where a threshold was given, or where the model
+        # runs below the prompt's (another prompt's is lower); none for a prompt at the checkpoint's
+        # own settings, which reports exactly what transformers does
+        reported = [t if g is not None or t > lowest else None for g, t in zip(given, effective)]
         dropped: list[tuple[int, int]] = []
         run = _run_view(
             model,
@@ -302,7 +311,7 @@ class Sam3VideoEngine:
 
         run.run_tracker_update_planning_phase = planning_counting_drops
         options = _Options(mask_threshold, max_mask_size)
-        return self._track_text(run, frames, text_prompts, effective, options, dropped, max_objects)
+        return self._track_text(run, frames, text_prompts, reported, options, dropped, max_objects)
 
     def _track_text(self, run, frames, prompts, thresholds, options, dropped, max_objects) -> Iterator[FrameResult]:
         from transformers.models.sam3_video.modeling_sam3_video import Sam3VideoInferenceSession
@@ -364,16 +373,19 @@ class Sam3VideoEngine:
 
     def _text_result(self, session, output, prompts, thresholds, options) -> FrameResult:
         """``Sam3VideoProcessor.postprocess_outputs`` (same instances, boxes, masks and scores), with
-        masks upsampled over their boxes only, per-prompt thresholds and labels."""
+        masks upsampled over their boxes only, per-prompt score filters (``thresholds``: per prompt,
+        the score an instance needs, ``None`` for none) and labels."""
         height, width = session.video_height, session.video_width
         result = FrameResult(frame_number=output.frame_idx + 1, image_size=(height, width))
         hidden = set(output.suppressed_obj_ids or ()) | set(session.hotstart_removed_obj_ids)
-        object_ids = [
-            obj_id
-            for obj_id in sorted(output.obj_id_to_mask)
-            if obj_id not in hidden
-            and output.obj_id_to_score[obj_id] >= thresholds[session.obj_id_to_prompt_id[obj_id]]
-        ]
+
+        def reported(obj_id) -> bool:
+            if obj_id in hidden:
+                return False
+            needed = thresholds[session.obj_id_to_prompt_id[obj_id]]
+            return needed is None or output.obj_id_to_score[obj_id] >= needed
+
+        object_ids = [obj_id for obj_id in sorted(output.obj_id_to_mask) if reported(obj_id)]
         if not object_ids:
             return result
         low_res = torch.cat([output.obj_id_to_mask[obj_id] for obj_id in object_ids])

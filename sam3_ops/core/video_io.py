@@ -10,6 +10,9 @@ keyframe and drops the frames before the target), aimed at the midpoint between 
 timestamp and its predecessor's, read from the demuxer's packet timestamps (no decoding), so that
 rounding can never land on a neighbour. Every frame is decoded as it is stored
 (``-fps_mode passthrough``: no frame is duplicated or dropped to make the rate constant).
+ffmpeg decodes a truncated file as far as it can and exits without an error: a read that ends
+before the frame count the file declares raises :class:`VideoLoadError`, so a partial video is
+never taken for a whole one.
 
 Frames are numbered from 0 here (``index``); FiftyOne's frame numbers are ``index + 1``.
 
@@ -193,15 +196,27 @@ class VideoReader:
             stop (None): the index after the last frame, ``None`` for the end of the video
 
         Raises:
-            VideoLoadError: if ffmpeg fails, or the video ends within a frame
+            VideoLoadError: if ffmpeg fails, the video ends within a frame, or it decodes fewer
+                frames than it declares (:attr:`frame_count`): a truncated or corrupt file, which
+                ffmpeg decodes as far as it can and then exits without an error. Raised after
+                the last frame that could be decoded, so a caller that needs the whole video
+                (e.g. to write it) learns it is incomplete.
         """
         if start < 0:
             raise ValueError(f"start must be >= 0, got {start}")
         count = None if stop is None else max(0, stop - start)
         if count == 0:
             return
+        expected = (self.frame_count if stop is None else min(stop, self.frame_count)) - start
+        decoded = 0
         for offset, frame in enumerate(self._decode_from(start, count)):
+            decoded += 1
             yield start + offset, frame
+        if decoded < expected:
+            raise VideoLoadError(
+                f"cannot decode video {self.path!r}: it declares {self.frame_count} frames, but decoding stopped "
+                f"after {start + decoded} (the file is truncated or corrupt)"
+            )
 
     def frames_reversed(
         self, start: int, stop: int = 0, chunk_frames: int | None = None

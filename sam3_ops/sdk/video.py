@@ -28,6 +28,19 @@ cleared on all its frames, so a video interrupted half-way is never half-kept. A
 be read (missing, not a video, corrupt) is skipped before anything is touched (an earlier value
 stays); one that fails while being decoded is cleared again and reported.
 
+The settings on videos (the README's table says the same): ``threshold`` not given (``None``) runs
+the checkpoint's own detection thresholds with no score filter, so a text run writes exactly what
+transformers' video loop gives (``Sam3VideoProcessor`` + ``Sam3VideoModel``); given (the run's or a
+prompt's own), every instance written was detected with at least that score (see
+:meth:`~sam3_ops.core.video.Sam3VideoEngine.track_text`). ``mask_threshold`` is the images' rule, on
+the written masks. ``max_objects`` caps the objects tracked at once (transformers' own cap is 10000);
+the image-only settings (:data:`_IMAGE_ONLY`: de-duplication, ``max_detections``, ``min_area``, ...)
+are refused by name. A video that decodes fewer frames than it declares (a truncated file, which
+ffmpeg decodes as far as it can without an error) fails when its reader reaches the end:
+``segment`` clears and reports it like any video that fails half-way; through ``apply_model``,
+FiftyOne gets no labels for it (nothing written, an earlier value stays) and ``model.summary()``
+lists it.
+
 Prompt objects (``boxes``: a frame-level ``Detections`` field; ``points``: a frame-level
 ``Keypoints`` field, per-point ``sam_labels`` 1/0): each becomes one tracked instance, its
 ``index`` the prompt's ``index`` (the same index on several frames is one object, prompted again
