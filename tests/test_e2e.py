@@ -15,7 +15,12 @@ Needs Debian's ``chromium`` (``/usr/bin/chromium``) and Python ``playwright``; `
 installs both. Without them the tests are skipped. Screenshots go to ``$SAM3_E2E_SCREENSHOTS``
 (e.g. ``docs/screenshots``) when set, else to the test's temporary directory.
 
-Every wait is on an element or a server answer, never a fixed sleep.
+Every wait is on state, never on a fixed time: on the App server's answer to the request an action
+sends (the plugin's form resolution, an operator or panel run: :class:`ServerAnswers`), then on the
+element that answer draws. The time limits are only there to end a test whose server hangs; they are
+far above what a step takes on a loaded machine.
+
+Every screenshot the README shows is written here, by the test that checks what it shows.
 """
 
 from __future__ import annotations
@@ -46,10 +51,14 @@ pytestmark = [
     ),
 ]
 
-#: how long the App may take to come up, and to answer one step of a flow (seconds)
-SERVER_START_TIMEOUT = 90
-STEP_TIMEOUT_MS = 30_000
+#: how long the App may take to come up (s), to draw what a step changes once the server has answered
+#: (ms), and to answer one request (s): limits for a hung server, not the expected durations
+SERVER_START_TIMEOUT = 180
+STEP_TIMEOUT_MS = 60_000
+SERVER_ANSWER_TIMEOUT = 600
 VIEWPORT = {"width": 1400, "height": 900}
+#: tall enough for the whole text-prompts form in one screenshot
+FORM_VIEWPORT = {"width": 1400, "height": 2600}
 OPERATOR_LABEL = "Segment with text prompts"
 PANEL_NAME = "refine_with_negative_boxes"
 PANEL_LABEL = "Refine SAM3 masks"
@@ -186,6 +195,48 @@ def screenshots(tmp_path):
     return directory
 
 
+class ServerAnswers:
+    """The App's requests to the plugin (``/operators/...``: form resolution, operator and panel
+    runs), counted as they start and finish, so that a step waits for the server's answer to its
+    action, however long a loaded machine makes it, rather than for a fixed time."""
+
+    def __init__(self, page):
+        self.page = page
+        self.pending = 0
+        self.finished = 0
+        page.on("request", self._started)
+        page.on("requestfinished", self._ended)
+        page.on("requestfailed", self._ended)
+
+    @staticmethod
+    def _ours(request) -> bool:
+        # not the execution store's subscription: an event stream that stays open
+        return "/operators/" in request.url and "subscribe" not in request.url
+
+    def _started(self, request):
+        if self._ours(request):
+            self.pending += 1
+
+    def _ended(self, request):
+        if self._ours(request):
+            self.pending -= 1
+            self.finished += 1
+
+    def after(self, action) -> None:
+        """Runs ``action``, then waits until the server has answered at least one plugin request
+        made since and none is still open (an answer may trigger another: a form re-resolves)."""
+        before = self.finished
+        action()
+        deadline = time.monotonic() + SERVER_ANSWER_TIMEOUT
+        while self.pending > 0 or self.finished == before:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"the App server did not answer within {SERVER_ANSWER_TIMEOUT}s "
+                    f"({self.pending} plugin request(s) open)"
+                )
+            self.page.wait_for_timeout(50)  # lets Playwright deliver the network events
+
+
 def _open_dataset(page, app_url: str, dataset) -> None:
     page.goto(f"{app_url}/datasets/{dataset.name}")
     page.locator("[data-cy=fo-grid] [data-cy=looker]").first.wait_for()
@@ -196,43 +247,54 @@ def _form_input(container, label: str, nth: int = 1):
     return container.locator(f'xpath=.//p[normalize-space()="{label}"]/following::input[{nth}]')
 
 
-def _add_prompt(modal, number: int, text: str) -> None:
+def _add_prompt(answers: ServerAnswers, modal, number: int, text: str) -> None:
     from playwright.sync_api import expect
 
-    modal.get_by_role("button", name="Add text prompts").click()
     # The App registers a new list item asynchronously: typing before the form has resolved with
     # the empty item loses the text. The plugin flags the empty item, which proves it arrived.
+    answers.after(modal.get_by_role("button", name="Add text prompts").click)
     expect(modal.get_by_text(f"prompt {number} is blank")).to_be_visible()
-    _form_input(modal, "Text prompts", number).fill(text)
+    answers.after(lambda: _form_input(modal, "Text prompts", number).fill(text))
     expect(modal.get_by_text(f"prompt {number} is blank")).to_have_count(0)
 
 
 def _run_text_prompts_operator(page, checkpoint: str, prompts: list[str], screenshots: str) -> None:
     from playwright.sync_api import expect
 
+    answers = ServerAnswers(page)
     page.locator("[data-cy=fo-grid-actions] [data-cy=action-browse-operations]").click()
     page.locator("[data-cy=operators-browser-search]").fill("Segment with text")
-    page.locator("[data-cy=operators-browser]").get_by_text(OPERATOR_LABEL, exact=True).click()
+    answers.after(page.locator("[data-cy=operators-browser]").get_by_text(OPERATOR_LABEL, exact=True).click)
 
     form = page.locator("[data-cy=operators-prompt-modal]")
     expect(form.get_by_text("needs at least one prompt")).to_be_visible()
     for number, text in enumerate(prompts, start=1):
-        _add_prompt(form, number, text)
-    _form_input(form, "Score threshold").fill("0")
+        _add_prompt(answers, form, number, text)
+    answers.after(lambda: _form_input(form, "Score threshold").fill("0"))
     model = _form_input(form, "Model")
-    model.fill(checkpoint)
+    answers.after(lambda: model.fill(checkpoint))
     expect(model).to_have_value(checkpoint)
     model.press("Tab")  # leave the field, as a user does before pressing Execute
     expect(form.get_by_text("Could not load SAM3")).to_have_count(0)
     execute = form.get_by_role("button", name="Execute", exact=True)
     expect(execute).to_be_enabled()
-    page.screenshot(path=os.path.join(screenshots, "operator-form.png"))
+    # the whole form in one picture: prompts, the per-prompt table, de-duplication, limits, shards
+    page.set_viewport_size(FORM_VIEWPORT)
+    form.get_by_text("Text prompts", exact=True).first.scroll_into_view_if_needed()
+    expect(form.get_by_text("Split into N tasks", exact=True)).to_be_in_viewport()
+    expect(execute).to_be_in_viewport()
+    bottom = execute.bounding_box()
+    height = min(FORM_VIEWPORT["height"], int(bottom["y"] + bottom["height"]) + 40)  # down to the buttons
+    page.screenshot(
+        path=os.path.join(screenshots, "operator-form.png"),
+        clip={"x": 0, "y": 0, "width": VIEWPORT["width"], "height": height},
+    )
+    page.set_viewport_size(VIEWPORT)
 
-    execute.click()
-    # the run's summary replaces the form (another dialog)
+    # the run's summary replaces the form (another dialog) once the server has run the operator
+    answers.after(execute.click)
     summary = page.get_by_role("dialog").filter(has=page.get_by_text("Detections written:"))
-    expect(summary).to_be_visible(timeout=120_000)
-    page.screenshot(path=os.path.join(screenshots, "operator-summary.png"))
+    expect(summary).to_be_visible()
     summary.get_by_role("button", name="Done").click()
     expect(page.locator("[data-cy=operators-prompt-modal]")).to_have_count(0)
 
@@ -333,6 +395,7 @@ def test_refine_with_negative_boxes_panel(page, app_url, app_dataset, tiny_check
     first = app_dataset.first()
     before_ids = {detection.id for detection in first["sam3"].detections}
 
+    answers = ServerAnswers(page)
     _open_dataset(page, app_url, app_dataset)
     page.locator("[data-cy=fo-grid] [data-cy=looker]").first.click()
     modal = page.locator("[data-cy=modal]")
@@ -350,16 +413,16 @@ def test_refine_with_negative_boxes_panel(page, app_url, app_dataset, tiny_check
 
     use_selected = panel.get_by_role("button", name="Use selected labels as negatives (1 selected)")
     expect(use_selected).to_be_enabled()
-    use_selected.click()
+    answers.after(use_selected.click)
     expect(panel.get_by_text("1 selected label(s) will be used as negative boxes")).to_be_visible()
 
-    panel.get_by_role("button", name="Refine with boxes", exact=True).click()
-    expect(panel.get_by_text("Refined 1 sample(s)")).to_be_visible(timeout=120_000)
+    answers.after(panel.get_by_role("button", name="Refine with boxes", exact=True).click)
+    expect(panel.get_by_text("Refined 1 sample(s)")).to_be_visible()
     expect(panel.get_by_text(re.compile(r"circle: \d+ → \d+"))).to_be_visible()  # the before -> after counts
     panel.get_by_text("Refined 1 sample(s)").scroll_into_view_if_needed()
     page.screenshot(path=os.path.join(screenshots, "refine-panel.png"))
 
-    panel.get_by_role("button", name="Accept", exact=True).click()
+    answers.after(panel.get_by_role("button", name="Accept", exact=True).click)
     accepted = panel.get_by_text(re.compile(r"Accepted: 'sam3' updated on 1 sample"))
     app_error = page.get_by_text("GraphQL API Error")
     expect(accepted.or_(app_error).first).to_be_visible()
@@ -399,6 +462,7 @@ def test_click_refine_accept_and_undo_in_the_sample(page, app_url, app_dataset, 
     first = app_dataset.first()
     original = first["sam3"].to_dict()
 
+    answers = ServerAnswers(page)
     _open_dataset(page, app_url, app_dataset)
     page.locator("[data-cy=fo-grid] [data-cy=looker]").first.click()
     modal = page.locator("[data-cy=modal]")
@@ -409,7 +473,7 @@ def test_click_refine_accept_and_undo_in_the_sample(page, app_url, app_dataset, 
 
     # once per dataset: the click field (and the proposals' field), then the page reloaded so that
     # the App knows them; the sample and the panel beside it come back as they were
-    panel.get_by_role("button", name="Set up click drawing").click()
+    answers.after(panel.get_by_role("button", name="Set up click drawing").click)
     expect(panel.get_by_text(f"'{CLICKS_FIELD}' is ready")).to_be_visible()
     page.reload()
     expect(modal.locator(f"[data-cy=sidebar-field-{CLICKS_FIELD}]")).to_be_visible()
@@ -442,10 +506,8 @@ def test_click_refine_accept_and_undo_in_the_sample(page, app_url, app_dataset, 
     assert [(p.label, len(p.points[0])) for p in clicks.polylines] == [("positive", 1)]
     modal.locator("[data-cy=explore]").click()
 
-    panel.get_by_role("button", name="Refine with points", exact=True).click()
-    expect(panel.get_by_text(re.compile(r"^Refined `?circle`?: the proposal is in 'sam3_refined'"))).to_be_visible(
-        timeout=120_000
-    )
+    answers.after(panel.get_by_role("button", name="Refine with points", exact=True).click)
+    expect(panel.get_by_text(re.compile(r"^Refined `?circle`?: the proposal is in 'sam3_refined'"))).to_be_visible()
     expect(panel.get_by_text(re.compile(r"circle refined with 1 positive and 0 negative point"))).to_be_visible()
     # the App shows the open sample's new labels after a page reload: the proposal and the click
     page.reload()
@@ -468,7 +530,7 @@ def test_click_refine_accept_and_undo_in_the_sample(page, app_url, app_dataset, 
     assert proposal_ids == [record["result_id"] if d.id == object_id else d.id for d in first["sam3"].detections]
 
     app_error = page.get_by_text("GraphQL API Error")
-    panel.get_by_role("button", name="Accept", exact=True).click()
+    answers.after(panel.get_by_role("button", name="Accept", exact=True).click)
     accepted = panel.get_by_text(re.compile(r"Accepted: 'sam3' updated on 1 sample"))
     expect(accepted.or_(app_error).first).to_be_visible()
     assert not app_error.count(), f"the App failed after Accept: {app_error.first.inner_text()}"
@@ -477,7 +539,7 @@ def test_click_refine_accept_and_undo_in_the_sample(page, app_url, app_dataset, 
     assert [d.id for d in sample["sam3"].detections] == proposal_ids
     assert sample[CLICKS_FIELD] is None, "Accept clears the clicks"
 
-    panel.get_by_role("button", name="Undo", exact=True).click()
+    answers.after(panel.get_by_role("button", name="Undo", exact=True).click)
     expect(panel.get_by_text(re.compile(r"Undone: 'sam3' restored on 1 sample")).or_(app_error).first).to_be_visible()
     assert not app_error.count(), f"the App failed after Undo: {app_error.first.inner_text()}"
     dataset.reload()
