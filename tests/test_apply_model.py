@@ -1,6 +1,8 @@
 """``dataset.apply_model`` with the SAM3 model on real FiftyOne datasets (embedded MongoDB) and
 the tiny checkpoint: every mode, batching, loader workers, and bad input."""
 
+import shutil
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -8,6 +10,7 @@ from PIL import Image
 import sam3_ops
 from sam3_ops.core.checkpoint import ModelLoadError
 from sam3_ops.sdk.convert import relative_to_xyxy
+from sam3_ops.sdk.runs import get_run
 
 from .helpers import write_image
 
@@ -288,6 +291,63 @@ def test_pooled_engine_is_shared_but_never_changed_by_a_caller(dataset, tiny_che
     assert max(max(d.mask.shape) for s in large_view for d in s.large.detections) > 4
     compiled = sam3_ops.load_model(tiny_checkpoint, prompts=["a"], reuse=True, device="cpu", compile=True)
     assert compiled.engine is not small.engine  # the weights differ: a pool entry of its own
+
+
+def test_segment_with_a_model_that_ran_before_reports_this_call_only(dataset, tiny_checkpoint, tmp_path):
+    """A model's counts add up over its runs; each ``segment`` call's result and run record hold
+    that call's: what it processed, wrote and skipped."""
+    import fiftyone as fo
+
+    missing = dataset.add_sample(fo.Sample(filepath=str(tmp_path / "missing.png")))
+    images = dataset.exclude([missing])
+    model = sam3_ops.load_model(tiny_checkpoint, prompts=["cat"], threshold=0.0, device="cpu")
+    first = sam3_ops.segment(dataset, "first", model=model, num_workers=0)
+    second = sam3_ops.segment(images, "second", model=model, num_workers=0)
+    assert (first.samples_processed, first.samples_skipped) == (len(images), 1)
+    assert [entry["filepath"] for entry in first.skipped] == [str(tmp_path / "missing.png")]
+    assert (second.samples_processed, second.samples_skipped, second.skipped) == (len(images), 0, [])
+    for result in (first, second):
+        written = dataset.count(f"{result.label_field}.detections")
+        assert written > 0 and result.detections == written  # what this call wrote, and it wrote some
+        recorded = get_run(dataset, result.label_field).summary
+        assert {k: recorded[k] for k in ("samples_processed", "detections", "samples_skipped")} == {
+            "samples_processed": result.samples_processed,
+            "detections": result.detections,
+            "samples_skipped": result.samples_skipped,
+        }
+    # the model itself counts every run (an operator's chunks of one run add up on it)
+    assert model.summary()["samples_processed"] == 2 * len(images)
+    assert model.summary()["detections"] == first.detections + second.detections
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg (apt-get install ffmpeg)")
+def test_segment_with_a_video_model_that_ran_before_reports_this_call_only(tmp_path):
+    import fiftyone as fo
+
+    from sam3_ops.testing import build_tiny_video_checkpoint
+
+    from .test_video_core import TEXT_THRESHOLD, synthetic_frames, write_video
+
+    checkpoint = build_tiny_video_checkpoint(tmp_path / "checkpoint")
+    frames = synthetic_frames(6)
+    videos = fo.Dataset()
+    try:
+        videos.add_samples(
+            [fo.Sample(filepath=write_video(tmp_path / f"{i}.mp4", frames[i * 3 : i * 3 + 3])) for i in range(2)]
+        )
+        model = sam3_ops.load_model(
+            checkpoint, prompts=["red ball"], threshold=TEXT_THRESHOLD, max_objects=2, media_type="video", device="cpu"
+        )
+        first = sam3_ops.segment(videos, "first", model=model)
+        second = sam3_ops.segment(videos.limit(1), "second", model=model)
+        assert (first.samples_processed, second.samples_processed) == (2, 1)
+        for result in (first, second):
+            written = videos.count(f"frames.{result.label_field}.detections")
+            assert written > 0 and result.detections == written
+            assert get_run(videos, result.label_field).summary["samples_processed"] == result.samples_processed
+        assert model.summary()["samples_processed"] == 3  # the model counts every run
+    finally:
+        videos.delete()
 
 
 # -- bad settings and run options: named, and refused before anything is written ------------------

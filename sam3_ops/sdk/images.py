@@ -66,7 +66,8 @@ def segment_images(
 ) -> SegmentResult:
     """Segments the image collection ``samples`` into ``label_field`` in this process: every check
     first, then the run record (an interrupted run leaves its provenance and resumes with it), then
-    ``apply_model``, then the summary. ``run.shards`` is ignored (the caller dispatched).
+    ``apply_model``, then the summary (of this call: a given model that ran before counts only
+    what this call segmented). ``run.shards`` is ignored (the caller dispatched).
 
     Args:
         samples: an image dataset or view
@@ -94,6 +95,7 @@ def segment_images(
     if run.record:  # before the run: an interrupted run leaves its provenance, and resumes with it
         record_run(samples, label_field, resolved)
     target = without_image_results(samples, label_field) if run.only_missing else samples
+    start = model.mark()  # a model that ran before reports this call's counts only
     if len(target):
         target.apply_model(
             model,
@@ -106,7 +108,7 @@ def segment_images(
             **{key: value for key, value in fields.items() if value},
         )
     ensure_detections_field(samples, label_field)
-    summary = model.summary()
+    summary = model.summary(since=start)
     if run.record:
         finish_run(samples, label_field, resolved, summary)
     return SegmentResult(label_field, run_key(label_field) if run.record else None, **summary)

@@ -144,27 +144,48 @@ def _die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+@dataclass(frozen=True)
+class CountsMark:
+    """Where a model's counts stood at some moment (:meth:`RunCounts.mark`)."""
+
+    processed: int = 0
+    detections: int = 0
+    failures: int = 0
+
+
 class RunCounts:
     """What a SAM3 model counts for its run's summary (images and videos alike): ``failures`` (the
-    samples skipped, with reasons), ``num_processed`` and ``num_detections``."""
+    samples skipped, with reasons), ``num_processed`` and ``num_detections``.
+
+    The counts add up over every run of the model (``apply_model`` calls, or an operator's chunks of
+    one run); one ``segment`` call reports its own share: :meth:`summary` ``since`` a :meth:`mark`
+    taken when it began.
+    """
 
     def _start_counts(self) -> None:
         self.failures: list[Failure] = []
         self.num_processed = 0
         self.num_detections = 0
 
+    def mark(self) -> CountsMark:
+        """Where the counts stand now: ``summary(since=mark)`` counts only what came after."""
+        return CountsMark(self.num_processed, self.num_detections, len(self.failures))
+
     def fail(self, filepath: str | None, reason: str) -> None:
         """Records (and logs) a sample that was skipped."""
         logger.warning("Skipping %s: %s", filepath or "<no filepath>", reason)
         self.failures.append(Failure(filepath, reason))
 
-    def summary(self) -> dict:
-        """Counts for a report: samples processed, detections written, samples skipped and why."""
+    def summary(self, since: CountsMark | None = None) -> dict:
+        """Counts for a report: samples processed, detections written, samples skipped and why;
+        every run of the model's, or (``since``) those after a :meth:`mark`."""
+        since = since or CountsMark()
+        failures = self.failures[since.failures :]
         return {
-            "samples_processed": self.num_processed,
-            "detections": self.num_detections,
-            "samples_skipped": len(self.failures),
-            "skipped": [{"filepath": f.filepath, "reason": f.reason} for f in self.failures],
+            "samples_processed": self.num_processed - since.processed,
+            "detections": self.num_detections - since.detections,
+            "samples_skipped": len(failures),
+            "skipped": [{"filepath": f.filepath, "reason": f.reason} for f in failures],
         }
 
 

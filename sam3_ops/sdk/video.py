@@ -706,12 +706,13 @@ def segment_videos(
     target = without_video_results(samples, label_field) if only_missing else samples
     ids, paths = target.values(["id", "filepath"])
     prompts_view = target.select_fields(f"frames.{prompt_field}") if prompt_field else None
+    start = model.mark()  # a model that ran before reports this call's counts only
     with fou.ProgressBar(total=len(ids), progress=progress, iters_str="videos") as bar:
         for sample_id, filepath in zip(ids, paths):
             _segment_video(model, dataset, sample_id, filepath, label_field, prompts_view, prompt_field, output_dir)
             bar.update()
     ensure_video_fields(dataset, label_field)
-    summary = model.summary()
+    summary = model.summary(since=start)
     if record:
         finish_run(samples, label_field, resolved, summary)
     return SegmentResult(label_field, run_key(label_field) if record else None, **summary)
