@@ -171,6 +171,45 @@ def _low_res(segmentation):
     return torch.stack([logits.float() > 0 for logits in segmentation.low_res_logits])
 
 
+def _frames(segmentation):
+    """Each hit's mask as written, in the image's pixel frame (the rule of ``written_frames`` below)."""
+    height, width = segmentation.image_size
+    frames = []
+    for (x0, y0, x1, y1), mask in zip(segmentation.boxes_xyxy.astype(int).tolist(), segmentation.masks):
+        rows = np.arange(y1 - y0) * mask.shape[0] // (y1 - y0)
+        cols = np.arange(x1 - x0) * mask.shape[1] // (x1 - x0)
+        frame = np.zeros((height, width), bool)
+        frame[y0:y1, x0:x1] = mask[rows][:, cols]
+        frames.append(frame)
+    return frames
+
+
+def _reference_written(frames, scores, labels, index, options):
+    """The exact pass spelled out: of the hits ``index`` (low-resolution survivors), highest score
+    first, keep each whose written area reaches min_area and that no kept hit suppresses (pair by
+    pair on the image frames), until max_detections are kept."""
+    limit = options.get("max_detections")
+    iou, containment = options.get("nms_iou"), options.get("nms_containment")
+    kept = []
+    for j in sorted(index, key=lambda i: (-scores[i], i)):
+        if limit is not None and len(kept) == limit:
+            break
+        area = int(frames[j].sum())
+        if area < options.get("min_area", 0.0) * frames[j].size:
+            continue
+        dropped = False
+        for i in kept:
+            if options.get("nms_per_label") and labels[i] != labels[j]:
+                continue
+            inter = int(np.logical_and(frames[i], frames[j]).sum())
+            union = int(frames[i].sum()) + area - inter
+            dropped |= iou is not None and inter > iou * max(union, 1)
+            dropped |= containment is not None and inter > containment * max(area, 1)
+        if not dropped:
+            kept.append(j)
+    return sorted(kept)
+
+
 @pytest.mark.parametrize(
     "options",
     [
@@ -180,13 +219,17 @@ def _low_res(segmentation):
         {"max_detections": 4},
         {"min_area": 0.6},
         {"nms_iou": 0.3, "min_area": 0.5, "max_detections": 3},
+        {"nms_iou": 0.3, "nms_containment": 0.6, "min_area": 0.05, "max_detections": 3, "max_mask_size": 50},
     ],
 )
 def test_engine_filters_equal_the_rules_on_its_unfiltered_hits(engine, images, options):
-    """The engine's survivors are exactly what min_area, then NMS, then max_detections leave of
-    its unfiltered hits (computed here from their low-resolution masks)."""
+    """The engine's survivors are exactly what the two passes leave of its unfiltered hits: the
+    low-resolution pass (min_area, then NMS, on their low-resolution masks, computed here), then
+    the exact pass on their masks as written (min_area, NMS, max_detections, spelled out pair by
+    pair on image frames)."""
     prompts = [ImagePrompts(texts=("cat", "dog", "cup"))] * 2
-    unfiltered = engine.segment(images, prompts, threshold=0.2, keep_logits=True)
+    common = {"max_mask_size": options["max_mask_size"]} if "max_mask_size" in options else {}
+    unfiltered = engine.segment(images, prompts, threshold=0.2, keep_logits=True, **common)
     filtered = engine.segment(images, prompts, threshold=0.2, **options)
     changed = False
     for everything, result in zip(unfiltered, filtered):
@@ -204,11 +247,12 @@ def test_engine_filters_equal_the_rules_on_its_unfiltered_hits(engine, images, o
                 labels,
             )
             index = index[survivors]
-        if options.get("max_detections") and len(index) > options["max_detections"]:
-            top = torch.sort(torch.from_numpy(everything.scores)[index], descending=True, stable=True).indices
-            index = torch.sort(index[top[: options["max_detections"]]]).values
-        expected = [_hits(everything)[i] for i in index.tolist()]
+        kept = _reference_written(
+            _frames(everything), everything.scores.tolist(), everything.labels, index.tolist(), options
+        )
+        expected = [_hits(everything)[i] for i in kept]
         assert _hits(result) == expected
+        assert all(np.array_equal(result.masks[k], everything.masks[i]) for k, i in enumerate(kept))
         changed |= len(expected) < len(everything)
     assert changed  # the case removed something: it tested the filter
 
@@ -266,3 +310,164 @@ def test_auto_mode_memory_is_bounded_on_a_12_megapixel_image(tiny_checkpoint):
     hits, grown_mb = map(int, run.stdout.split()[-2:])
     assert 0 < hits <= 20
     assert grown_mb < 800, f"peak memory grew by {grown_mb} MB"
+
+
+# -- on what is written (issue 22) -------------------------------------------------------------------
+#
+# The README's rules hold on the Detections as written: each Detection's mask is pasted into its
+# image's pixel frame over its box (pixel box = round(relative box x image size); a mask smaller than
+# its box, scaled down by max_mask_size, stretched by nearest neighbour: box pixel (r, c) shows mask
+# pixel (r * mask_h // box_h, c * mask_w // box_w)), and areas, IoU and containment are counted in
+# image pixels. The reference below implements that definition directly on the labels read back.
+
+#: (height, width): thin strips both ways, portrait, landscape, square, small and large
+WRITTEN_SIZES = [(64, 900), (900, 64), (224, 224), (480, 640), (640, 360), (333, 97), (700, 900)]
+
+
+@pytest.fixture(scope="module")
+def seed1_checkpoint(tmp_path_factory):
+    """A tiny random checkpoint whose low-resolution NMS lets written duplicates through (seed 0's
+    hits happen to be far enough apart at both resolutions)."""
+    from sam3_ops.testing import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-sam3-seed1"), seed=1)
+
+
+@pytest.fixture(scope="module")
+def sized_dataset(tmp_path_factory):
+    """A real FiftyOne dataset of 7 random images of many sizes and aspect ratios."""
+    import fiftyone as fo
+
+    from .helpers import write_image
+
+    directory = tmp_path_factory.mktemp("sized")
+    dataset = fo.Dataset()
+    dataset.add_samples(
+        [
+            fo.Sample(
+                filepath=write_image(directory / f"img{i}.png", h, w, seed=40 + i),
+                metadata=fo.ImageMetadata(width=w, height=h),
+            )
+            for i, (h, w) in enumerate(WRITTEN_SIZES)
+        ]
+    )
+    yield dataset
+    if fo.dataset_exists(dataset.name):
+        dataset.delete()
+
+
+def written_frames(detections, width: int, height: int) -> list[np.ndarray]:
+    """Each written Detection's mask in the image's pixel frame."""
+    frames = []
+    for detection in detections:
+        x, y, w, h = detection.bounding_box
+        x0, y0 = round(x * width), round(y * height)
+        x1, y1 = round((x + w) * width), round((y + h) * height)
+        mask = np.asarray(detection.mask, bool)
+        assert mask.ndim == 2 and 0 < mask.shape[0] <= y1 - y0 and 0 < mask.shape[1] <= x1 - x0
+        rows = np.arange(y1 - y0) * mask.shape[0] // (y1 - y0)
+        cols = np.arange(x1 - x0) * mask.shape[1] // (x1 - x0)
+        frame = np.zeros((height, width), bool)
+        frame[y0:y1, x0:x1] = mask[rows][:, cols]
+        frames.append(frame)
+    return frames
+
+
+def written_hits(dataset, field: str) -> list[dict]:
+    """Per sample, what is written in ``field``: its size, each hit's label and confidence, and the
+    pixels every two hits share (``intersections[i, i]``: hit i's area), counted on image frames."""
+    dataset.reload()
+    samples = []
+    for sample in dataset.select_fields(field):
+        width, height = sample.metadata.width, sample.metadata.height
+        detections = sample[field].detections
+        frames = written_frames(detections, width, height)
+        flat = np.stack([f.ravel() for f in frames]).astype(np.float32) if frames else np.zeros((0, 1), np.float32)
+        samples.append(
+            {
+                "size": (width, height),
+                "labels": [d.label for d in detections],
+                "scores": [float(d.confidence) for d in detections],
+                "intersections": (flat @ flat.T).astype(np.int64),  # exact: counts below 2**24
+            }
+        )
+    return samples
+
+
+def rule_violations(hits: dict, settings: dict) -> list[str]:
+    """Every way one sample's written ``hits`` break ``settings``' min_area, nms_iou,
+    nms_containment and max_detections, pair by pair (a hit ranks above another if it scores
+    higher, or equally and comes first: the order in which the rules keep hits)."""
+    (width, height), labels, scores = hits["size"], hits["labels"], hits["scores"]
+    intersections = hits["intersections"]
+    areas = np.diag(intersections)
+    where = f"{width}x{height}"
+    problems = []
+    limit = settings.get("max_detections")
+    if limit is not None and len(scores) > limit:
+        problems.append(f"{where}: {len(scores)} hits > max_detections {limit}")
+    min_area = settings.get("min_area", 0.0)
+    for k in np.flatnonzero(areas < min_area * width * height):
+        problems.append(f"{where} hit {k}: area {areas[k]} px < min_area {min_area}")
+    iou, containment = settings.get("nms_iou"), settings.get("nms_containment")
+    for a in range(len(scores)):
+        for b in range(a + 1, len(scores)):
+            if settings.get("nms_per_label") and labels[a] != labels[b]:
+                continue
+            lower = b if scores[a] >= scores[b] else a
+            inter = int(intersections[a, b])
+            union = int(areas[a] + areas[b]) - inter
+            if iou is not None and inter > iou * max(union, 1):
+                problems.append(f"{where} hits {a}, {b}: IoU {inter / union:.3f} > {iou}")
+            if containment is not None and inter > containment * max(int(areas[lower]), 1):
+                problems.append(f"{where} hits {a}, {b}: {inter / areas[lower]:.3f} of {lower} inside > {containment}")
+    return problems
+
+
+#: the candidates' written hits per run settings: the runs without rules, shared by the cases
+_CANDIDATES = {}
+
+
+def candidate_hits(dataset, run: dict) -> list[dict]:
+    key = repr(sorted(run.items()))
+    if key not in _CANDIDATES:
+        import sam3_ops
+
+        field = f"candidates{len(_CANDIDATES)}"
+        sam3_ops.segment(dataset, field, record=False, **run)
+        _CANDIDATES[key] = written_hits(dataset, field)
+    return _CANDIDATES[key]
+
+
+TEXT = {"prompts": ["cat", "dog", "cup"], "threshold": 0.0}
+AUTO = {"mode": "auto", "points_per_side": 4, "pred_iou_threshold": 0.0, "stability_threshold": 0.0}
+
+
+@pytest.mark.parametrize(
+    "common, rules",
+    [
+        (TEXT, {"nms_iou": 0.5}),
+        (TEXT, {"nms_iou": 0.5, "nms_per_label": True}),
+        (TEXT, {"nms_containment": 0.7, "min_area": 0.02}),
+        ({**TEXT, "max_mask_size": 100}, {"nms_iou": 0.3, "nms_containment": 0.8, "min_area": 0.01, "max_detections": 6}),
+        (AUTO, {"nms_iou": 0.5}),
+        ({**AUTO, "max_mask_size": 100}, {"nms_iou": 0.4, "nms_containment": 0.8, "min_area": 0.01, "max_detections": 5}),
+    ],
+    ids=["text-iou", "text-iou-per-label", "text-containment-area", "text-all-scaled", "auto-iou", "auto-all-scaled"],
+)
+def test_rules_hold_on_the_written_masks(seed1_checkpoint, sized_dataset, common, rules):
+    """min_area, nms_iou (per label or not), nms_containment and max_detections hold on the masks
+    as written (read back from the dataset, pasted into each image's frame, every pair counted),
+    on images from 64x900 to 900x64, with and without masks scaled down by max_mask_size."""
+    import sam3_ops
+
+    run = {"model_path": seed1_checkpoint, "device": "cpu", "batch_size": 4, "num_workers": 0, **common}
+    candidates = candidate_hits(sized_dataset, run)
+    # the candidates break the rules: the run below has something to remove
+    assert sum((rule_violations(hits, rules) for hits in candidates), []), "this case tests nothing"
+    sam3_ops.segment(sized_dataset, "deduplicated", record=False, **run, **rules)
+    written = written_hits(sized_dataset, "deduplicated")
+    problems = sum((rule_violations(hits, rules) for hits in written), [])
+    assert not problems, "\n".join(problems[:20])
+    counts = [len(hits["scores"]) for hits in written]
+    assert sum(counts) > len(counts) and sum(counts) < sum(len(hits["scores"]) for hits in candidates)

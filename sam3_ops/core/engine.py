@@ -47,8 +47,8 @@ from .checkpoint import (
     uses_bf16,
     validate_model_path,
 )
-from .masks import crop_box, logit, mask_shape, memory_groups, upsample_crops
-from .nms import mask_nms
+from .masks import crop_box, logit, mask_shape, memory_groups, upsample_crops, written_areas
+from .nms import mask_nms, written_nms
 from .queries import MAX_TEXT_TOKENS, MODES, TRACKER_MODES, ImagePrompts, Query, build_queries, grid_points
 
 logger = logging.getLogger(__name__)
@@ -597,38 +597,60 @@ class _HitCollector:
         self.probabilities += [probabilities] * n
 
     def resolve(self) -> dict:
-        """Filters the candidates and upsamples the survivors' masks over their boxes (on the device)."""
+        """Filters the candidates and upsamples the survivors' masks over their boxes (on the device).
+
+        Without a rule (``min_area``, ``nms_iou``, ``nms_containment``, ``max_detections``) every
+        non-empty candidate is written. With one, the low-resolution masks prune first
+        (:meth:`_prune`), then :meth:`_check_written` applies the rules exactly to the masks as
+        they will be written."""
         if not self.scores:
             return {"keep": [], "crops": [], "masks": [], "logits": None}
         maps = torch.cat(self.maps)
         foreground = maps > torch.tensor(self.thresholds, device=maps.device)[:, None, None]
-        keep = self._filter(foreground)
-        crops, shapes, tight = [], [], []
-        height, width = self.size
-        coarse = _coarse_boxes(foreground[keep], width, height) if keep else []
-        for k, i in enumerate(keep):
-            box = self.boxes[i] if self.boxes[i] is not None else coarse[k]
-            crops.append(crop_box(box, width, height))
-            shapes.append(mask_shape(crops[-1], self.options.max_mask_size))
-            tight.append(self.boxes[i] is None)
-        masks = [None] * len(keep)
-        low_res = maps[keep] if keep else maps[:0]
-        for group in memory_groups(shapes, self.element_budget, tuple(maps.shape[-2:])):
-            upsampled = upsample_crops(low_res[group], [crops[k] for k in group], self.size, [shapes[k] for k in group])
-            for j, k in enumerate(group):
-                mask_height, mask_width = shapes[k]
-                masks[k] = upsampled[j, :mask_height, :mask_width] > self.thresholds[keep[k]]
+        candidates = self._prune(foreground)
+        options = self.options
+        rules = (options.min_area, options.nms_iou, options.nms_containment, options.max_detections)
+        if rules == (0, None, None, None):
+            keep = candidates
+            crops, masks = self._write(maps, foreground, keep)
+        else:
+            keep, crops, masks = self._check_written(maps, foreground, candidates)
         logits = None
         if self.keep_logits and keep:
+            low_res = maps[keep]
             as_logits = [
                 torch.logit(low_res[k], eps=1e-6) if self.probabilities[i] else low_res[k] for k, i in enumerate(keep)
             ]
             logits = [t.to("cpu", torch.float16) for t in as_logits]
-        return {"keep": keep, "crops": crops, "masks": masks, "tight": tight, "logits": logits}
+        return {"keep": keep, "crops": crops, "masks": masks, "logits": logits}
 
-    def _filter(self, foreground: torch.Tensor) -> list[int]:
-        """The candidates to keep, in order: not empty where the box comes from the mask, at least
-        ``min_area``, not a duplicate (``nms_iou``, ``nms_containment``), within ``max_detections``."""
+    def _write(self, maps: torch.Tensor, foreground: torch.Tensor, index: list[int]) -> tuple[list, list]:
+        """The crops and masks written for candidates ``index``: each map upsampled over its box
+        (or, without a box, a box around its low-res mask, then cut tight around the upsampled
+        mask), at most ``max_mask_size`` a side; ``None`` for a box-less mask left empty."""
+        crops, shapes = [], []
+        height, width = self.size
+        coarse = _coarse_boxes(foreground[index], width, height) if index else []
+        for k, i in enumerate(index):
+            box = self.boxes[i] if self.boxes[i] is not None else coarse[k]
+            crops.append(crop_box(box, width, height))
+            shapes.append(mask_shape(crops[-1], self.options.max_mask_size))
+        masks = [None] * len(index)
+        low_res = maps[index] if index else maps[:0]
+        for group in memory_groups(shapes, self.element_budget, tuple(maps.shape[-2:])):
+            upsampled = upsample_crops(low_res[group], [crops[k] for k in group], self.size, [shapes[k] for k in group])
+            for j, k in enumerate(group):
+                mask_height, mask_width = shapes[k]
+                masks[k] = upsampled[j, :mask_height, :mask_width] > self.thresholds[index[k]]
+        for k, i in enumerate(index):
+            if self.boxes[i] is None:
+                masks[k], crops[k] = _tighten(masks[k], crops[k])
+        return crops, masks
+
+    def _prune(self, foreground: torch.Tensor) -> list[int]:
+        """The candidates left by the cheap pass on the low-resolution masks, in order: not empty
+        where the box comes from the mask, at least ``min_area``, not a duplicate (``nms_iou``,
+        ``nms_containment``). ``max_detections`` waits for the exact pass."""
         options = self.options
         n, h, w = foreground.shape
         areas = foreground.flatten(1).sum(1)
@@ -646,10 +668,49 @@ class _HitCollector:
                 foreground[index], scores[index], options.nms_iou, options.nms_containment, labels, torch.tensor(boxes)
             )
             index = index[survivors.to(index.device)]
-        if options.max_detections is not None and len(index) > options.max_detections:
-            top = torch.sort(scores[index], descending=True, stable=True).indices[: options.max_detections]
-            index = torch.sort(index[top]).values
         return index.tolist()
+
+    def _check_written(self, maps: torch.Tensor, foreground: torch.Tensor, candidates: list[int]) -> tuple:
+        """The rules, exactly, on the masks as written (each over its box, in image pixels:
+        :mod:`sam3_ops.core.masks`), in the README's order: ``min_area``, then greedy NMS (highest
+        score first), then ``max_detections``, the first that many survivors.
+
+        The candidates are written in rounds, highest score first, only as many as are still
+        missing: with ``max_detections`` a run upsamples as many masks as it keeps when nothing
+        fails the exact check, and one more per hit that does. Returns ``(keep, crops, masks)``."""
+        options = self.options
+        height, width = self.size
+        limit = options.max_detections
+        # the order of the greedy pass: highest score first, ties in candidate order (stable)
+        order = sorted(candidates, key=lambda i: -self.scores[i])
+        nms = options.nms_iou is not None or options.nms_containment is not None
+        kept, crops, masks, areas = [], [], [], []
+        start = 0
+        while start < len(order) and (limit is None or len(kept) < limit):
+            batch = order[start : start + (len(order) if limit is None else limit - len(kept))]
+            start += len(batch)
+            batch_crops, batch_masks = self._write(maps, foreground, batch)
+            alive = [k for k, mask in enumerate(batch_masks) if mask is not None]
+            batch_areas = written_areas([batch_crops[k] for k in alive], [batch_masks[k] for k in alive])
+            new = [
+                k for k, area in zip(alive, batch_areas.tolist()) if area >= options.min_area * height * width
+            ]
+            area_of = dict(zip(alive, batch_areas.tolist()))
+            decided = len(kept)
+            kept += [batch[k] for k in new]
+            crops += [batch_crops[k] for k in new]
+            masks += [batch_masks[k] for k in new]
+            areas += [area_of[k] for k in new]
+            if nms:
+                labels = [self.labels[i] for i in kept] if options.nms_per_label else None
+                survivors = written_nms(
+                    np.asarray(crops), masks, np.asarray(areas), options.nms_iou, options.nms_containment, labels, decided
+                )
+                chosen = list(range(decided)) + survivors
+                kept, crops, masks, areas = ([values[k] for k in chosen] for values in (kept, crops, masks, areas))
+        # written in candidate order, as without rules
+        ranked = sorted(range(len(kept)), key=lambda k: kept[k])
+        return [kept[k] for k in ranked], [crops[k] for k in ranked], [masks[k] for k in ranked]
 
 
 def _coarse_boxes(foreground: torch.Tensor, width: int, height: int, margin: int = 1) -> np.ndarray:
@@ -675,7 +736,8 @@ def _coarse_boxes(foreground: torch.Tensor, width: int, height: int, margin: int
 
 def _tighten(mask: torch.Tensor, crop) -> tuple:
     """A mask cut to its own pixels' extent and its crop moved to match (a scaled-down mask's rows
-    and columns map back to the crop proportionally); ``(None, None)`` for an empty mask."""
+    and columns map back to the crop proportionally, never past it); ``(None, None)`` for an empty
+    mask."""
     rows, cols = torch.nonzero(mask.any(1)).flatten(), torch.nonzero(mask.any(0)).flatten()
     if not len(rows):
         return None, None
@@ -685,8 +747,10 @@ def _tighten(mask: torch.Tensor, crop) -> tuple:
     tight = (
         x0 + int(c0 * scale_x),
         y0 + int(r0 * scale_y),
-        x0 + int(np.ceil(c1 * scale_x)),
-        y0 + int(np.ceil(r1 * scale_y)),
+        # clamped: in floating point, c1 * scale_x for the last column can exceed the crop's width,
+        # which would give a box one pixel past the image (clipped when written, the mask not)
+        min(x0 + int(np.ceil(c1 * scale_x)), x1),
+        min(y0 + int(np.ceil(r1 * scale_y)), y1),
     )
     return mask[r0:r1, c0:c1], tight
 
@@ -694,10 +758,6 @@ def _tighten(mask: torch.Tensor, crop) -> tuple:
 def _finish(collectors: list[_HitCollector]) -> list[ImageSegmentation]:
     """Resolves each image's hits and copies every mask crop of the batch to the host at once."""
     resolved = [collector.resolve() for collector in collectors]
-    for part in resolved:
-        for k, tight in enumerate(part.get("tight", [])):
-            if tight:
-                part["masks"][k], part["crops"][k] = _tighten(part["masks"][k], part["crops"][k])
     masks = [mask for part in resolved for mask in part["masks"] if mask is not None]
     flat = torch.cat([mask.flatten() for mask in masks]).cpu().numpy() if masks else np.zeros(0, bool)
     offset = 0

@@ -1,11 +1,20 @@
-"""Mask math on the device: whole-pixel crops, bilinear upsampling evaluated over a crop only, and
-memory budgets for doing it in batches. torch + numpy only.
+"""Mask math on the device: whole-pixel crops, bilinear upsampling evaluated over a crop only,
+memory budgets for doing it in batches, and the areas and overlaps of masks as written. torch +
+numpy only.
 
 SAM3 predicts each mask as a low-resolution map (288 x 288 for the full-size model).
 FiftyOne stores a Detection's mask covering exactly its box, so a kept hit's map is upsampled
 over its own box and nowhere else: ``rows @ map @ cols.T`` with 1-D bilinear weight matrices
 (:func:`upsample_crops`), which equals interpolating the whole image and slicing, at a fraction of
 the cost.
+
+**A written mask in the image's pixel frame** (how the de-duplication rules and ``min_area`` count
+pixels, :func:`written_areas`, :func:`written_window`): a mask of ``h x w`` written for the
+whole-pixel crop ``(x0, y0, x1, y1)`` covers exactly that crop; image pixel ``(y, x)`` of the crop
+shows mask pixel ``((y - y0) * h // (y1 - y0), (x - x0) * w // (x1 - x0))`` (nearest neighbour,
+integer arithmetic). A mask of the crop's own size (every mask whose box fits ``max_mask_size``)
+is its pixels; a mask scaled down by ``max_mask_size`` is stretched back over its box. Areas and
+overlaps are counts of image pixels.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 
@@ -118,3 +128,36 @@ def logit(probability: float) -> float:
     """The logit of ``probability`` (clamped away from 0 and 1)."""
     probability = min(max(float(probability), 1e-6), 1 - 1e-6)
     return math.log(probability / (1 - probability))
+
+
+def written_areas(crops: Sequence[tuple[int, int, int, int]], masks: Sequence[torch.Tensor]) -> np.ndarray:
+    """The area in image pixels ``(n,)`` int64 of each written mask (``h x w`` bool, covering its
+    crop ``(x0, y0, x1, y1)``: see the module's docstring); one host copy."""
+    if not len(masks):
+        return np.zeros(0, np.int64)
+    areas = []
+    for (x0, y0, x1, y1), mask in zip(crops, masks):
+        height, width = mask.shape
+        if (height, width) == (y1 - y0, x1 - x0):
+            areas.append(mask.sum())
+            continue
+        # a stretched mask: each cell counts the image rows and columns that show it
+        device = mask.device
+        rows = torch.bincount(torch.arange(y1 - y0, device=device) * height // (y1 - y0), minlength=height)
+        cols = torch.bincount(torch.arange(x1 - x0, device=device) * width // (x1 - x0), minlength=width)
+        areas.append(((mask.to(torch.int64) * cols).sum(1) * rows).sum())  # int64: exact at any size
+    return torch.stack(areas).cpu().numpy().astype(np.int64)
+
+
+def written_window(mask: torch.Tensor, crop, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
+    """The image pixels ``top .. bottom`` x ``left .. right`` (inside ``crop``) of a mask written for
+    ``crop`` (see the module's docstring): a slice where the mask has its crop's size, else the
+    rows and columns of the mask that show there."""
+    x0, y0, x1, y1 = crop
+    height, width = mask.shape
+    if (height, width) == (y1 - y0, x1 - x0):
+        return mask[top - y0 : bottom - y0, left - x0 : right - x0]
+    device = mask.device
+    rows = (torch.arange(top, bottom, device=device) - y0) * height // (y1 - y0)
+    cols = (torch.arange(left, right, device=device) - x0) * width // (x1 - x0)
+    return mask.index_select(0, rows).index_select(1, cols)
