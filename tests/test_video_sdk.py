@@ -10,7 +10,10 @@ same instances (``index`` = the core's object id), labels, scores, boxes and mas
 
 Text runs are the costly part (~0.1 s a frame on a quiet 2-core machine, several times that on a
 busy one): text videos are 12 and 4 frames (the tiny checkpoint's instances appear on frames 10-12
-of the first: transformers' hotstart holds new objects back), box and point runs are cheap.
+of the first: transformers' hotstart holds new objects back; on all 4 of the second), box and
+point runs are cheap. The comparison with transformers' own video loop at the checkpoint's default
+settings runs on a copy of the checkpoint whose detection thresholds random weights reach; the
+truncated video is a real ffmpeg-made file with its tail cut off.
 """
 
 from __future__ import annotations
@@ -521,6 +524,7 @@ def test_video_settings_and_fields_are_checked_before_anything_runs(video_datase
         ({"mode": "boxes", "prompt_field": "kps"}, "holds Keypoints values.*'frames.boxes'"),
         ({"mode": "points", "prompt_field": "nothing"}, "does not exist.*'frames.kps'"),
         ({"prompts": ["cat"], "nms_iou": 0.5}, "images only"),
+        ({"prompts": ["cat"], "max_detections": 5}, "images only; .*max_objects caps the objects tracked"),
     ]:
         with pytest.raises(ValueError, match=message):
             sam3_ops.segment(video_dataset, "out", **base, **options)

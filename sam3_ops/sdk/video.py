@@ -110,9 +110,12 @@ def video_settings_problem(settings: Sam3Settings) -> SettingsError | None:
         )
     used = [name for name, off in _IMAGE_ONLY.items() if getattr(settings, name) != off]
     if used:
+        # the images' per-sample cap has a video counterpart of another meaning: name it
+        hint = "; on videos, max_objects caps the objects tracked at once" if "max_detections" in used else ""
         return SettingsError(
             used[0],
-            f"{', '.join(used)} apply to images only; leave {'it' if len(used) == 1 else 'them'} unset for videos",
+            f"{', '.join(used)} apply to images only; leave {'it' if len(used) == 1 else 'them'} unset for videos"
+            + hint,
         )
     return None
 
