@@ -138,7 +138,9 @@ class Sam3Settings:
         model_path: hub id or local checkpoint directory
         mode: ``"text"``, ``"boxes"``, ``"exemplars"``, ``"points"`` or ``"auto"``
         prompts: the text prompts (:class:`~sam3_ops.core.queries.TextPrompt`)
-        threshold: the score threshold of prompts without their own
+        threshold: the score threshold of prompts without their own; ``None``: the model's own
+            default, what plain transformers uses: 0.5 for images (``SegmentOptions``), the
+            checkpoint's ``new_det_thresh`` for videos (0.7 for facebook/sam3)
         mask_threshold: the probability above which a pixel is in a mask
         max_mask_size: the longest side of a stored mask (``None``: no limit)
         max_image_pixels: larger images are refused before decoding
@@ -169,7 +171,7 @@ class Sam3Settings:
     model_path: str = DEFAULT_MODEL
     mode: str = "text"
     prompts: tuple[TextPrompt, ...] = ()
-    threshold: float = 0.5
+    threshold: float | None = None
     mask_threshold: float = 0.5
     max_mask_size: int | None = 2048
     max_image_pixels: int = DEFAULT_MAX_PIXELS
@@ -260,7 +262,10 @@ class Sam3Settings:
     def segment_options(self) -> SegmentOptions:
         """The engine's per-call options for these settings."""
         names = {f.name for f in dataclasses.fields(SegmentOptions)}
-        return SegmentOptions(**{name: getattr(self, name) for name in names})
+        options = {name: getattr(self, name) for name in names}
+        if options["threshold"] is None:  # the image model's own default: SegmentOptions'
+            del options["threshold"]
+        return SegmentOptions(**options)
 
     @property
     def labels(self) -> list[str]:
@@ -421,7 +426,7 @@ _CHECKS = (
     ("model_path", lambda value, values: validate_model_path(as_model_path(value))),
     ("mode", _check_mode),
     ("prompts", lambda value, values: normalize_prompts(value, values["mode"])),
-    ("threshold", _check_unit("threshold")),
+    ("threshold", lambda value, values: None if value is None else _check_unit("threshold")(value, values)),
     ("mask_threshold", _check_unit("mask_threshold")),
     ("max_mask_size", _check_max_mask_size),
     ("max_image_pixels", _check_max_image_pixels),
