@@ -453,7 +453,7 @@ def _record_outcome(sample, field_name: str, settings: Sam3Settings, plan: Sampl
             "model_path": settings.model_path,
             "mode": plan.mode,
             "prompts": prompts,
-            "threshold": settings.threshold,
+            "threshold": settings.segment_options().threshold,
             "mask_threshold": settings.mask_threshold,
             "image_size": list(plan.image_size),
             "negative_boxes": plan.added_negatives.round(2).tolist(),

@@ -68,8 +68,10 @@ def load_model(
             settings ``direction``, ``max_objects``) and writes frame-level ``Detections``
         **settings: the rest of :class:`~sam3_ops.sdk.settings.Sam3Settings`:
 
-            - threshold (0.5): the score above which a detector hit is kept (``boxes`` mode writes
-              one mask per box whatever its score; ``confidence`` holds the predicted mask IoU)
+            - threshold (None): the score above which a detector hit is kept (``boxes`` mode writes
+              one mask per box whatever its score; ``confidence`` holds the predicted mask IoU);
+              ``None`` is the model's own default: 0.5 on images, the checkpoint's detection
+              thresholds on videos
             - mask_threshold (0.5): the probability above which a pixel is in a mask
             - device (None): ``"cuda"``, ``"cuda:N"``, ``"mps"``, ``"cpu"``, or ``None`` for the best available
             - max_image_pixels (~268 M): refuse larger images (checked before decoding)
