@@ -2,6 +2,8 @@
 (immediate and through the delegated operation service), and forms resolved on real
 ``ExecutionContext``s. Real FiftyOne, the tiny random checkpoint; no mocks."""
 
+import dataclasses
+
 import fiftyone as fo
 import fiftyone.operators as foo
 import pytest
@@ -11,9 +13,11 @@ from fiftyone.operators.executor import ExecutionContext, ValidationContext
 
 import sam3_ops
 from sam3_ops.app.operators import SegmentEverything, SegmentWithBoxPrompts, SegmentWithTextPrompts, parse_prompts
+from sam3_ops.app.segment_forms import settings_from_form
+from sam3_ops.core.engine import SegmentOptions
 from sam3_ops.sdk.fields import output_field_problem
 from sam3_ops.sdk.runs import get_run
-from sam3_ops.sdk.settings import normalize_prompts
+from sam3_ops.sdk.settings import Sam3Settings, SettingsError, normalize_prompts
 
 PLUGIN = "@sam3-ops/sam3"
 TEXT_URI = f"{PLUGIN}/segment_with_text_prompts"
@@ -507,3 +511,77 @@ def test_segment_everything_operator(plugins_dir, dataset, tiny_checkpoint):
     assert {d.label for value in dataset.values("everything") for d in value.detections} == {"thing"}
     settings = get_run(dataset, "everything").settings
     assert (settings.mode, settings.points_per_side, settings.nms_iou) == ("auto", 4, 0.7)
+
+
+# -- run options: flagged as segment names them; the settings' defaults on the forms ----------------
+
+BAD_RUN_OPTIONS = [("batch_size", 0), ("batch_size", "abc"), ("batch_size", -1), ("shards", 0)]
+
+
+def nothing_written(dataset) -> bool:
+    """No output field, no run record: a refused run left the dataset as it was."""
+    dataset.reload()
+    return not dataset.has_field("sam3") and dataset.list_runs() == []
+
+
+@pytest.mark.parametrize("name, value", BAD_RUN_OPTIONS, ids=[f"{n}={v!r}" for n, v in BAD_RUN_OPTIONS])
+def test_form_flags_a_bad_run_option_with_the_sdks_message(plugins_dir, dataset, text_params, name, value):
+    params = {**text_params, name: value}
+    with pytest.raises(SettingsError) as raised:  # what the SDK says about the value
+        sam3_ops.segment(dataset, "sam3", model_path=text_params["model_path"], prompts=["cat"], **{name: value})
+    assert raised.value.field == name
+
+    properties, validation = resolve_form(SegmentWithTextPrompts(), dataset, params)
+    assert_flagged(properties, validation, name)
+    assert properties[name].error_message == str(raised.value)
+    with pytest.raises(Exception, match=name):  # the form cannot be submitted
+        foo.execute_operator(TEXT_URI, {"dataset": dataset, "params": params})
+    assert nothing_written(dataset)
+
+
+@pytest.mark.parametrize("value", [0, "abc", -1])
+def test_execute_refuses_a_bad_batch_size_by_name_before_writing(dataset, text_params, value):
+    """Past the form (an SDK caller of the operator): a bad batch size is named, never replaced by
+    the default, and nothing is written (the immediate route records its run before segmenting)."""
+    ctx = ExecutionContext(
+        request_params={"dataset_name": dataset.name, "params": {**text_params, "batch_size": value}}
+    )
+
+    def run():
+        result = SegmentWithTextPrompts().execute(ctx)
+        return list(result)  # an immediate run is a generator: run it to its end
+
+    with pytest.raises(SettingsError, match=f"batch_size must be .* not {value!r}"):
+        run()
+    assert nothing_written(dataset)
+
+
+def test_an_empty_batch_size_runs_with_the_default(plugins_dir, dataset, text_params):
+    result = foo.execute_operator(TEXT_URI, {"dataset": dataset, "params": {**text_params, "batch_size": None}})
+    (summary,) = [params["results"] for params in triggered(result, "show_output")]
+    assert summary["samples_processed"] == len(dataset) == len(written_ids(dataset, "sam3"))
+
+
+def test_forms_show_the_settings_defaults(dataset, text_params, box_params, tiny_checkpoint):
+    defaults = {setting.name: setting.default for setting in dataclasses.fields(Sam3Settings)}
+    text, _ = resolve_form(SegmentWithTextPrompts(), dataset, text_params)
+    auto, _ = resolve_form(SegmentEverything(), dataset, {"model_path": str(tiny_checkpoint), "device": "cpu"})
+    points, _ = resolve_form(SegmentWithBoxPrompts(), dataset, box_params)
+    for name in ("threshold", "mask_threshold", "nms_iou", "nms_containment", "max_detections", "min_area"):
+        assert text[name].default == defaults[name], name
+    assert text["nms_per_label"].default is defaults["nms_per_label"]
+    for name in ("points_per_side", "pred_iou_threshold", "stability_threshold", "auto_label"):
+        assert auto[name].default == defaults[name], name
+    assert auto["nms_iou"].default == Sam3Settings(mode="auto").nms_iou  # segment everything always de-duplicates
+    assert points["multimask"].default == "one" and defaults["multimask"] is None  # "one mask per prompt"
+
+    # an empty score threshold is the settings' default: the model's own, which the form names
+    empty = {"prompts": ["cat"], "threshold": None, "mask_threshold": None}
+    settings = settings_from_form(empty, "text")
+    assert settings == settings_from_form({"prompts": ["cat"]}, "text") == Sam3Settings(prompts=["cat"])
+    assert settings.threshold == defaults["threshold"]
+    if defaults["threshold"] is None:  # the model's own: what the image model runs with, shown on the form
+        own = str(settings.segment_options().threshold)
+        assert own == str(SegmentOptions().threshold)
+        assert f"empty: the model's own ({own})" in text["threshold"].view.description
+        assert text["threshold"].view.placeholder == own

@@ -346,6 +346,27 @@ def test_the_video_form_offers_the_video_modes_and_parses_to_a_video_model(sourc
     assert "media_mismatch" in _flags(_zoo_form(IMAGE_MODEL, video_dataset, {"prompts": ["cat"]}))
 
 
+@pytest.mark.parametrize("media", ["image", "video"])
+def test_the_zoo_forms_show_the_segment_operators_defaults(source, dataset, video_dataset, media):
+    """Each input the zoo's form shares with the segment operators' has their default and words;
+    an empty score threshold is the model's own, named for the media (videos: the checkpoint's)."""
+    name, collection = (IMAGE_MODEL, dataset) if media == "image" else (VIDEO_MODEL, video_dataset)
+    zoo = _zoo_form(name, collection, {"mode": "text", "prompts": ["cat"]})
+    operator = _operator_form(
+        SegmentWithTextPrompts(), collection, {"prompts": ["cat"], "label_field": "out", "model_path": "/x"}
+    )
+    shared = (set(zoo) & set(operator)) - {"mode"}
+    assert {"threshold", "mask_threshold", "device"} <= shared
+    for input_name in shared:
+        assert zoo[input_name].default == operator[input_name].default, input_name
+        assert zoo[input_name].view.description == operator[input_name].view.description, input_name
+    threshold = zoo["threshold"]
+    assert threshold.default == Sam3Settings.__dataclass_fields__["threshold"].default  # the settings' own
+    if threshold.default is None:
+        own = "the checkpoint's detection thresholds" if media == "video" else "0.5"
+        assert f"empty: the model's own ({own})" in threshold.view.description
+
+
 # -- the plugin and the source side by side ---------------------------------------------------------
 
 

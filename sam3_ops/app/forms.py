@@ -1,8 +1,10 @@
 """What every operator and the panel share: the operator configuration, the token secret, flagging a
 form input, the common inputs (target, model, device, label fields) and running on the App's terms.
 
-Forms never validate settings themselves: they hand their values to
-:meth:`~sam3_ops.sdk.settings.Sam3Settings.problems` and flag each problem on its input.
+Forms never validate settings or run options themselves: they hand their values to
+:meth:`~sam3_ops.sdk.settings.Sam3Settings.problems` (:func:`flag_settings`) or
+:meth:`~sam3_ops.sdk.settings.RunOptions.problems` (:func:`flag_run_options`) and flag each
+problem on its input, with the message the SDK raises for it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import fiftyone.operators.types as types
 
 from ..core.checkpoint import DEFAULT_MODEL, ModelLoadError, available_devices, login_help, validate_model_path
 from ..sdk.fields import label_fields
-from ..sdk.settings import Sam3Settings
+from ..sdk.settings import RunOptions, Sam3Settings
 
 TOKEN_SECRET = "HF_TOKEN"
 # model paths whose hub repository answered (or whose files are cached): not asked again
@@ -58,7 +60,17 @@ def flag(prop, message: str) -> None:
 def flag_settings(values: dict, props: dict) -> dict[str, str]:
     """Flags each settings problem of ``values`` on its input in ``props`` (setting name -> prop),
     unless the form flagged that input already; returns the problems."""
-    problems = Sam3Settings.problems(values)
+    return _flag_problems(Sam3Settings.problems(values), props)
+
+
+def flag_run_options(values: dict, props: dict) -> dict[str, str]:
+    """Flags each problem of the run options ``values`` (``batch_size``, ``shards``, ...; the rule
+    and message :func:`sam3_ops.segment` raises) on its input in ``props`` (option name -> prop),
+    unless the form flagged that input already; returns the problems."""
+    return _flag_problems(RunOptions.problems(values), props)
+
+
+def _flag_problems(problems: dict[str, str], props: dict) -> dict[str, str]:
     for name, message in problems.items():
         if name in props and not getattr(props[name], "invalid", False):
             flag(props[name], message)

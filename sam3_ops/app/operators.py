@@ -28,8 +28,8 @@ import fiftyone.operators.types as types
 from ..sdk.fields import frame_field_name, is_video_collection
 from ..sdk.model import Sam3Model
 from ..sdk.runs import finish_run, get_run, record_run, recorded_fields
-from ..sdk.segment import DEFAULT_BATCH_SIZE, build_engine, segment, without_results
-from ..sdk.settings import Sam3Settings
+from ..sdk.segment import build_engine, segment, without_results
+from ..sdk.settings import RunOptions, Sam3Settings
 from ..sdk.shards import DEFAULT_STALE_AFTER, check_shards, resume_shards, run_shard, shard_status
 from ..sdk.video import Sam3VideoModel, build_video_engine, video_settings_problem
 from .forms import flag, hf_token, operator_config
@@ -39,21 +39,10 @@ from .segment_forms import (
     everything_inputs,
     parse_prompts,
     prompt_rows,
+    run_values,
     settings_from_form,
     text_prompt_inputs,
 )
-
-# The zoo source (app/zoo.py) imports these form builders from here under their old private names;
-# they are segment_forms' public functions now: drop these once it imports them from there.
-from .segment_forms import auto_inputs as _auto_inputs  # noqa: F401
-from .segment_forms import dedup_inputs as _dedup_inputs  # noqa: F401
-from .segment_forms import flag_form as _flag_form  # noqa: F401
-from .segment_forms import multimask_input as _multimask_input  # noqa: F401
-from .segment_forms import prompt_table_input as _prompt_table_input  # noqa: F401
-from .segment_forms import prompts_input as _prompts_input  # noqa: F401
-from .segment_forms import settings_values as _settings_values  # noqa: F401
-from .segment_forms import threshold_inputs as _threshold_inputs  # noqa: F401
-from .segment_forms import video_inputs as _video_inputs  # noqa: F401
 
 __all__ = [
     "OPERATORS",
@@ -231,6 +220,7 @@ class ShardedRunStatus(foo.Operator):
     def resolve_output(self, ctx):
         return _sharded_outputs("SAM3 sharded run", status=True)
 
+
 OPERATORS = [SegmentWithTextPrompts, SegmentWithBoxPrompts, SegmentEverything, SegmentShard, ShardedRunStatus]
 
 
@@ -308,7 +298,10 @@ def _sharded_queued(ctx, queued: dict):
 def _execute(ctx, settings: Sam3Settings):
     params = ctx.params
     label_field = params["label_field"]
-    run = {"batch_size": int(params.get("batch_size") or DEFAULT_BATCH_SIZE), "skip_failures": True}
+    # the form's batch size as given (empty: segment's default), checked by segment's own rule before
+    # anything is written (the immediate route records the run before its first segment call)
+    given = {name: value for name, value in run_values(params).items() if name != "shards"}  # shards: _shards
+    run = {"batch_size": RunOptions(**given).batch_size, "skip_failures": True}
     target = ctx.target_view()
     if is_video_collection(target):
         problem = video_settings_problem(settings)  # before any model is loaded

@@ -3,7 +3,9 @@ into settings, and building the inputs of each mode's form.
 
 - Reading: :func:`parse_prompts` and :func:`prompt_rows` split the prompt inputs;
   :func:`settings_values` turns a form's values into settings values (unvalidated) and
-  :func:`settings_from_form` into :class:`~sam3_ops.sdk.settings.Sam3Settings`.
+  :func:`settings_from_form` into :class:`~sam3_ops.sdk.settings.Sam3Settings`;
+  :func:`run_values` reads the run options (batch size, shards). An empty input means the
+  setting's default, and the inputs show the defaults the settings own (:func:`setting_default`).
 - Building: :func:`text_prompt_inputs`, :func:`box_prompt_inputs` (:func:`video_prompt_inputs` on
   a video dataset) and :func:`everything_inputs` are the three forms; the groups of inputs they
   are made of (:func:`threshold_inputs`, :func:`dedup_inputs`, :func:`auto_inputs`,
@@ -13,7 +15,9 @@ into settings, and building the inputs of each mode's form.
 
 Bad input is flagged on the form (``prop.invalid`` + ``prop.error_message``), never raised: the
 settings' own validation (:meth:`~sam3_ops.sdk.settings.Sam3Settings.problems`) decides about
-prompts, thresholds, de-duplication, limits and the model path; here only what a form adds: no
+prompts, thresholds, de-duplication, limits and the model path, the run options' own
+(:meth:`~sam3_ops.sdk.settings.RunOptions.problems`) about the batch size and shards, each with
+the message ``segment`` raises; here only what a form adds: no
 ``Detections`` / ``Keypoints`` field to prompt from, an empty target, a model that cannot be
 reached, an output field name, an existing output field without the overwrite choice, an existing
 field of another type (never overwritten).
@@ -21,10 +25,12 @@ field of another type (never overwritten).
 
 from __future__ import annotations
 
+import dataclasses
+
 import fiftyone.core.labels as fol
 import fiftyone.operators.types as types
 
-from ..core.checkpoint import DEFAULT_MODEL
+from ..core.engine import SegmentOptions
 from ..core.queries import FIELD_MODES, TRACKER_MODES
 from ..sdk.fields import (
     frame_field_name,
@@ -35,16 +41,28 @@ from ..sdk.fields import (
     output_field_problem,
     prompt_label_type,
 )
-from ..sdk.segment import DEFAULT_BATCH_SIZE
-from ..sdk.settings import Sam3Settings
+from ..sdk.settings import DEFAULT_BATCH_SIZE, Sam3Settings
 from ..sdk.shards import MAX_SHARDS
-from .forms import device_input, flag, flag_settings, label_field_choice, model_input, target_input
+from .forms import device_input, flag, flag_run_options, flag_settings, label_field_choice, model_input, target_input
 
 #: what Segment everything says on a video dataset
 VIDEO_AUTO_REFUSAL = (
     "Segment everything runs on images. On videos, track concepts with 'Segment with text prompts' or chosen "
     "objects with 'Segment with box or point prompts'"
 )
+
+#: every setting's default: :class:`~sam3_ops.sdk.settings.Sam3Settings`' own, the one source
+DEFAULTS = {setting.name: setting.default for setting in dataclasses.fields(Sam3Settings)}
+#: the settings' defaults as segment everything reads them (its de-duplication is never off)
+_AUTO_DEFAULTS = Sam3Settings(mode="auto")
+#: the run options a segment form offers (images); an empty one is ``segment``'s default
+RUN_OPTIONS = ("batch_size", "shards")
+
+
+def setting_default(name: str, mode: str | None = None):
+    """What the setting ``name`` is when a form leaves it empty: the settings' default, as a run in
+    ``mode`` reads it (``auto``: ``nms_iou`` off means 0.7)."""
+    return getattr(_AUTO_DEFAULTS, name) if mode == "auto" else DEFAULTS[name]
 
 
 # -- reading a form -------------------------------------------------------------------------------
@@ -106,18 +124,20 @@ def prompt_rows(value) -> list:
 
 
 def settings_values(params: dict, mode: str) -> dict:
-    """The settings a segment form's values ask for (unvalidated). The table's prompts come first:
-    a plain prompt with the same text is then a duplicate, and the table row's settings win."""
+    """The settings a segment form's values ask for (unvalidated); an empty input (``None`` or
+    absent) is left out: the settings' default. The table's prompts come first: a plain prompt
+    with the same text is then a duplicate, and the table row's settings win."""
     prompts, _ = parse_prompts(params.get("prompts"))
     device = params.get("device") or "auto"
     values = {
-        "model_path": params.get("model_path") or DEFAULT_MODEL,
+        "model_path": params.get("model_path") or DEFAULTS["model_path"],
         "mode": mode,
         "prompts": [*prompt_rows(params.get("prompt_table")), *prompts] if mode not in TRACKER_MODES else (),
-        "threshold": params.get("threshold", 0.5),
-        "mask_threshold": params.get("mask_threshold", 0.5),
         "device": None if device == "auto" else device,
     }
+    for name in ("threshold", "mask_threshold"):  # empty threshold: the model's own (see Sam3Settings)
+        if params.get(name) is not None:
+            values[name] = params[name]
     if mode in FIELD_MODES:
         values["prompt_field"] = params.get("prompt_field")
         values["negative_field"] = params.get("negative_field") or None
@@ -137,6 +157,13 @@ def settings_from_form(params: dict, mode: str) -> Sam3Settings:
     return Sam3Settings(**settings_values(params, mode))
 
 
+def run_values(params: dict) -> dict:
+    """The run options a segment form's values ask for (:data:`RUN_OPTIONS`), unvalidated and
+    unconverted, so that :class:`~sam3_ops.sdk.settings.RunOptions` names a bad one; an empty
+    input is left out: ``segment``'s default."""
+    return {name: params[name] for name in RUN_OPTIONS if params.get(name) is not None}
+
+
 # -- form builders ----------------------------------------------------------------------------------
 
 
@@ -153,7 +180,7 @@ def text_prompt_inputs(ctx, inputs) -> None:
         ),
         "prompt_table": prompt_table_input(inputs),
     }
-    props.update(threshold_inputs(inputs, score=True))
+    props.update(threshold_inputs(inputs, score=True, video=is_video_collection(ctx.dataset)))
     if is_video_collection(ctx.dataset):  # tracking: de-duplication and limits are image-only
         props.update(video_inputs(inputs, "text"))
     else:
@@ -266,7 +293,7 @@ def video_prompt_inputs(ctx, inputs) -> None:
         flag(props["prompt_field"], f"This video dataset has no frame-level {kind.__name__} field to prompt from")
         prompt_field = None
     props.update(video_inputs(inputs, mode))
-    props.update(threshold_inputs(inputs, score=False))
+    props.update(threshold_inputs(inputs, score=False, video=True))
     default_field = f"{prompt_field}_masks" if prompt_field else "sam3_masks"
     output_inputs(ctx, inputs, default_field=default_field, reserved=(prompt_field,) if prompt_field else ())
     props.update(run_inputs(ctx, inputs))
@@ -298,11 +325,11 @@ def video_inputs(inputs, mode: str) -> dict:
         direction.add_choice("backward", label="Backward", description="From the last prompted frame to the first")
         direction.add_choice("both", label="Both", description="Forward, then backward: every frame")
         props["direction"] = inputs.enum(
-            "direction", direction.values(), default="forward", label="Propagate", view=direction
+            "direction", direction.values(), default=DEFAULTS["direction"], label="Propagate", view=direction
         )
     props["max_objects"] = inputs.int(
         "max_objects",
-        default=50,
+        default=DEFAULTS["max_objects"],
         min=1,
         label="Most objects tracked per video",
         description="Objects beyond it are not tracked (the log says how many); memory grows with it",
@@ -331,10 +358,11 @@ def multimask_input(inputs):
     choices.add_choice("one", label="One mask per prompt")
     choices.add_choice("best", label="The most confident of three masks")
     choices.add_choice("all", label="All three masks (attribute mask_rank)")
+    default = next(choice for choice, value in MULTIMASK_CHOICES.items() if value == DEFAULTS["multimask"])
     return inputs.enum(
         "multimask",
         list(MULTIMASK_CHOICES),
-        default="one",
+        default=default,
         label="Ambiguous prompts",
         description="A single point or box can mean a part or the whole: SAM3 can predict three masks",
         view=choices,
@@ -347,7 +375,7 @@ def dedup_inputs(inputs, mode: str) -> dict:
         "nms_iou": inputs.float(
             "nms_iou",
             required=False,
-            default=0.7 if mode == "auto" else None,
+            default=setting_default("nms_iou", mode),
             min=0.0,
             max=1.0,
             label="De-duplicate above mask IoU (optional)",
@@ -356,6 +384,7 @@ def dedup_inputs(inputs, mode: str) -> dict:
         "nms_containment": inputs.float(
             "nms_containment",
             required=False,
+            default=DEFAULTS["nms_containment"],
             min=0.0,
             max=1.0,
             label="Drop hits lying inside another (optional)",
@@ -364,13 +393,14 @@ def dedup_inputs(inputs, mode: str) -> dict:
         "max_detections": inputs.int(
             "max_detections",
             required=False,
+            default=DEFAULTS["max_detections"],
             min=1,
             label="At most this many hits per sample (optional)",
             description="Keep the highest-scoring",
         ),
         "min_area": inputs.float(
             "min_area",
-            default=0.0,
+            default=DEFAULTS["min_area"],
             min=0.0,
             max=1.0,
             label="Minimum mask area",
@@ -380,7 +410,7 @@ def dedup_inputs(inputs, mode: str) -> dict:
     if mode != "auto":
         props["nms_per_label"] = inputs.bool(
             "nms_per_label",
-            default=False,
+            default=DEFAULTS["nms_per_label"],
             label="De-duplicate within a label only",
             description="Hits of different labels never remove each other",
             view=types.CheckboxView(),
@@ -393,14 +423,14 @@ def auto_inputs(inputs) -> dict:
     return {
         "points_per_side": inputs.int(
             "points_per_side",
-            default=32,
+            default=DEFAULTS["points_per_side"],
             min=1,
             label="Points per side",
             description="A grid of this many x this many point prompts per image",
         ),
         "pred_iou_threshold": inputs.float(
             "pred_iou_threshold",
-            default=0.88,
+            default=DEFAULTS["pred_iou_threshold"],
             min=0.0,
             max=1.0,
             label="Predicted IoU threshold",
@@ -408,13 +438,15 @@ def auto_inputs(inputs) -> dict:
         ),
         "stability_threshold": inputs.float(
             "stability_threshold",
-            default=0.95,
+            default=DEFAULTS["stability_threshold"],
             min=0.0,
             max=1.0,
             label="Stability threshold",
             description="Keep masks that hardly change when the mask threshold moves (0-1)",
         ),
-        "auto_label": inputs.str("auto_label", default="object", label="Label", description="The label of every mask"),
+        "auto_label": inputs.str(
+            "auto_label", default=DEFAULTS["auto_label"], label="Label", description="The label of every mask"
+        ),
     }
 
 
@@ -422,8 +454,8 @@ def flag_form(params: dict, mode: str, props: dict) -> None:
     """Flags the settings' problems on the form, each on its own input; a problem of the prompt
     table on the table (its rows numbered as shown), not on the prompt list."""
     values = settings_values(params, mode)
-    values["model_path"] = params.get("model_path") or DEFAULT_MODEL
-    if props["model_path"].invalid:  # already explained (reachability included)
+    model_prop = props.get("model_path")
+    if model_prop is None or model_prop.invalid:  # no model input (the zoo's), or explained (reachability too)
         values.pop("model_path")
     rows = prompt_rows(params.get("prompt_table"))
     if rows and "prompt_table" in props:
@@ -449,27 +481,42 @@ def prompts_input(ctx, inputs, required: bool, description: str):
     return prop
 
 
-def threshold_inputs(inputs, score: bool) -> dict:
-    """The mask threshold, and the score threshold where the mode has scores to threshold."""
+def threshold_inputs(inputs, score: bool, video: bool = False) -> dict:
+    """The mask threshold, and the score threshold where the mode has scores to threshold (its
+    empty value, the settings' default, is the model's own: :func:`model_threshold`)."""
     props = {}
     if score:
+        default = DEFAULTS["threshold"]
+        description = "Keep hits scoring above this (0-1)"
+        if default is None:
+            description += f"; empty: the model's own ({model_threshold(video)})"
         props["threshold"] = inputs.float(
             "threshold",
-            default=0.5,
+            required=False,
+            default=default,
             min=0.0,
             max=1.0,
             label="Score threshold",
-            description="Keep hits scoring above this (0-1)",
+            description=description,
+            view=types.FieldView(placeholder=model_threshold(video) if default is None else None),
         )
     props["mask_threshold"] = inputs.float(
         "mask_threshold",
-        default=0.5,
+        default=DEFAULTS["mask_threshold"],
         min=0.0,
         max=1.0,
         label="Mask threshold",
         description="A pixel is in a mask above this probability (0-1)",
     )
     return props
+
+
+def model_threshold(video: bool) -> str:
+    """What an empty score threshold runs with (the settings' ``threshold=None``): on images the
+    image model's default, on videos the checkpoint's own detection thresholds."""
+    if video:
+        return "the checkpoint's detection thresholds"
+    return str(SegmentOptions().threshold)
 
 
 def output_inputs(ctx, inputs, default_field: str, reserved) -> None:
@@ -509,13 +556,15 @@ def output_inputs(ctx, inputs, default_field: str, reserved) -> None:
 
 
 def run_inputs(ctx, inputs) -> dict:
-    """Batch size and shards (images), model and device; returns the model and device inputs."""
-    if not is_video_collection(ctx.dataset):  # a video's frames go through the model one at a time
-        inputs.int(
+    """Batch size and shards (images), each flagged with the message ``segment`` raises for it
+    (:func:`~sam3_ops.app.forms.flag_run_options`), model and device; returns them by name."""
+    props = {}
+    # videos: a video's frames go through the model one at a time, and a video run is never sharded
+    if not is_video_collection(ctx.dataset):
+        props["batch_size"] = inputs.int(
             "batch_size", default=DEFAULT_BATCH_SIZE, min=1, label="Batch size", description="Images per forward pass"
         )
-    if not is_video_collection(ctx.dataset):  # sharded runs: image collections
-        inputs.int(
+        props["shards"] = inputs.int(
             "shards",
             default=1,
             min=1,
@@ -526,4 +575,7 @@ def run_inputs(ctx, inputs) -> dict:
                 "(one per GPU: python -m sam3_ops.sdk.workers) to run in parallel. Progress: 'Sharded run status'"
             ),
         )
-    return {"model_path": model_input(ctx, inputs), "device": device_input(inputs)}
+        flag_run_options(run_values(ctx.params), props)
+    props["model_path"] = model_input(ctx, inputs)
+    props["device"] = device_input(inputs)
+    return props

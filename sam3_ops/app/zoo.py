@@ -19,7 +19,6 @@ head), downloaded once; ``delete_zoo_model`` of either removes it (nothing is ex
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 
@@ -29,10 +28,10 @@ from ..core.checkpoint import DEFAULT_MODEL, download_checkpoint
 from ..core.queries import FIELD_MODES, TRACKER_MODES
 from ..sdk.fields import frame_field_name, frame_label_fields, is_video_collection, prompt_label_type
 from ..sdk.segment import load_model as load_sam3
-from ..sdk.settings import Sam3Settings
 from ..sdk.video import VIDEO_MODES
 from .forms import device_input, field_choice, flag, label_field_choice
 from .segment_forms import (
+    DEFAULTS,
     auto_inputs,
     dedup_inputs,
     flag_form,
@@ -138,13 +137,6 @@ class _FormContext:
         return getattr(self._ctx, name)
 
 
-class _ExplainedModelInput:
-    """The segment operators' rule skips a model input already flagged; the zoo's form has none
-    (its checkpoint is the zoo's download, checked when it is loaded)."""
-
-    invalid = True
-
-
 def form_params(ctx) -> dict:
     """This form's values in ``ctx.params`` (nested under :data:`FORM_KEY` by FiftyOne's operator)."""
     values = ctx.params.get(FORM_KEY)
@@ -186,18 +178,14 @@ def resolve_input(model_name: str, ctx) -> types.Property:
         props["multimask"] = multimask_input(inputs)
     if mode == "auto":
         props.update(auto_inputs(inputs))
-    props.update(threshold_inputs(inputs, score=mode not in TRACKER_MODES))
+    props.update(threshold_inputs(inputs, score=mode not in TRACKER_MODES, video=video))
     if video:
         props.update(video_inputs(inputs, mode))
     elif mode not in ("boxes", "points"):
         props.update(dedup_inputs(inputs, mode))
     props["device"] = device_input(inputs)
-    if mode not in FIELD_MODES or prompt_field:
-        flag_form(
-            {**params, "mode": mode, "prompt_field": prompt_field},
-            mode,
-            {"model_path": _ExplainedModelInput(), **props},
-        )
+    if mode not in FIELD_MODES or prompt_field:  # no model input: the checkpoint is the zoo's download
+        flag_form({**params, "mode": mode, "prompt_field": prompt_field}, mode, props)
     return types.Property(inputs, view=types.View(label="SAM3 settings"))
 
 
@@ -206,7 +194,7 @@ def parse_parameters(model_name: str, ctx, params: dict) -> None:
     read as the segment operators read theirs: prompts split and joined with the table's rows,
     ``device="auto"`` as ``None``, only the settings the chosen mode has."""
     media = media_type(model_name)
-    mode = params.get("mode") or _default("mode")
+    mode = params.get("mode") or DEFAULTS["mode"]
     values = settings_values({**params, "prompt_field": frame_field_name(params.get("prompt_field"))}, mode)
     values.pop("model_path")  # the zoo's download
     if media == "video":
@@ -215,21 +203,16 @@ def parse_parameters(model_name: str, ctx, params: dict) -> None:
     params.update(values)
 
 
-def _default(name: str):
-    """A setting's default: :class:`Sam3Settings`' own."""
-    return {field.name: field.default for field in dataclasses.fields(Sam3Settings)}[name]
-
-
 def _mode_input(inputs, params: dict, media: str):
     choices = types.RadioGroup()
     for mode in _FORM_MODES[media]:
         label, description = _MODE_LABELS[mode]
         choices.add_choice(mode, label=label, description=description)
-    prop = inputs.enum("mode", choices.values(), default=_default("mode"), label="Mode", view=choices)
-    mode = params.get("mode") or _default("mode")
+    prop = inputs.enum("mode", choices.values(), default=DEFAULTS["mode"], label="Mode", view=choices)
+    mode = params.get("mode") or DEFAULTS["mode"]
     if mode not in _FORM_MODES[media]:
         flag(prop, f"mode {mode!r} does not run on {media}s; choose one of {', '.join(_FORM_MODES[media])}")
-        mode = _default("mode")
+        mode = DEFAULTS["mode"]
     return prop, mode
 
 
