@@ -1,6 +1,8 @@
 """The README's code, run as a new user runs it: from a folder outside the repository, with the
 package installed by the README's setup (``.ci/setup``: ``pip install -e .``) and no PYTHONPATH,
-offline, on a hub cache in which ``facebook/sam3`` is a tiny checkpoint."""
+offline. The README's Offline block runs first, in an empty folder: it builds the tiny checkpoint
+as ``./facebook/sam3`` and the datasets the examples name; every other block then runs as written
+from that folder. Nothing here builds data the README does not."""
 
 import os
 import re
@@ -10,15 +12,18 @@ import subprocess
 import sys
 
 import fiftyone as fo
-import numpy as np
 import pytest
 
 from .helpers import REPO_ROOT
 
 README = os.path.join(REPO_ROOT, "README.md")
-COMMIT = "0" * 40
-#: README sections whose code needs data of its own (videos; workers): each has its own test
-OWN_TEST_SECTIONS = ("Video", "Scale out")
+#: the README section whose code builds what the others use
+OFFLINE_SECTION = "Offline: every example of this README on a tiny checkpoint"
+#: README sections whose code has a test of its own: the offline setup; videos (need ffmpeg);
+#: sharded runs (need workers)
+OWN_TEST_SECTIONS = (OFFLINE_SECTION, "Video", "Scale out")
+#: the datasets the README's examples name (built by its Offline block)
+README_DATASETS = ("my-dataset", "my-videos")
 
 
 def readme_sections() -> dict[str, str]:
@@ -39,102 +44,80 @@ def python_blocks(section: str | None = None) -> list[str]:
     return [block for text in texts for block in re.findall(r"```python\n(.*?)```", text, flags=re.S)]
 
 
-def _hub_cache(root, build) -> str:
-    """A Hugging Face cache under ``root`` in which ``build(path)`` wrote ``facebook/sam3``."""
-    repo = root / "hub" / "models--facebook--sam3"
-    build(repo / "snapshots" / COMMIT)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(COMMIT)
-    return str(root / "hub")
-
-
-@pytest.fixture
-def hub_cache(tmp_path):
-    """A Hugging Face cache holding a tiny, confident checkpoint as ``facebook/sam3`` (so the
-    README's default thresholds find something)."""
-    from sam3_ops.testing import build_tiny_checkpoint
-
-    return _hub_cache(tmp_path, lambda path: build_tiny_checkpoint(path, confident=True))
-
-
-@pytest.fixture
-def my_dataset(image_paths):
-    """``my-dataset`` with the fields the README's examples use."""
-    rng = np.random.default_rng(0)
-    dataset = fo.Dataset("my-dataset", persistent=True, overwrite=True)
-
-    def boxes(n, label, **attributes):
-        return fo.Detections(
-            detections=[
-                fo.Detection(
-                    label=label, bounding_box=[*rng.uniform(0.05, 0.4, 2), *rng.uniform(0.2, 0.5, 2)], **attributes
-                )
-                for _ in range(n)
-            ]
-        )
-
-    samples = []
-    for path in image_paths[:4]:
-        examples = boxes(2, "cat")
-        examples.detections[1]["negative"] = True
-        samples.append(
-            fo.Sample(
-                filepath=path,
-                ground_truth=fo.Detections(detections=boxes(1, "cat").detections + boxes(1, "dog").detections),
-                not_handles=boxes(1, "oven"),
-                examples=examples,
-                clicks=fo.Keypoints(
-                    keypoints=[fo.Keypoint(label="cat", points=[[0.3, 0.3], [0.6, 0.6]], sam_labels=[1, 0])]
-                ),
-            )
-        )
-    dataset.add_samples(samples)
-    yield dataset
-    dataset.delete()
-
-
-def _user_env(hub_cache: str) -> dict:
+def _user_env() -> dict:
+    """A user's environment: no PYTHONPATH (the installed package), no token, the hub never asked."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_TOKEN")}
-    return env | {"HF_HUB_CACHE": hub_cache, "HF_HUB_OFFLINE": "1"}
+    return env | {"HF_HUB_OFFLINE": "1"}
 
 
-def test_the_readme_has_the_examples_a_user_needs():
-    code = "\n".join(python_blocks())
-    for call in ("sam3_ops.segment(", "sam3_ops.load_model(", "review_annotations(", "build_tiny_checkpoint("):
-        assert call in code
-
-
-def _run_as_a_user(code: str, tmp_path, env: dict, timeout: float = 600) -> str:
-    """Runs ``code`` with the user's interpreter from a folder outside the repository; its stdout."""
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir(exist_ok=True)
+def _run_as_a_user(code: str, folder, env: dict | None = None, timeout: float = 600) -> str:
+    """Runs ``code`` with the user's interpreter from ``folder`` (outside the repository); its stdout."""
     run = subprocess.run(
-        [sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-c", code],
+        cwd=folder,
+        env=env or _user_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     return run.stdout
 
 
-def test_the_readme_python_runs_as_written_from_anywhere(tmp_path, hub_cache, my_dataset):
-    _run_as_a_user("\n\n".join(python_blocks()), tmp_path, _user_env(hub_cache))
+@pytest.fixture(scope="module")
+def offline_folder(tmp_path_factory):
+    """An empty folder in which the README's Offline block has run, as written."""
+    folder = tmp_path_factory.mktemp("offline")
+    (block,) = python_blocks(OFFLINE_SECTION)
+    _run_as_a_user(block, folder, timeout=300)
+    yield folder
+    for name in README_DATASETS:
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)
+
+
+def test_the_offline_block_builds_what_the_examples_name(offline_folder):
+    assert os.path.isfile(offline_folder / "facebook" / "sam3" / "model.safetensors")
+    dataset, videos = fo.load_dataset("my-dataset"), fo.load_dataset("my-videos")
+    for field in ("ground_truth", "examples", "not_handles"):
+        assert dataset.count(f"{field}.detections") >= len(dataset) > 0
+    assert dataset.count("clicks.keypoints") == len(dataset)
+    assert videos.media_type == "video" and len(videos) == 2
+    assert videos.count("frames.players.detections") == 2
+
+
+def test_the_readme_has_the_examples_a_user_needs():
+    code = "\n".join(python_blocks())
+    for call in ("sam3_ops.segment(", "sam3_ops.load_model(", "review_annotations("):
+        assert call in code
+    assert "build_tiny_checkpoint(" in "".join(python_blocks(OFFLINE_SECTION))
+    # every example block loads the data it uses (none relies on another block's variables)
+    for block in python_blocks() + python_blocks("Video") + python_blocks("Scale out"):
+        assert "fo.load_dataset(" in block, block[:200]
+
+
+def test_the_readme_python_runs_as_written_offline(offline_folder):
+    _run_as_a_user("\n\n".join(python_blocks()), offline_folder)
+
+    from sam3_ops.sdk.runs import get_run
 
     dataset = fo.load_dataset("my-dataset")
     dataset.reload()
-    from sam3_ops.sdk.runs import get_run
-
     assert get_run(dataset, "sam3").settings.labels == ["cat", "dog"]
+    assert get_run(dataset, "sam3").settings.model_path == "facebook/sam3"  # the README's name: the folder
     assert dataset.count("sam3.detections") > 0 and dataset.count("gt_masks.detections") > 0
+    assert dataset.count("clicked.detections") == dataset.count("clicks.keypoints")  # one mask per keypoint
     assert dataset.has_evaluation("sam3_review") and "sam3_needs_review" in dataset.list_saved_views()
     assert dataset.count("ground_truth.detections.sam3_source_id") > 0  # accepted detections arrived
     assert dataset.get_field("ground_truth_backup") is not None  # the accept's own backup
 
 
-def test_the_tiny_checkpoint_command_runs_from_anywhere(tmp_path, hub_cache):
+def test_the_tiny_checkpoint_command_runs_from_anywhere(tmp_path):
     target = tmp_path / "sam3-tiny"
     run = subprocess.run(
         [sys.executable, "-m", "sam3_ops.testing", str(target)],
         cwd=tmp_path,
-        env=_user_env(hub_cache),
+        env=_user_env(),
         capture_output=True,
         text=True,
         timeout=300,
@@ -145,71 +128,90 @@ def test_the_tiny_checkpoint_command_runs_from_anywhere(tmp_path, hub_cache):
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg (apt-get install ffmpeg)")
-def test_the_readme_video_code_runs_as_written(tmp_path):
-    """The Video section's code on ``my-videos`` (two short videos with a box on frame 2), with the tiny
-    video checkpoint as ``facebook/sam3``."""
+def test_the_readme_video_code_runs_as_written(offline_folder):
+    """The Video section's code on the Offline block's ``my-videos`` (two 3-frame videos, a box on frame 2)."""
     from sam3_ops.sdk.runs import get_run
-    from sam3_ops.testing import build_tiny_video_checkpoint
 
-    from .test_video_core import synthetic_frames, write_video
+    _run_as_a_user("\n\n".join(python_blocks("Video")), offline_folder)
 
-    hub = _hub_cache(tmp_path, build_tiny_video_checkpoint)
-    frames = synthetic_frames(8)
-    paths = [write_video(tmp_path / "a.mp4", frames[:5]), write_video(tmp_path / "b.mp4", frames[5:])]
-    videos = fo.Dataset("my-videos", persistent=True, overwrite=True)
-    try:
-        videos.add_samples([fo.Sample(filepath=path) for path in paths])
-        for sample in videos:
-            box = fo.Detection(label="player", bounding_box=[0.05, 0.3, 0.25, 0.35])
-            sample.frames[2]["players"] = fo.Detections(detections=[box])
-            sample.save()
-
-        _run_as_a_user("\n\n".join(python_blocks("Video")), tmp_path, _user_env(hub))
-
-        videos.reload()
-        assert get_run(videos, "tracks").settings.labels == ["person", "car"]
-        assert videos.count("tracks_tracks") == 2 and videos.count("player_masks_tracks") == 2  # both done
-        masks = videos.values("frames.player_masks")
-        # the one box, tracked forward and backward from frame 2: one detection on every frame, index 0
-        assert [len(frames) for frames in masks] == [5, 3]
-        for frame in (frame for frames in masks for frame in frames):
-            assert [(d.label, d.index) for d in frame.detections] == [("player", 0)]
-        assert videos.has_frame_field("people")
-    finally:
-        videos.delete()
+    videos = fo.load_dataset("my-videos")
+    videos.reload()
+    assert get_run(videos, "tracks").settings.labels == ["person", "car"]
+    assert videos.count("tracks_tracks") == 2 and videos.count("player_masks_tracks") == 2  # both done
+    masks = videos.values("frames.player_masks")
+    # the one box, tracked forward and backward from frame 2: one detection on every frame, index 0
+    assert [len(frames) for frames in masks] == [3, 3]
+    for frame in (frame for frames in masks for frame in frames):
+        assert [(d.label, d.index) for d in frame.detections] == [("player", 0)]
+    assert videos.has_frame_field("people")
 
 
-def test_the_readme_scale_out_code_runs_as_written(tmp_path, hub_cache, my_dataset):
-    """The Scale out section as a user runs it: the launcher's workers (one CPU worker here, no GPU)
-    started with the plugin installed, then the section's Python, which waits for the shards."""
+def test_the_readme_scale_out_code_runs_as_written(offline_folder):
+    """The Scale out section as a user runs it: the launcher's CPU worker (the README's command for a
+    machine without a GPU) started from the Offline folder, then the section's Python, which waits
+    for the shards."""
     from fiftyone.operators.delegated import DelegatedOperationService
 
     from sam3_ops.sdk.runs import get_run
 
-    commands = re.findall(r"```bash\n(.*?)```", readme_sections()["Scale out"], flags=re.S)
-    assert "python -m sam3_ops.sdk.workers" in "".join(commands)
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    os.symlink(REPO_ROOT, plugins / "sam3")
-    env = _user_env(hub_cache) | {"FIFTYONE_PLUGINS_DIR": str(plugins), "SAM3_OPS_HEARTBEAT_S": "1"}
+    commands = "".join(re.findall(r"```bash\n(.*?)```", readme_sections()["Scale out"], flags=re.S))
+    assert "python -m sam3_ops.sdk.workers --cpu 1\n" in commands
+    plugins = offline_folder / "plugins"
+    plugins.mkdir(exist_ok=True)
+    if not (plugins / "sam3").exists():
+        os.symlink(REPO_ROOT, plugins / "sam3")
+    env = _user_env() | {"FIFTYONE_PLUGINS_DIR": str(plugins), "SAM3_OPS_HEARTBEAT_S": "1"}
     launcher = subprocess.Popen(
         [sys.executable, "-m", "sam3_ops.sdk.workers", "--cpu", "1", "--threads", "1", "--no-monitor"],
-        cwd=tmp_path,
+        cwd=offline_folder,
         env=env,
         stdout=subprocess.DEVNULL,
     )
+    dataset = fo.load_dataset("my-dataset")
     try:
-        out = _run_as_a_user("\n\n".join(python_blocks("Scale out")), tmp_path, env, timeout=300)
+        out = _run_as_a_user("\n\n".join(python_blocks("Scale out")), offline_folder, env, timeout=300)
     finally:
         launcher.send_signal(signal.SIGTERM)
         try:
             launcher.wait(timeout=60)
         except subprocess.TimeoutExpired:
             launcher.kill()
-        DelegatedOperationService().delete_for_dataset(my_dataset._doc.id)
+        DelegatedOperationService().delete_for_dataset(dataset._doc.id)
 
-    my_dataset.reload()
-    assert my_dataset.count("sam3_all") == len(my_dataset)  # every sample written, by the worker
-    summary = get_run(my_dataset, "sam3_all").summary
-    assert summary["samples_processed"] == len(my_dataset) and summary["shards"] == 4
-    assert f"True {len(my_dataset)}" in out  # status.finalized, status.samples_written
+    dataset.reload()
+    assert dataset.count("sam3_all") == len(dataset)  # every sample written, by the worker
+    summary = get_run(dataset, "sam3_all").summary
+    assert summary["samples_processed"] == len(dataset) and summary["shards"] == 4
+    assert f"True {len(dataset)}" in out  # status.finalized, status.samples_written
+
+
+@pytest.mark.parametrize(
+    "command, usage",
+    [
+        (["sam3-ops-workers"], "usage: sam3-ops-workers "),
+        (["-m", "sam3_ops.sdk.workers"], "usage: python -m sam3_ops.sdk.workers "),
+    ],
+)
+def test_each_workers_entry_point_names_itself_in_its_help(command, usage):
+    """The console script installed by ``pip install`` and ``python -m`` each show their own usage."""
+    if command[0] == "-m":
+        argv = [sys.executable, *command]
+    else:
+        argv = [os.path.join(os.path.dirname(sys.executable), command[0])]
+        if not os.path.isfile(argv[0]):
+            pytest.skip(f"{command[0]} is not installed in this environment (pip install -e .)")
+    run = subprocess.run([*argv, "--help"], env=_user_env(), capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith(usage), run.stdout[:200]
+
+
+def test_every_screenshot_the_readme_shows_is_taken_by_an_e2e_test():
+    """The README shows only screenshots that tests/test_e2e.py writes (so each is regenerated by
+    the run that checks what it shows), and docs/screenshots holds nothing else."""
+    with open(README) as handle:
+        shown = set(re.findall(r"\(docs/screenshots/([\w.-]+\.png)\)", handle.read()))
+    with open(os.path.join(REPO_ROOT, "tests", "test_e2e.py")) as handle:
+        taken = set(re.findall(r'screenshots, "([\w.-]+\.png)"', handle.read()))
+    assert shown, "the README shows screenshots"
+    assert shown == taken, f"shown but not taken: {shown - taken}; taken but not shown: {taken - shown}"
+    assert set(os.listdir(os.path.join(REPO_ROOT, "docs", "screenshots"))) == shown
