@@ -11,7 +11,12 @@ the runs), so its memory is its own:
 - ``text``: two text prompts (threshold 0, at most 5 hits a prompt kept);
 - ``boxes``: two prompt boxes;
 - ``points``: one prompt Keypoint of two points (one positive, one negative);
-- ``video-text``: one text prompt tracked through a 4-frame video (at most 3 objects).
+- ``video-boxes``: one prompt box on frame 1 tracked through a 4-frame video (the tracker's memory
+  at full size);
+- ``video-text``: one text prompt tracked through the same video (at most 3 objects). With random
+  weights nothing reaches the checkpoint's detection threshold, and at ``threshold=0`` all 200
+  queries are valid detections and transformers' video NMS (``nms_masks``: pairwise IoU of
+  (200, 200, 288 x 288)) asks for 26.5 GB: ``--video-threshold`` sets the threshold.
 
 Columns: load (s, the weights from safetensors, memory-mapped), per image (s: segment's wall time
 divided by the images or frames; and its CPU time, every thread, which depends less on the machine's
@@ -43,7 +48,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-MODES = ("text", "boxes", "points", "video-text")
+#: the threshold of ``video-text`` (``--video-threshold``)
+VIDEO_THRESHOLD = None
+MODES = ("text", "boxes", "points", "video-boxes", "video-text")
 FRAMES = 4
 
 
@@ -99,7 +106,8 @@ def _settings(mode: str, checkpoint: str) -> dict:
         "text": dict(prompts=["cat", "cup"], threshold=0.0, max_detections=10),
         "boxes": dict(mode="boxes", prompt_field="ground_truth"),
         "points": dict(mode="points", prompt_field="clicks"),
-        "video-text": dict(prompts=["red disc"], threshold=0.0, max_objects=3),
+        "video-boxes": dict(mode="boxes", prompt_field="frames.boxes"),
+        "video-text": dict(prompts=["red disc"], threshold=VIDEO_THRESHOLD, max_objects=3),
     }[mode] | common
 
 
@@ -116,8 +124,13 @@ def run_one(mode: str, checkpoint: str, images: int, workdir: str) -> dict:
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     dataset = fo.Dataset()
-    if mode == "video-text":
+    if mode.startswith("video"):
         dataset.add_sample(fo.Sample(filepath=_video(workdir)))
+        sample = dataset.first()
+        sample.frames[1]["boxes"] = fo.Detections(
+            detections=[fo.Detection(label="disc", bounding_box=[15 / 160, 45 / 120, 30 / 160, 30 / 120])]
+        )
+        sample.save()
         units = FRAMES
     else:
         dataset.add_samples([fo.Sample(filepath=p) for p in _images(workdir, images)])
@@ -136,30 +149,30 @@ def run_one(mode: str, checkpoint: str, images: int, workdir: str) -> dict:
         units = images
     settings = _settings(mode, checkpoint)
     started = time.perf_counter()
-    if mode == "video-text":
-        get_video_engine(checkpoint, "cpu").load("text")
+    if mode.startswith("video"):
+        get_video_engine(checkpoint, "cpu").load("text" if mode == "video-text" else "prompts")
     else:
         sam3_ops.load_model(**settings, reuse=True)  # the pooled engine segment runs on
     load_s = time.perf_counter() - started
     loaded_mb = _status_mb("VmRSS")
     _reset_peak()
     started, cpu_started = time.perf_counter(), time.process_time()
-    workers = {} if mode == "video-text" else {"num_workers": 0}
+    workers = {} if mode.startswith("video") else {"num_workers": 0}
     result = sam3_ops.segment(dataset, "sam3", **workers, **settings)
     run_s = time.perf_counter() - started
     cpu_s = time.process_time() - cpu_started  # every thread of this process: less sensitive to load
     peak_mb = _status_mb("VmHWM")
-    path = "frames.sam3.detections" if mode == "video-text" else "sam3.detections"
+    path = "frames.sam3.detections" if mode.startswith("video") else "sam3.detections"
     values = dataset.values(path)
     detections = [d for v in values for d in (v or [])]
-    if mode == "video-text":
+    if mode.startswith("video"):
         detections = [d for frame in detections for d in (frame or [])]
     shapes = sorted({tuple(d.mask.shape) for d in detections if d.mask is not None})
     dataset.delete()
     return {
         "mode": mode,
         "units": units,
-        "unit": "frame" if mode == "video-text" else "image",
+        "unit": "frame" if mode.startswith("video") else "image",
         "load_s": round(load_s, 1),
         "run_s": round(run_s, 1),
         "per_unit_s": round(run_s / units, 1),
@@ -170,6 +183,7 @@ def run_one(mode: str, checkpoint: str, images: int, workdir: str) -> dict:
         "masks_bool": all(d.mask is not None and d.mask.dtype == bool for d in detections),
         "mask_shapes": shapes[:6],
         "skipped": result.samples_skipped,
+        "skip_reasons": [str(skip)[:400] for skip in result.skipped[:3]],
     }
 
 
@@ -178,12 +192,15 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="a full-size checkpoint dir (built there if it holds none)")
     parser.add_argument("--images", type=int, default=2, help="images per image mode (1-4)")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--video-threshold", type=float, help="video-text's threshold (default: the checkpoint's)")
     parser.add_argument(
-        "--run-one", nargs=4, metavar=("MODE", "CHECKPOINT", "IMAGES", "WORKDIR"), help=argparse.SUPPRESS
+        "--run-one", nargs=5, metavar=("MODE", "CHECKPOINT", "IMAGES", "WORKDIR", "THRESHOLD"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
     if args.run_one:
-        mode, checkpoint, images, workdir = args.run_one
+        global VIDEO_THRESHOLD
+        mode, checkpoint, images, workdir, threshold = args.run_one
+        VIDEO_THRESHOLD = None if threshold == "default" else float(threshold)
         print(json.dumps(run_one(mode, checkpoint, int(images), workdir)))
         return
 
@@ -199,11 +216,12 @@ def main() -> None:
     mongo = PrivateMongo(os.path.join(scratch, "mongo")).start()  # children inherit its URI
     load = os.getloadavg()
     rows = []
+    threshold = "default" if args.video_threshold is None else str(args.video_threshold)
     try:
         for mode in args.modes:
             workdir = tempfile.mkdtemp(dir=scratch)
             completed = subprocess.run(
-                [sys.executable, __file__, "--run-one", mode, checkpoint, str(args.images), workdir],
+                [sys.executable, __file__, "--run-one", mode, checkpoint, str(args.images), workdir, threshold],
                 capture_output=True,
                 text=True,
                 env=dict(os.environ, PYTHONPATH=ROOT),
