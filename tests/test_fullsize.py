@@ -89,7 +89,12 @@ def test_full_size_image_modes_write_labels(checkpoint, photo, settings, labels,
         assert len(detections) <= 5
 
 
-def test_full_size_video_text_tracking_writes_labels(checkpoint, tmp_path):
+def test_full_size_video_box_tracking_writes_labels(checkpoint, tmp_path):
+    """The tracker's video memory at full size (72 x 72 memory features, 288 px masks) on 4 frames.
+
+    (Text tracking is not here: with random weights nothing reaches the checkpoint's detection
+    threshold, and at threshold 0 every one of the 200 queries is a valid detection, for which
+    transformers' video NMS asks for 26.5 GB.)"""
     if shutil.which("ffmpeg") is None:
         pytest.skip("needs ffmpeg")
     from .test_video_core import synthetic_frames, write_video
@@ -97,14 +102,20 @@ def test_full_size_video_text_tracking_writes_labels(checkpoint, tmp_path):
     path = write_video(tmp_path / "four.mp4", synthetic_frames(4, height=96, width=128))
     videos = fo.Dataset()
     videos.add_sample(fo.Sample(filepath=path))
+    sample = videos.first()
+    # the red disc's box on frame 1 (synthetic_frames: a disc moving left to right)
+    sample.frames[1]["boxes"] = fo.Detections(
+        detections=[fo.Detection(label="disc", bounding_box=[12 / 128, 36 / 96, 24 / 128, 24 / 96])]
+    )
+    sample.save()
     try:
         result = sam3_ops.segment(
-            videos, "full", model_path=checkpoint, device="cpu", prompts=["red disc"], threshold=0.0, max_objects=3
+            videos, "full", model_path=checkpoint, device="cpu", mode="boxes", prompt_field="frames.boxes"
         )
-        assert result.samples_processed == 1 and result.samples_skipped == 0
+        assert result.samples_processed == 1 and result.samples_skipped == 0, result.skipped
         sample = videos.first()
         written = [d for number in range(1, 5) for d in (sample.frames[number]["full"] or fo.Detections()).detections]
-        _check(written, 128, 96, {"red disc"})
-        assert len({d.index for d in written}) <= 3
+        _check(written, 128, 96, {"disc"})
+        assert len(written) >= 1 and len(written) <= 4
     finally:
         videos.delete()
