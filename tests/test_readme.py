@@ -20,8 +20,8 @@ README = os.path.join(REPO_ROOT, "README.md")
 #: the README section whose code builds what the others use
 OFFLINE_SECTION = "Offline: every example of this README on a tiny checkpoint"
 #: README sections whose code has a test of its own: the offline setup; videos (need ffmpeg);
-#: sharded runs (need workers)
-OWN_TEST_SECTIONS = (OFFLINE_SECTION, "Video", "Scale out")
+#: sharded runs (need workers); the model zoo (needs the source registered)
+OWN_TEST_SECTIONS = (OFFLINE_SECTION, "Video", "Scale out", "From the model zoo")
 #: the datasets the README's examples name (built by its Offline block)
 README_DATASETS = ("my-dataset", "my-videos")
 
@@ -215,3 +215,20 @@ def test_every_screenshot_the_readme_shows_is_taken_by_an_e2e_test():
     assert shown, "the README shows screenshots"
     assert shown == taken, f"shown but not taken: {shown - taken}; taken but not shown: {taken - shown}"
     assert set(os.listdir(os.path.join(REPO_ROOT, "docs", "screenshots"))) == shown
+
+
+def test_the_readme_zoo_code_runs_as_written(offline_folder, tmp_path):
+    """The zoo section as a user runs it once the source is registered and downloaded: the checkout
+    registered (served as an archive) into a zoo directory of its own, the Offline block's
+    ./facebook/sam3 as the download."""
+    from .test_zoo import IMAGE_MODEL, VIDEO_MODEL, register_checkout
+
+    zoo = tmp_path / "zoo"
+    register_checkout(zoo, offline_folder / "facebook" / "sam3")
+    env = _user_env() | {"FIFTYONE_MODEL_ZOO_DIR": str(zoo)}
+    output = _run_as_a_user("\n\n".join(python_blocks("From the model zoo")), offline_folder, env)
+    assert IMAGE_MODEL in output and VIDEO_MODEL in output  # the listing it prints
+    dataset = fo.load_dataset("my-dataset")
+    dataset.reload()
+    assert dataset.count("sam3_zoo.detections") > 0
+    assert dataset.count("gt_zoo_masks.detections") == dataset.count("ground_truth.detections") > 0  # one per box
