@@ -11,6 +11,12 @@ Three measurements, each against the obvious alternative, on the same model obje
           ``Sam3TrackerModel`` call per point and ``post_process_masks`` of its three masks, as a
           notebook would write it; no filtering, no de-duplication)
   nms     ``mask_nms`` on 200 low-resolution hits at the model's mask size (IoU 0.5, containment 0.9)
+  written the exact check on the written masks (issue 22) next to the low-resolution prune, inside
+          real ``segment`` calls: text prompts (3 prompts, every query kept, ``nms_iou=0.5``) and
+          auto mode (``nms_iou=0.7``, the auto default), each on an image of the bench's size and
+          on a 64 x 900 strip: milliseconds spent in each pass (timers around the engine's own
+          functions), how many hits each pass sees and keeps, and the whole call with and without
+          the rules
 
 Usage::
 
@@ -39,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_engine import Bench, machine_info, make_images, sync  # noqa: E402
 
+import sam3_ops.core.engine as engine_module  # noqa: E402
 from sam3_ops.core.nms import mask_nms  # noqa: E402
 from sam3_ops.core.queries import ImagePrompts, ObjectPrompt, grid_points  # noqa: E402
 
@@ -182,6 +189,122 @@ def bench_nms(device, mask_size: int, count: int, repeats: int) -> list[dict]:
     ]
 
 
+class _Timer:
+    """Wraps one of the engine module's functions: total seconds spent in it, calls, and the
+    number of hits it was given (``len`` of argument ``count_arg``) and returned."""
+
+    def __init__(self, name: str, device, count_arg: int):
+        self.name, self.device, self.count_arg = name, device, count_arg
+        self.function = getattr(engine_module, name)
+        self.reset()
+
+    def reset(self):
+        self.seconds, self.calls, self.given, self.returned = 0.0, 0, 0, 0
+
+    def __call__(self, *args, **kwargs):
+        sync(self.device)
+        start = time.perf_counter()
+        result = self.function(*args, **kwargs)
+        sync(self.device)
+        self.seconds += time.perf_counter() - start
+        self.calls += 1
+        self.given += len(args[self.count_arg])
+        self.returned += len(result)
+        return result
+
+
+def bench_written(bench: Bench, images: dict, repeats: int) -> list[dict]:
+    """The exact check on written masks next to the low-resolution prune, in real segment calls."""
+    engine, device = bench.engine, bench.device
+    prune = _Timer("mask_nms", device, 1)  # low-res NMS: (masks, scores, ...)
+    areas = _Timer("written_areas", device, 1)  # exact: areas of the written candidates
+    exact = _Timer("written_nms", device, 1)  # exact: NMS on the written masks
+    timers = (prune, areas, exact)
+    cases = {  # name: (prompts, options, rules)
+        "text, 3 prompts, every query": (
+            [ImagePrompts(texts=("cat", "dog", "cup"))],
+            {"threshold": 0.0},
+            {"nms_iou": 0.5},
+        ),
+        "auto, 16x16 points": (
+            None,
+            {"mode": "auto", "points_per_side": 16, "pred_iou_threshold": 0.0, "stability_threshold": 0.0},
+            {"nms_iou": 0.7},
+        ),
+    }
+    rows = []
+    for image_name, image in images.items():
+        for case, (prompts, options, rules) in cases.items():
+
+            def plain(image=image, prompts=prompts, options=options):
+                return engine.segment([image], prompts, **options)
+
+            def with_rules(image=image, prompts=prompts, options=options, rules=rules):
+                return engine.segment([image], prompts, **options, **rules)
+
+            seconds_plain, _ = timed(device, plain, repeats)
+            candidates = len(plain()[0])
+            # the passes' timers and the whole call from the same calls: the fastest of `repeats`
+            seconds_rules, spent, kept = float("inf"), None, 0
+            try:
+                for timer in timers:
+                    setattr(engine_module, timer.name, timer)
+                with_rules()  # warm-up
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                for _ in range(repeats):
+                    for timer in timers:
+                        timer.reset()
+                    sync(device)
+                    start = time.perf_counter()
+                    kept = len(with_rules()[0])
+                    sync(device)
+                    seconds = time.perf_counter() - start
+                    if seconds < seconds_rules:
+                        seconds_rules = seconds
+                        spent = {t.name: (t.seconds, t.given, t.returned) for t in timers}
+            finally:
+                for timer in timers:
+                    setattr(engine_module, timer.name, timer.function)
+            peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+            setting = f"{case}, {rules}, {image_name}"
+            rows += [
+                {
+                    "scenario": "written",
+                    "pipeline": "segment, no rules",
+                    "setting": setting,
+                    "ms": 1000 * seconds_plain,
+                    "peak_gib": None,
+                    "hits": candidates,
+                },
+                {
+                    "scenario": "written",
+                    "pipeline": "segment, rules (both passes)",
+                    "setting": setting,
+                    "ms": 1000 * seconds_rules,
+                    "peak_gib": peak,
+                    "hits": kept,
+                },
+                {
+                    "scenario": "written",
+                    "pipeline": "low-res prune (mask_nms)",
+                    "setting": setting,
+                    "ms": 1000 * spent["mask_nms"][0],
+                    "peak_gib": None,
+                    "hits": f"{spent['mask_nms'][1]} -> {spent['mask_nms'][2]}",
+                },
+                {
+                    "scenario": "written",
+                    "pipeline": "exact check (written_areas + written_nms)",
+                    "setting": setting,
+                    "ms": 1000 * (spent["written_areas"][0] + spent["written_nms"][0]),
+                    "peak_gib": None,
+                    "hits": f"{spent['written_nms'][1]} -> {kept}",
+                },
+            ]
+    return rows
+
+
 def markdown(rows) -> str:
     lines = ["| scenario | pipeline | setting | ms | peak GiB | hits |", "|---|---|---|---|---|---|"]
     for r in rows:
@@ -199,6 +322,9 @@ def main(argv=None):
     parser.add_argument("--points-per-side", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--only", default=None, choices=("refine", "auto", "nms", "written"), help="run one scenario (default: all)"
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -206,12 +332,20 @@ def main(argv=None):
     (image,) = make_images(1, sizes=[(480, 640)])
     probe = ImagePrompts(objects=(ObjectPrompt("object", [[10, 10]], [1]),))
     mask_size = bench.engine.segment([image], [probe], mode="points", keep_logits=True)[0].low_res_logits[0].shape[-1]
-    rows = bench_refine(bench, image, args.repeats)
-    rows += bench_auto(bench, image, args.points_per_side, args.repeats)
-    rows += bench_nms(device, mask_size, 200, args.repeats)
+    rows = []
+    if args.only in (None, "refine"):
+        rows += bench_refine(bench, image, args.repeats)
+    if args.only in (None, "auto"):
+        rows += bench_auto(bench, image, args.points_per_side, args.repeats)
+    if args.only in (None, "nms"):
+        rows += bench_nms(device, mask_size, 200, args.repeats)
+    if args.only in (None, "written"):
+        (strip,) = make_images(1, seed=1, sizes=[(64, 900)])
+        rows += bench_written(bench, {"640x480": image, "64x900": strip}, args.repeats)
     table = markdown(rows)
     print(table)
-    out = Path(args.out or Path(__file__).parent / "results" / f"prompts-{args.config}-{device.type}")
+    suffix = f"-{args.only}" if args.only else ""
+    out = Path(args.out or Path(__file__).parent / "results" / f"prompts-{args.config}-{device.type}{suffix}")
     out.mkdir(parents=True, exist_ok=True)
     meta = {"config": args.config, "device": str(device), "machine": machine_info(device), "load": os.getloadavg()}
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
