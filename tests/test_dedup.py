@@ -449,9 +449,15 @@ AUTO = {"mode": "auto", "points_per_side": 4, "pred_iou_threshold": 0.0, "stabil
         (TEXT, {"nms_iou": 0.5}),
         (TEXT, {"nms_iou": 0.5, "nms_per_label": True}),
         (TEXT, {"nms_containment": 0.7, "min_area": 0.02}),
-        ({**TEXT, "max_mask_size": 100}, {"nms_iou": 0.3, "nms_containment": 0.8, "min_area": 0.01, "max_detections": 6}),
+        (
+            {**TEXT, "max_mask_size": 100},
+            {"nms_iou": 0.3, "nms_containment": 0.8, "min_area": 0.01, "max_detections": 6},
+        ),
         (AUTO, {"nms_iou": 0.5}),
-        ({**AUTO, "max_mask_size": 100}, {"nms_iou": 0.4, "nms_containment": 0.8, "min_area": 0.01, "max_detections": 5}),
+        (
+            {**AUTO, "max_mask_size": 100},
+            {"nms_iou": 0.4, "nms_containment": 0.8, "min_area": 0.01, "max_detections": 5},
+        ),
     ],
     ids=["text-iou", "text-iou-per-label", "text-containment-area", "text-all-scaled", "auto-iou", "auto-all-scaled"],
 )

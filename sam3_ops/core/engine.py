@@ -692,9 +692,7 @@ class _HitCollector:
             batch_crops, batch_masks = self._write(maps, foreground, batch)
             alive = [k for k, mask in enumerate(batch_masks) if mask is not None]
             batch_areas = written_areas([batch_crops[k] for k in alive], [batch_masks[k] for k in alive])
-            new = [
-                k for k, area in zip(alive, batch_areas.tolist()) if area >= options.min_area * height * width
-            ]
+            new = [k for k, area in zip(alive, batch_areas.tolist()) if area >= options.min_area * height * width]
             area_of = dict(zip(alive, batch_areas.tolist()))
             decided = len(kept)
             kept += [batch[k] for k in new]
@@ -704,7 +702,13 @@ class _HitCollector:
             if nms:
                 labels = [self.labels[i] for i in kept] if options.nms_per_label else None
                 survivors = written_nms(
-                    np.asarray(crops), masks, np.asarray(areas), options.nms_iou, options.nms_containment, labels, decided
+                    np.asarray(crops),
+                    masks,
+                    np.asarray(areas),
+                    options.nms_iou,
+                    options.nms_containment,
+                    labels,
+                    decided,
                 )
                 chosen = list(range(decided)) + survivors
                 kept, crops, masks, areas = ([values[k] for k in chosen] for values in (kept, crops, masks, areas))
