@@ -70,10 +70,13 @@ class SegmentOptions:
         nms_iou: drop the lower-scoring of two hits of an image whose masks overlap with IoU above
             this (``None``: no de-duplication)
         nms_per_label: de-duplicate only hits with the same label
-        nms_containment: also drop a hit whose mask lies inside a higher-scoring one by at least
+        nms_containment: also drop a hit whose mask lies inside a higher-scoring one by more than
             this fraction of its own area (``None``: no containment rule)
         max_detections: keep at most this many hits per image, the highest-scoring (``None``: all)
         min_area: drop hits whose mask covers less than this fraction of the image
+
+    The last five hold on the masks as returned (each over its box, counted in image pixels:
+    :mod:`sam3_ops.core.masks`): pruned on the low-resolution masks, then checked exactly.
         points_per_side: ``auto``: the grid of point prompts is this many points a side
         pred_iou_threshold, stability_threshold: ``auto``: keep masks whose predicted IoU and
             stability score reach these
