@@ -152,13 +152,15 @@ class Sam3Settings:
         mask_dir: where masks go as PNG files when a sample's labels would exceed 16 MB
         multimask: ``boxes`` / ``points``: ``None`` (one mask per prompt), ``"best"`` (the most
             confident of three) or ``"all"`` (three Detections per prompt, ``mask_rank`` 0-2)
-        nms_iou: drop the lower-scoring of two hits of a sample whose masks overlap with IoU above
-            this (``None``: off; ``auto`` mode uses 0.7 when off)
+        nms_iou: drop the lower-scoring of two hits of a sample whose written masks overlap with
+            IoU above this (``None``: off; ``auto`` mode uses 0.7 when off)
         nms_per_label: de-duplicate only hits with the same label
-        nms_containment: also drop a hit lying inside a higher-scoring one by at least this fraction
-            of its own area (``None``: off)
-        max_detections: keep at most this many hits per sample, the highest-scoring (``None``: all)
-        min_area: drop hits whose mask covers less than this fraction of the image
+        nms_containment: also drop a hit whose written mask lies inside a higher-scoring one's by
+            more than this fraction of its own area (``None``: off)
+        max_detections: write at most this many hits per sample, the highest-scoring of those the
+            other rules keep (``None``: all)
+        min_area: drop hits whose written mask covers less than this fraction of the image
+        (These four hold on the masks as written: see the README's "De-duplication and limits".)
         points_per_side: ``auto``: the grid of point prompts has this many points a side
         pred_iou_threshold, stability_threshold: ``auto``: keep masks whose predicted IoU and
             stability score reach these
