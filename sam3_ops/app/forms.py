@@ -14,7 +14,7 @@ import os
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from ..core.checkpoint import DEFAULT_MODEL, ModelLoadError, available_devices, login_help, validate_model_path
+from ..core.checkpoint import DEFAULT_MODEL, available_devices, checkpoint_problem
 from ..sdk.fields import label_fields
 from ..sdk.settings import RunOptions, Sam3Settings
 
@@ -138,29 +138,17 @@ def device_input(inputs):
 def model_problem(model_path, token: str | None = None) -> str | None:
     """Why ``model_path`` cannot be loaded, found without loading any weights; ``None`` if it can.
 
-    A local directory must hold a SAM3 ``config.json``; a hub id must be in the local cache or
-    answer on the hub (one metadata request, remembered once it succeeds).
+    The checkpoint layer's one classification (:func:`~sam3_ops.core.checkpoint.checkpoint_problem`:
+    local files checked; a hub id cached, or one bounded access check saying unreachable, gated,
+    licence not accepted, token refused or not found). A hub id that answered once is remembered, so
+    a form re-resolving on every change asks the hub once.
     """
-    try:
-        path = validate_model_path(model_path)
-    except ModelLoadError as error:
-        return str(error)
-    if os.path.isdir(path) or path in _REACHABLE_MODELS:
+    if isinstance(model_path, str) and model_path in _REACHABLE_MODELS:
         return None
-
-    from huggingface_hub import auth_check, constants, try_to_load_from_cache
-
-    if isinstance(try_to_load_from_cache(path, "config.json"), str):
-        _REACHABLE_MODELS.add(path)
-        return None
-    if constants.HF_HUB_OFFLINE:
-        return f"{login_help(path)}\nCause: it is not in the local cache and the hub is offline (HF_HUB_OFFLINE)."
-    try:
-        auth_check(path, token=token)
-    except Exception as error:  # gated, missing, no network: the user's remedy is the same
-        return f"{login_help(path)}\nCause: {type(error).__name__}"
-    _REACHABLE_MODELS.add(path)
-    return None
+    problem = checkpoint_problem(model_path, token)
+    if problem is None and isinstance(model_path, str) and not os.path.isdir(model_path):
+        _REACHABLE_MODELS.add(model_path)
+    return problem
 
 
 def slider():
