@@ -16,6 +16,8 @@ import shutil
 import sys
 import tempfile
 
+from .sdk.workers import program_name
+
 DEMO_IMAGES = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png")
 DEMO_PROMPTS = ("cat", "cup", "person")
 
@@ -36,7 +38,7 @@ def demo_image_paths(directory: str) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=program_name("sam3_ops.demo"), description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="facebook/sam3", help="hub id or local checkpoint dir")
     parser.add_argument("--tiny", action="store_true", help="use a tiny random checkpoint (offline smoke test)")
     parser.add_argument("--prompts", nargs="+", default=list(DEMO_PROMPTS))

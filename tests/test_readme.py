@@ -190,9 +190,11 @@ def test_the_readme_scale_out_code_runs_as_written(offline_folder):
     [
         (["sam3-ops-workers"], "usage: sam3-ops-workers "),
         (["-m", "sam3_ops.sdk.workers"], "usage: python -m sam3_ops.sdk.workers "),
+        (["sam3-ops-demo"], "usage: sam3-ops-demo "),
+        (["-m", "sam3_ops.demo"], "usage: python -m sam3_ops.demo "),
     ],
 )
-def test_each_workers_entry_point_names_itself_in_its_help(command, usage):
+def test_each_entry_point_names_itself_in_its_help(command, usage):
     """The console script installed by ``pip install`` and ``python -m`` each show their own usage."""
     if command[0] == "-m":
         argv = [sys.executable, *command]

@@ -170,23 +170,19 @@ def supervise(processes: list[subprocess.Popen], grace: float = 30.0) -> int:
     return status
 
 
-#: how ``python -m`` runs this module (``sys.argv[0]`` is then this file's path)
-MODULE_PROG = "python -m sam3_ops.sdk.workers"
-
-
-def program_name(argv0: str | None = None) -> str:
+def program_name(module: str, argv0: str | None = None) -> str:
     """The name ``--help`` shows: the console script's (``sam3-ops-workers``) when started through
-    it, else :data:`MODULE_PROG`."""
+    it, else ``python -m <module>`` (``sys.argv[0]`` is then the module's file path)."""
     argv0 = sys.argv[0] if argv0 is None else argv0
     name = os.path.basename(argv0 or "")
     if not name or name in ("-c", "-m") or name.endswith(".py"):
-        return MODULE_PROG
+        return f"python -m {module}"
     return name
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        prog=program_name(),
+        prog=program_name("sam3_ops.sdk.workers"),
         description="Start one `fiftyone delegated launch` worker per visible GPU (CUDA_VISIBLE_DEVICES=k each).",
     )
     parser.add_argument("--gpus", help="comma-separated GPU indices (default: every visible GPU)")
