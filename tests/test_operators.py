@@ -488,6 +488,31 @@ def test_text_form_flags_bad_deduplication_settings(dataset, text_params, change
     assert_flagged(properties, validation, name, *words)
 
 
+@pytest.mark.parametrize(
+    "operator, uri, params_fixture, change",
+    [
+        (SegmentWithTextPrompts, TEXT_URI, "text_params", {"max_objects": 5}),
+        (SegmentWithTextPrompts, TEXT_URI, "text_params", {"direction": "both"}),
+        (SegmentWithBoxPrompts, BOX_URI, "box_params", {"direction": "both"}),
+        (SegmentWithBoxPrompts, BOX_URI, "box_params", {"max_objects": 5}),
+    ],
+    ids=["text-max_objects", "text-direction", "boxes-direction", "boxes-max_objects"],
+)
+def test_image_forms_flag_video_settings_on_their_input_and_refuse_to_run(
+    request, plugins_dir, dataset, operator, uri, params_fixture, change
+):
+    """A video-only setting given to an image form (an SDK caller of the operator) is flagged on an
+    input of its own, with the settings' message, and the form cannot be submitted: never ignored."""
+    params = {**request.getfixturevalue(params_fixture), **change}
+    (name,) = change
+    properties, validation = resolve_form(operator(), dataset, params)
+    assert_flagged(properties, validation, name, f"{name} apply to videos only", "unset for images")
+    with pytest.raises(Exception, match=name):
+        foo.execute_operator(uri, {"dataset": dataset, "params": params})
+    dataset.reload()
+    assert not dataset.has_field(params["label_field"]) and dataset.list_runs() == []
+
+
 def test_segment_everything_operator(plugins_dir, dataset, tiny_checkpoint):
     params = {
         "points_per_side": 4,

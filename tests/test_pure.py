@@ -18,7 +18,16 @@ from sam3_ops.core.queries import (
     grid_points,
     sanitize_boxes,
 )
-from sam3_ops.sdk.settings import Sam3Settings, SettingsError, normalize_prompts
+from sam3_ops.sdk.settings import (
+    APPLIES,
+    MEDIA,
+    MEDIA_MODES,
+    Sam3Settings,
+    SettingsError,
+    applies,
+    media_problem,
+    normalize_prompts,
+)
 
 
 def validate_prompts(prompts, mode):
@@ -115,6 +124,84 @@ def test_settings_raise_the_first_problem_and_list_every_problem():
     assert "text, boxes, exemplars" in problems["mode"] and "'tpu'" in problems["device"]
     assert Sam3Settings.problems({"prompts": ["cat"]}) == {}
     assert "model_path" in Sam3Settings.problems({"prompts": ["cat"], "model_path": "https://x/sam3"})
+
+
+# -- which settings apply where: the one table ----------------------------------------------------
+
+#: a valid value other than the default, for each setting of the table
+GIVEN = {
+    "prompt_field": "ground_truth",
+    "negative_field": "not_wanted",
+    "multimask": "best",
+    "nms_iou": 0.5,
+    "nms_per_label": True,
+    "nms_containment": 0.8,
+    "max_detections": 3,
+    "min_area": 0.01,
+    "points_per_side": 16,
+    "pred_iou_threshold": 0.5,
+    "stability_threshold": 0.5,
+    "auto_label": "thing",
+    "direction": "both",
+    "max_objects": 5,
+}
+
+
+def given_on(name: str, media: str) -> Sam3Settings:
+    """Valid settings that give ``name`` a value of its own, in a mode that runs on ``media`` (one
+    the setting applies in where there is one, so that only the medium can refuse it)."""
+    # else any mode its rule accepts there (multimask is refused in text mode by its own rule)
+    modes = [mode for mode in MEDIA_MODES[media] if applies(name, mode)] or ["boxes"]
+    mode = modes[0]
+    return Sam3Settings(mode=mode, prompts=["cat"] if mode == "text" else (), **{name: GIVEN[name]})
+
+
+def test_every_setting_of_the_table_is_given_a_value_other_than_its_default():
+    assert set(GIVEN) == set(APPLIES)
+    defaults = Sam3Settings(prompts=["cat"])
+    assert all(GIVEN[name] != getattr(defaults, name) for name in APPLIES)
+    assert all(set(scope.media) <= set(MEDIA) and scope.modes for scope in APPLIES.values())
+
+
+@pytest.mark.parametrize("media", MEDIA)
+@pytest.mark.parametrize("name", sorted(APPLIES))
+def test_the_table_decides_which_settings_a_medium_refuses_by_name(name, media):
+    settings = given_on(name, media)
+    problem = media_problem(settings, media)
+    if applies(name, media=media):
+        assert problem is None, problem
+    else:
+        assert isinstance(problem, SettingsError) and problem.field == name, problem
+        other = "images" if media == "video" else "videos"
+        assert f"{name} apply to {other} only" in str(problem)
+    # the forms' rule is the same rule, flagged on the setting's own input
+    problems = Sam3Settings.problems({**settings.to_dict(), name: GIVEN[name]}, media)
+    assert (name in problems) is not applies(name, media=media)
+
+
+def test_settings_at_their_defaults_apply_anywhere_so_old_run_records_run_again():
+    # a run record stores every setting: an image run's holds direction="forward", max_objects=50
+    for media, mode in (("image", "text"), ("image", "auto"), ("video", "text"), ("video", "boxes")):
+        record = Sam3Settings(mode=mode, prompts=["cat"] if mode == "text" else ()).to_dict()
+        assert (record["direction"], record["max_objects"]) == ("forward", 50)
+        assert media_problem(Sam3Settings.from_dict(record), media) is None
+
+
+def test_video_settings_given_to_an_image_run_are_refused_by_name():
+    problem = media_problem(Sam3Settings(mode="boxes", direction="both", max_objects=5), "image")
+    assert problem.field == "direction" and "direction, max_objects apply to videos only" in str(problem)
+    assert "max_detections caps the hits" in str(problem)  # the images' counterpart of max_objects
+    problem = media_problem(Sam3Settings(prompts=["cat"], max_objects=5), "image")
+    assert problem.field == "max_objects"
+    problem = media_problem(Sam3Settings(mode="auto"), "video")  # auto's nms_iou 0.7 is not the point
+    assert problem.field == "mode" and "does not run on videos" in str(problem)
+
+
+def test_multimask_is_refused_outside_the_modes_of_the_table():
+    for mode in ("text", "exemplars", "auto"):
+        with pytest.raises(SettingsError, match="multimask applies to the 'boxes' and 'points' modes") as error:
+            Sam3Settings(mode=mode, prompts=["cat"] if mode == "text" else (), multimask="best")
+        assert error.value.field == "multimask"
 
 
 def test_text_prompts_carry_their_own_label_and_threshold_into_queries():

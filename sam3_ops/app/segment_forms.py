@@ -17,7 +17,8 @@ Bad input is flagged on the form (``prop.invalid`` + ``prop.error_message``), ne
 settings' own validation (:meth:`~sam3_ops.sdk.settings.Sam3Settings.problems`) decides about
 prompts, thresholds, de-duplication, limits and the model path, the run options' own
 (:meth:`~sam3_ops.sdk.settings.RunOptions.problems`) about the batch size and shards, each with
-the message ``segment`` raises; here only what a form adds: no
+the message ``segment`` raises, and which settings a mode reads and a medium refuses by the
+settings' one table (:data:`~sam3_ops.sdk.settings.APPLIES`); here only what a form adds: no
 ``Detections`` / ``Keypoints`` field to prompt from, an empty target, a model that cannot be
 reached, an output field name, an existing output field without the overwrite choice, an existing
 field of another type (never overwritten).
@@ -41,7 +42,7 @@ from ..sdk.fields import (
     output_field_problem,
     prompt_label_type,
 )
-from ..sdk.settings import DEFAULT_BATCH_SIZE, Sam3Settings
+from ..sdk.settings import APPLIES, DEFAULT_BATCH_SIZE, Sam3Settings, applies
 from ..sdk.shards import MAX_SHARDS
 from .forms import device_input, flag, flag_run_options, flag_settings, label_field_choice, model_input, target_input
 
@@ -96,19 +97,6 @@ def parse_prompts(value) -> tuple[list[str], str | None]:
     return prompts, None
 
 
-#: the settings a form offers only in some modes, and those modes
-MODE_SETTINGS = {
-    "multimask": ("boxes", "points"),
-    "nms_iou": ("text", "exemplars", "auto"),
-    "nms_per_label": ("text", "exemplars"),
-    "nms_containment": ("text", "exemplars", "auto"),
-    "max_detections": ("text", "exemplars", "auto"),
-    "min_area": ("text", "exemplars", "auto"),
-    "points_per_side": ("auto",),
-    "pred_iou_threshold": ("auto",),
-    "stability_threshold": ("auto",),
-    "auto_label": ("auto",),
-}
 #: the multimask dropdown's choices and the settings they stand for
 MULTIMASK_CHOICES = {"one": None, "best": "best", "all": "all"}
 
@@ -141,14 +129,13 @@ def settings_values(params: dict, mode: str) -> dict:
     if mode in FIELD_MODES:
         values["prompt_field"] = params.get("prompt_field")
         values["negative_field"] = params.get("negative_field") or None
-    for name, modes in MODE_SETTINGS.items():
-        if mode in modes and params.get(name) is not None:
+    # the settings of the mode (the settings' table, any medium: one given on a medium it does not
+    # apply to is flagged by flag_form); a zoo form that switched modes may hold another mode's
+    for name in APPLIES:
+        if name not in ("prompt_field", "negative_field") and applies(name, mode) and params.get(name) is not None:
             values[name] = params[name]
     if "multimask" in values:
         values["multimask"] = MULTIMASK_CHOICES.get(values["multimask"], values["multimask"])
-    for name in ("direction", "max_objects"):  # video datasets' forms
-        if params.get(name) is not None:
-            values[name] = params[name]
     return values
 
 
@@ -165,6 +152,11 @@ def run_values(params: dict) -> dict:
 
 
 # -- form builders ----------------------------------------------------------------------------------
+
+
+def _media(ctx) -> str:
+    """What the form's dataset segments: ``"image"`` or ``"video"``."""
+    return "video" if is_video_collection(ctx.dataset) else "image"
 
 
 def text_prompt_inputs(ctx, inputs) -> None:
@@ -187,7 +179,7 @@ def text_prompt_inputs(ctx, inputs) -> None:
         props.update(dedup_inputs(inputs, "text"))
     output_inputs(ctx, inputs, default_field="sam3", reserved=())
     props.update(run_inputs(ctx, inputs))
-    flag_form(ctx.params, "text", props)
+    flag_form(ctx.params, "text", props, inputs, _media(ctx))
 
 
 def box_prompt_inputs(ctx, inputs) -> None:
@@ -244,7 +236,7 @@ def box_prompt_inputs(ctx, inputs) -> None:
     output_inputs(ctx, inputs, default_field=default_field, reserved=reserved)
     props.update(run_inputs(ctx, inputs))
     if prompt_field:
-        flag_form({**ctx.params, "prompt_field": prompt_field}, mode, props)
+        flag_form({**ctx.params, "prompt_field": prompt_field}, mode, props, inputs, "image")
 
 
 def video_prompt_inputs(ctx, inputs) -> None:
@@ -298,7 +290,7 @@ def video_prompt_inputs(ctx, inputs) -> None:
     output_inputs(ctx, inputs, default_field=default_field, reserved=(prompt_field,) if prompt_field else ())
     props.update(run_inputs(ctx, inputs))
     if prompt_field:
-        flag_form({**ctx.params, "mode": mode, "prompt_field": prompt_field}, mode, props)
+        flag_form({**ctx.params, "mode": mode, "prompt_field": prompt_field}, mode, props, inputs, "video")
 
 
 def everything_inputs(ctx, inputs) -> None:
@@ -313,7 +305,7 @@ def everything_inputs(ctx, inputs) -> None:
     props.update(dedup_inputs(inputs, "auto"))
     output_inputs(ctx, inputs, default_field="sam3_auto", reserved=())
     props.update(run_inputs(ctx, inputs))
-    flag_form(ctx.params, "auto", props)
+    flag_form(ctx.params, "auto", props, inputs, "image")
 
 
 def video_inputs(inputs, mode: str) -> dict:
@@ -450,10 +442,18 @@ def auto_inputs(inputs) -> dict:
     }
 
 
-def flag_form(params: dict, mode: str, props: dict) -> None:
+def flag_form(params: dict, mode: str, props: dict, inputs=None, media: str | None = None) -> None:
     """Flags the settings' problems on the form, each on its own input; a problem of the prompt
-    table on the table (its rows numbered as shown), not on the prompt list."""
+    table on the table (its rows numbered as shown), not on the prompt list. With ``media``, a
+    setting given that does not apply there (the settings' table) is flagged too, on an input
+    added to ``inputs`` for it when the form has none (a video setting given to an image form)."""
     values = settings_values(params, mode)
+    if media is not None:
+        for name in APPLIES:
+            if not applies(name, media=media) and params.get(name) is not None:
+                values[name] = params[name]
+                if name not in props and inputs is not None:
+                    props[name] = _given_input(inputs, name, params[name])
     model_prop = props.get("model_path")
     if model_prop is None or model_prop.invalid:  # no model input (the zoo's), or explained (reachability too)
         values.pop("model_path")
@@ -465,7 +465,24 @@ def flag_form(params: dict, mode: str, props: dict) -> None:
             values["prompts"] = values["prompts"][len(rows) :]
             if not values["prompts"]:  # "no prompt at all" is explained on the table already
                 props = {name: prop for name, prop in props.items() if name != "prompts"}
-    flag_settings(values, props)
+    if media is None:
+        flag_settings(values, props)
+        return
+    for name, message in Sam3Settings.problems(values, media).items():  # flag_settings' rule, per medium
+        if name in props and not props[name].invalid:
+            flag(props[name], message)
+
+
+def _given_input(inputs, name: str, value):
+    """An input for the setting ``name`` that the form does not offer but was given ``value``, so
+    that the problem is shown, and the value can be cleared, where it is."""
+    if isinstance(value, bool):
+        return inputs.bool(name, required=False, label=name)
+    if isinstance(value, int):
+        return inputs.int(name, required=False, label=name)
+    if isinstance(value, float):
+        return inputs.float(name, required=False, label=name)
+    return inputs.str(name, required=False, label=name)
 
 
 def prompts_input(ctx, inputs, required: bool, description: str):

@@ -28,7 +28,7 @@ from ..core.checkpoint import DEFAULT_MODEL, download_checkpoint
 from ..core.queries import FIELD_MODES, TRACKER_MODES
 from ..sdk.fields import frame_field_name, frame_label_fields, is_video_collection, prompt_label_type
 from ..sdk.segment import load_model as load_sam3
-from ..sdk.video import VIDEO_MODES
+from ..sdk.settings import MEDIA_MODES, applies
 from .forms import device_input, field_choice, flag, label_field_choice
 from .segment_forms import (
     DEFAULTS,
@@ -48,7 +48,7 @@ MODELS = {"sam3-ops/sam3-image-torch": "image", "sam3-ops/sam3-video-torch": "vi
 #: the key under which FiftyOne's "Apply zoo model" operator nests a remote model's form
 FORM_KEY = "remote_params"
 #: the modes offered on each media's form
-_FORM_MODES = {"image": ("text", "boxes", "exemplars", "points", "auto"), "video": VIDEO_MODES}
+_FORM_MODES = MEDIA_MODES
 _MODE_LABELS = {
     "text": ("Text prompts", "Every instance of each prompt"),
     "boxes": ("Boxes", "One mask per box of a Detections field"),
@@ -174,18 +174,18 @@ def resolve_input(model_name: str, ctx) -> types.Property:
     prompt_field = None
     if mode in FIELD_MODES:
         props["prompt_field"], prompt_field = _prompt_field_input(form_ctx, inputs, mode, video)
-    if mode in ("boxes", "points") and not video:
+    if applies("multimask", mode, media):
         props["multimask"] = multimask_input(inputs)
     if mode == "auto":
         props.update(auto_inputs(inputs))
     props.update(threshold_inputs(inputs, score=mode not in TRACKER_MODES, video=video))
     if video:
         props.update(video_inputs(inputs, mode))
-    elif mode not in ("boxes", "points"):
+    elif applies("nms_iou", mode, media):
         props.update(dedup_inputs(inputs, mode))
     props["device"] = device_input(inputs)
     if mode not in FIELD_MODES or prompt_field:  # no model input: the checkpoint is the zoo's download
-        flag_form({**params, "mode": mode, "prompt_field": prompt_field}, mode, props)
+        flag_form({**params, "mode": mode, "prompt_field": prompt_field}, mode, props, inputs, media)
     return types.Property(inputs, view=types.View(label="SAM3 settings"))
 
 
@@ -197,8 +197,8 @@ def parse_parameters(model_name: str, ctx, params: dict) -> None:
     mode = params.get("mode") or DEFAULTS["mode"]
     values = settings_values({**params, "prompt_field": frame_field_name(params.get("prompt_field"))}, mode)
     values.pop("model_path")  # the zoo's download
-    if media == "video":
-        values.pop("negative_field", None)  # not offered on videos
+    if not applies("negative_field", media=media):
+        values.pop("negative_field", None)  # not offered there
     params.clear()
     params.update(values)
 

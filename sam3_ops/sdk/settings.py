@@ -10,6 +10,12 @@ validation is the only validation: the SDK raises the first problem
 
 Prompts may be strings or dicts ``{"text": ..., "label": ..., "threshold": ...}``: ``label``
 defaults to the text, ``threshold`` to the run's.
+
+Which settings apply to which mode and medium is one table, :data:`APPLIES`: the validation refuses
+a setting given on a medium it does not apply to (:func:`media_problem`: image-only settings on
+videos, ``direction`` / ``max_objects`` on images), the forms offer each setting in its modes, the
+video path refuses by it. (Over ~600 lines because every rule about a setting lives here: the
+settings, their table and the run options, checked by the same helpers.)
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from dataclasses import dataclass
 from ..core.checkpoint import DEFAULT_MODEL, ModelLoadError, validate_model_path
 from ..core.engine import SegmentOptions
 from ..core.images import DEFAULT_MAX_PIXELS
-from ..core.queries import MODES, MULTIMASK, TRACKER_MODES, TextPrompt
+from ..core.queries import FIELD_MODES, MODES, MULTIMASK, TRACKER_MODES, TextPrompt
 
 logger = logging.getLogger(__name__)
 
@@ -235,13 +241,17 @@ class Sam3Settings:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def problems(cls, values: Mapping) -> dict[str, str]:
+    def problems(cls, values: Mapping, media: str | None = None) -> dict[str, str]:
         """Every problem of ``values`` (a dict of settings; missing ones take their defaults), by
         setting name; ``{}`` if they are valid. For forms, which flag each problem on its input;
-        the SDK raises the first instead."""
+        the SDK raises the first instead. With ``media``, also what does not apply there
+        (:func:`media_problem`)."""
         defaults = {f.name: f.default for f in dataclasses.fields(cls)}
         problems: dict[str, str] = {}
-        _normalize(defaults | {k: v for k, v in values.items() if k in defaults}, problems)
+        normalized = _normalize(defaults | {k: v for k, v in values.items() if k in defaults}, problems)
+        if media is not None:
+            for name, message in _media_problems(normalized, media).items():
+                problems.setdefault(name, message)
         return problems
 
     def replace(self, **changes) -> Sam3Settings:
@@ -273,6 +283,89 @@ class Sam3Settings:
     def labels(self) -> list[str]:
         """The labels the text prompts write, in order, each once."""
         return list(dict.fromkeys(p.name for p in self.prompts))
+
+
+# -- which settings apply where ----------------------------------------------------------------------
+
+#: the media a run segments
+MEDIA = ("image", "video")
+#: the modes that run on videos
+VIDEO_MODES = ("text", "boxes", "points")
+#: the modes that run on each medium
+MEDIA_MODES = {"image": MODES, "video": VIDEO_MODES}
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where a setting applies: in these modes, on these media."""
+
+    modes: tuple[str, ...] = MODES
+    media: tuple[str, ...] = MEDIA
+
+
+_DEDUP_MODES = ("text", "exemplars", "auto")
+_IMAGE = ("image",)
+#: which settings apply to which modes and media, the one table: the validation refuses a setting
+#: given (not at its default) on a medium it does not apply to (:func:`media_problem`) and
+#: ``multimask`` outside its modes; the forms offer each setting in its modes only; the video
+#: path refuses the image-only ones. A setting not listed applies in every mode on both media.
+APPLIES: dict[str, Scope] = {
+    "prompt_field": Scope(FIELD_MODES),
+    "negative_field": Scope(FIELD_MODES, _IMAGE),
+    "multimask": Scope(("boxes", "points"), _IMAGE),
+    "nms_iou": Scope(_DEDUP_MODES, _IMAGE),
+    "nms_per_label": Scope(("text", "exemplars"), _IMAGE),
+    "nms_containment": Scope(_DEDUP_MODES, _IMAGE),
+    "max_detections": Scope(_DEDUP_MODES, _IMAGE),
+    "min_area": Scope(_DEDUP_MODES, _IMAGE),
+    "points_per_side": Scope(("auto",), _IMAGE),
+    "pred_iou_threshold": Scope(("auto",), _IMAGE),
+    "stability_threshold": Scope(("auto",), _IMAGE),
+    "auto_label": Scope(("auto",), _IMAGE),
+    "direction": Scope(("boxes", "points"), ("video",)),  # text tracking runs forward from frame 0
+    "max_objects": Scope(VIDEO_MODES, ("video",)),
+}
+
+
+def applies(name: str, mode: str | None = None, media: str | None = None) -> bool:
+    """Whether the setting ``name`` applies in ``mode`` on ``media`` (``None``: any)."""
+    scope = APPLIES.get(name, Scope())
+    return (mode is None or mode in scope.modes) and (media is None or media in scope.media)
+
+
+def _media_problems(values: Mapping, media: str) -> dict[str, str]:
+    """The problems of the normalised settings ``values`` on ``media``, by setting name: the mode,
+    then every setting given (not at its default) that does not apply there."""
+    if media not in MEDIA:
+        raise ValueError(f"media must be one of {', '.join(MEDIA)}, not {media!r}")
+    if values["mode"] not in MEDIA_MODES[media]:
+        modes = ", ".join(MEDIA_MODES[media])
+        return {"mode": f"mode={values['mode']!r} does not run on {media}s; the {media} modes are {modes}"}
+    defaults = {f.name: f.default for f in dataclasses.fields(Sam3Settings)}
+    given = [name for name in APPLIES if not applies(name, media=media) and values[name] != defaults[name]]
+    if not given:
+        return {}
+    where = "images" if media == "video" else "videos"
+    message = (
+        f"{', '.join(given)} apply to {where} only; leave {'it' if len(given) == 1 else 'them'} unset for {media}s"
+    )
+    if "max_detections" in given:  # the images' per-sample cap has a video counterpart of another meaning
+        message += "; on videos, max_objects caps the objects tracked at once"
+    if "max_objects" in given:
+        message += "; on images, max_detections caps the hits written per sample"
+    return {name: message for name in given}
+
+
+def media_problem(settings: Sam3Settings, media: str) -> SettingsError | None:
+    """Why ``settings`` cannot run on ``media`` (``"image"`` or ``"video"``), naming the setting
+    (:data:`APPLIES`), or ``None``: a mode that does not run there, or a setting given that does
+    not apply there. A setting at its default counts as not given, so a run record of either
+    medium, which stores every setting, runs again unchanged."""
+    problems = _media_problems(settings.to_dict(), media)
+    if not problems:
+        return None
+    name, message = next(iter(problems.items()))
+    return SettingsError(name, message)
 
 
 def as_model_path(value) -> str:
@@ -407,8 +500,9 @@ def _check_choice(name, choices):
 
 def _check_multimask(value, values):
     value = _check_choice("multimask", MULTIMASK)(value, values)
-    if value is not None and values["mode"] not in ("boxes", "points"):
-        raise SettingsError("multimask", f"multimask applies to the 'boxes' and 'points' modes, not {values['mode']!r}")
+    if value is not None and not applies("multimask", values["mode"]):
+        modes = " and ".join(repr(mode) for mode in APPLIES["multimask"].modes)
+        raise SettingsError("multimask", f"multimask applies to the {modes} modes, not {values['mode']!r}")
     return value
 
 

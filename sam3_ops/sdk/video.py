@@ -34,7 +34,7 @@ transformers' video loop gives (``Sam3VideoProcessor`` + ``Sam3VideoModel``); gi
 prompt's own), every instance written was detected with at least that score (see
 :meth:`~sam3_ops.core.video.Sam3VideoEngine.track_text`). ``mask_threshold`` is the images' rule, on
 the written masks. ``max_objects`` caps the objects tracked at once (transformers' own cap is 10000);
-the image-only settings (:data:`_IMAGE_ONLY`: de-duplication, ``max_detections``, ``min_area``, ...)
+the image-only settings (:data:`~sam3_ops.sdk.settings.APPLIES`: de-duplication, ``max_detections``, ``min_area``, ...)
 are refused by name. A video that decodes fewer frames than it declares (a truncated file, which
 ffmpeg decodes as far as it can without an error) fails when its reader reaches the end:
 ``segment`` clears and reports it like any video that fails half-way; through ``apply_model``,
@@ -79,45 +79,21 @@ from .fields import (
 )
 from .model import MAX_LABEL_BYTES, RunCounts, stored_mask_bytes
 from .runs import SegmentResult, finish_run, record_run, run_key
-from .settings import Sam3Settings, SettingsError
+from .settings import VIDEO_MODES, Sam3Settings, SettingsError, media_problem
 
 logger = logging.getLogger(__name__)
 
-#: the modes that run on videos
-VIDEO_MODES = ("text", "boxes", "points")
 #: frames whose labels :func:`segment_videos` writes at once (one bulk write)
 FRAMES_PER_WRITE = 16
 #: ... or fewer, when their masks reach this many bytes
 BYTES_PER_WRITE = 64 * 2**20
-#: image-only settings, with the value that means "off"
-_IMAGE_ONLY = {
-    "negative_field": None,
-    "multimask": None,
-    "nms_iou": None,
-    "nms_per_label": False,
-    "nms_containment": None,
-    "max_detections": None,
-    "min_area": 0.0,
-}
 PROMPT_FIELD = "prompt_field"
 
 
 def video_settings_problem(settings: Sam3Settings) -> SettingsError | None:
-    """Why ``settings`` cannot run on videos (naming the setting), or ``None``."""
-    if settings.mode not in VIDEO_MODES:
-        return SettingsError(
-            "mode", f"mode={settings.mode!r} does not run on videos; the video modes are {', '.join(VIDEO_MODES)}"
-        )
-    used = [name for name, off in _IMAGE_ONLY.items() if getattr(settings, name) != off]
-    if used:
-        # the images' per-sample cap has a video counterpart of another meaning: name it
-        hint = "; on videos, max_objects caps the objects tracked at once" if "max_detections" in used else ""
-        return SettingsError(
-            used[0],
-            f"{', '.join(used)} apply to images only; leave {'it' if len(used) == 1 else 'them'} unset for videos"
-            + hint,
-        )
-    return None
+    """Why ``settings`` cannot run on videos (naming the setting), or ``None``: the settings'
+    table of what applies where (:data:`~sam3_ops.sdk.settings.APPLIES`)."""
+    return media_problem(settings, "video")
 
 
 # -- engines ----------------------------------------------------------------------------------------
