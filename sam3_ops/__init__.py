@@ -48,6 +48,7 @@ _EXPORTS = {
     "ShardedRun": "sam3_ops.sdk.shards",
     "ShardStatus": "sam3_ops.sdk.shards",
     "shard_status": "sam3_ops.sdk.shards",
+    "reconcile": "sam3_ops.sdk.shards",
     "cancel_shards": "sam3_ops.sdk.shards",
     "resume_shards": "sam3_ops.sdk.shards",
     "review_annotations": "sam3_ops.curation.review",

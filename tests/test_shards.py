@@ -20,6 +20,7 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import pytest
 import torch
+from bson import ObjectId
 from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionContext
 
@@ -253,6 +254,75 @@ def test_a_cancelled_run_loses_nothing_and_resumes(plugins_dir, dataset, tiny_ch
     assert (status.done, status.finalized, status.samples_written) == (2, True, len(dataset))
     assert _labels(dataset) == {"dog"}
     assert sam3_ops.resume_shards(dataset, "sam3") == 0  # nothing failed, nothing to resume
+    _cleanup(dataset)
+
+
+def _database() -> dict:
+    """Every document of FiftyOne's database, by collection and id (the profiler's aside)."""
+    db = fo.core.odm.get_db_conn()
+    names = [name for name in db.list_collection_names() if not name.startswith("system.")]
+    return {name: {str(doc["_id"]): doc for doc in db[name].find()} for name in names}
+
+
+def _changes(before: dict, after: dict) -> list:
+    """What was written between two :func:`_database` readings: (collection, id, changed keys).
+    A dataset's ``last_loaded_at`` aside: FiftyOne stamps every load (``Dataset.reload`` too, outside
+    the App's server), a mark of who read, not of the run's state."""
+    changes = []
+    for name in sorted(set(before) | set(after)):
+        old, new = before.get(name, {}), after.get(name, {})
+        for key in sorted(set(old) | set(new)):
+            a, b = old.get(key, {}), new.get(key, {})
+            changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            if name == "datasets":
+                changed = [k for k in changed if k != "last_loaded_at"]
+            if changed or (key in old) != (key in new):
+                changes.append((name, key, changed))
+    return changes
+
+
+def test_status_only_reads_and_reconcile_requeues_the_dead_and_completes_the_run(
+    plugins_dir, dataset, tiny_checkpoint, heartbeat, monkeypatch
+):
+    """shard_status writes nothing (not the delegated queue, the run's store nor the dataset), even on
+    a run with a dead shard and a run whose finishing shard died before completing it; reconcile
+    re-queues the dead shard and completes the run."""
+    run = sam3_ops.segment(dataset, "sam3", shards=2, model_path=tiny_checkpoint, batch_size=4, **SETTINGS)
+    service = DelegatedOperationService()
+    victim = run.operation_ids[0]
+    assert service.set_running(ObjectId(victim)) is not None  # claimed by a worker that died at once: running, silent
+    time.sleep(0.1)
+    before = _database()
+    status = sam3_ops.shard_status(dataset, "sam3", stale_after=0.05)
+    assert (status.stale, status.requeued, status.running, status.queued) == ([0], [], 1, 1)
+    assert _changes(before, _database()) == []  # nothing written
+    params = {"label_field": "sam3", "stale_after_minutes": 0.05 / 60, "requeue": False}
+    shown = foo.execute_operator(STATUS_URI, {"dataset": dataset, "params": params}).result
+    assert (shown["stale"], shown["requeued"], shown["running"]) == ([0], [], 1)  # the operator, told not to
+    assert _changes(before, _database()) == []
+
+    status = sam3_ops.reconcile(dataset, "sam3", stale_after=0.05)
+    assert (status.stale, status.requeued, status.running, status.queued) == ([], [0], 0, 2)
+    dead = service.get(ObjectId(victim))
+    assert dead.run_state == "failed" and "presumed dead" in dead.result.error
+    assert status.per_shard[0]["attempt"] == 2 and status.per_shard[0]["operation_id"] != victim
+
+    # every shard done, but the one that would complete the run died first: nobody completed it
+    monkeypatch.setattr(sdk_shards, "_finalize", lambda *args, **kwargs: False)
+    status = drain(run)
+    assert (status.done, status.finished, status.finalized, status.samples_written) == (2, True, False, len(dataset))
+    monkeypatch.undo()
+    before = _database()
+    status = sam3_ops.shard_status(dataset, "sam3", stale_after=0.05)
+    assert (status.finished, status.finalized) == (True, False)
+    assert _changes(before, _database()) == []  # reading did not complete it
+    assert get_run(dataset, "sam3").summary is None
+
+    status = sam3_ops.reconcile(dataset, "sam3")
+    assert status.finalized and status.summary["samples_processed"] == len(dataset)
+    dataset.reload()
+    assert get_run(dataset, "sam3").summary["samples_processed"] == len(dataset)
+    assert sam3_ops.reconcile(dataset, "sam3").summary == status.summary  # completed once
     _cleanup(dataset)
 
 

@@ -30,7 +30,7 @@ from ..sdk.model import Sam3Model
 from ..sdk.runs import finish_run, get_run, record_run, recorded_fields
 from ..sdk.segment import build_engine, segment, without_results
 from ..sdk.settings import RunOptions, Sam3Settings
-from ..sdk.shards import DEFAULT_STALE_AFTER, check_shards, resume_shards, run_shard, shard_status
+from ..sdk.shards import DEFAULT_STALE_AFTER, check_shards, reconcile, resume_shards, run_shard, shard_status
 from ..sdk.video import Sam3VideoModel, build_video_engine, video_settings_problem
 from .forms import flag, hf_token, operator_config
 from .segment_forms import (
@@ -213,8 +213,11 @@ class ShardedRunStatus(foo.Operator):
         minutes = ctx.params.get("stale_after_minutes")
         stale_after = DEFAULT_STALE_AFTER if minutes is None else float(minutes) * 60
         requeue = bool(ctx.params.get("requeue", True))
-        resumed = resume_shards(ctx.dataset, ctx.params["label_field"]) if ctx.params.get("resume") else 0
-        status = shard_status(ctx.dataset, ctx.params["label_field"], stale_after=stale_after, requeue=requeue)
+        label_field = ctx.params["label_field"]
+        resumed = resume_shards(ctx.dataset, label_field) if ctx.params.get("resume") else 0
+        status = reconcile(ctx.dataset, label_field, stale_after=stale_after if requeue else None)
+        if not requeue:  # completed if due; dead shards listed (stale) but left as they are
+            status = shard_status(ctx.dataset, label_field, stale_after=stale_after)
         return {**status.to_dict(), "resumed": resumed}
 
     def resolve_output(self, ctx):

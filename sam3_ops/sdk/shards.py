@@ -27,9 +27,10 @@ after others wrote; such views are refused (``only_missing=True`` is the way to 
 **Workers that die.** A running shard proves it is alive: its operation's ``updated_at`` /
 ``status.updated_at`` move with each progress report and with a heartbeat every
 ``SAM3_OPS_HEARTBEAT_S`` seconds (default 10; FiftyOne's monitored workers, ``-m``, also ping).
-:func:`shard_status` (and :meth:`ShardedRun.wait`) marks a running shard silent for
-``stale_after`` seconds as failed (atomically, only if it is still running) and queues the same
-shard again (``attempt`` + 1). Should the "dead" worker be alive after all, it sees its operation
+:func:`shard_status` only reads: it lists a running shard silent for ``stale_after`` seconds as
+``stale``. :func:`reconcile` (which :meth:`ShardedRun.wait` and the *Sharded run status* operator
+call) marks such a shard failed (atomically, only if it is still running) and queues the same shard
+again (``attempt`` + 1). Should the "dead" worker be alive after all, it sees its operation
 failed before its next batch (a check at most every :data:`CHECK_INTERVAL` seconds) and stops.
 
 **Cancelling, and runs over runs.** :func:`cancel_shards` marks the run's operations failed; a
@@ -43,7 +44,8 @@ recorded run stops at once and never completes that run.
 **The end of the run.** Each shard writes its summary to FiftyOne's execution store (scoped to the
 dataset, one store per run); the shard that finds every shard done claims the run's completion
 there (an atomic insert: exactly one claimant), checks the field's declaration and stores the
-summed summary as the run's results. Shards never touch the dataset's schema: the field is
+summed summary as the run's results (should that shard die in between, :func:`reconcile` completes
+the run). Shards never touch the dataset's schema: the field is
 declared before the first shard is queued (FiftyOne saves a dataset's whole field list when a
 process adds a field, so processes that add fields at the same moment can lose each other's
 declarations; tests/test_shards.py watches the database for such writes).
@@ -59,6 +61,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from fiftyone import ViewExpression
@@ -72,12 +75,14 @@ from .settings import MAX_SHARDS as MAX_SHARDS  # re-exported: the operators' sh
 from .shardstore import (
     DEFAULT_STALE_AFTER,
     SHARD_OPERATOR,
+    ShardStore,
     attempt_of,
     last_seen,
     operation_service,
+    queue_again,
+    queue_shard,
+    requeue_shard,
     run_operations,
-    run_store,
-    stopping_shards,
     utc_now,
 )
 
@@ -171,14 +176,19 @@ class ShardedRun:
 
         return fo.load_dataset(self.dataset_name)
 
-    def status(self, stale_after: float | None = DEFAULT_STALE_AFTER, requeue: bool = True) -> ShardStatus:
-        """The run's :class:`ShardStatus` (see :func:`shard_status`)."""
-        return shard_status(self._dataset(), self.label_field, stale_after=stale_after, requeue=requeue)
+    def status(self, stale_after: float | None = DEFAULT_STALE_AFTER) -> ShardStatus:
+        """The run's :class:`ShardStatus`, read only (see :func:`shard_status`)."""
+        return shard_status(self._dataset(), self.label_field, stale_after=stale_after)
+
+    def reconcile(self, stale_after: float | None = DEFAULT_STALE_AFTER) -> ShardStatus:
+        """Re-queues the run's dead shards and completes it if due (see :func:`reconcile`)."""
+        return reconcile(self._dataset(), self.label_field, stale_after=stale_after)
 
     def wait(
         self, timeout: float | None = None, poll: float = 5.0, stale_after: float | None = DEFAULT_STALE_AFTER
     ) -> ShardStatus:
-        """Waits until no shard is queued or running (re-queueing dead shards meanwhile) and FiftyOne
+        """Waits until no shard is queued or running (each poll is a :func:`reconcile`: dead shards
+        are queued again, the run is completed once every shard is done) and FiftyOne
         has closed every shard's operation (a shard is done once its summary is stored; its worker
         then marks the operation completed, moments later); returns the last :class:`ShardStatus`.
         Workers do the work: start them first.
@@ -189,7 +199,7 @@ class ShardedRun:
         deadline = None if timeout is None else time.monotonic() + timeout
         settled = None
         while True:
-            status = self.status(stale_after=stale_after)
+            status = self.reconcile(stale_after=stale_after)
             if not status.queued and not status.running:
                 settled = settled or time.monotonic()
                 closed = all(entry["run_state"] in ("completed", "failed", None) for entry in status.per_shard)
@@ -221,19 +231,6 @@ def _request_params(samples, params: dict, delegation_target=None) -> dict:
     if delegation_target:
         request["delegation_target"] = delegation_target
     return request
-
-
-def _queue(service, request: dict, label_field: str, shard: int, count: int, delegation_target=None):
-    params = request["params"]
-    attempt = params["attempt"]
-    label = f"SAM3 -> {label_field}: shard {shard + 1} of {count}" + (f" (attempt {attempt})" if attempt > 1 else "")
-    return service.queue_operation(
-        operator=SHARD_OPERATOR,
-        label=label,
-        delegation_target=delegation_target,
-        context={"request_params": request},
-        metadata={"inputs_schema": None, "outputs_schema": None},
-    )
 
 
 def queue_shards(
@@ -272,14 +269,13 @@ def queue_shards(
         count = max(1, pending)
     previous = get_run(samples, label_field)
     if previous is not None and previous.shards:
-        run_store(dataset, previous.shards["run_id"]).clear()
+        ShardStore(dataset, previous.shards["run_id"]).clear()
 
     ensure_detections_field(samples, label_field)  # declared once, before any shard can run
     run_id = uuid.uuid4().hex
     edges = shard_edges(samples, count)
     record_run(samples, label_field, settings, shards=_shard_info(run_id, count, edges))
 
-    service = operation_service()
     operation_ids = []
     for shard in range(count):
         params = {
@@ -297,7 +293,7 @@ def queue_shards(
             "replace": not only_missing,  # each shard clears its range when it first starts
         }
         request = _request_params(samples, params, delegation_target)
-        operation_ids.append(str(_queue(service, request, label_field, shard, count, delegation_target).id))
+        operation_ids.append(str(queue_shard(request, delegation_target).id))
     logger.info("Queued %d shards of %s (run %s): start workers to run them", count, label_field, run_id)
     return ShardedRun(dataset.name, label_field, run_id, count, operation_ids, samples=len(samples))
 
@@ -439,21 +435,22 @@ def run_shard(samples, params: dict, token: str | None = None, set_progress=None
     label_field, run_id = params["label_field"], params["run_id"]
     settings = Sam3Settings.from_dict(params["settings"])
     target = shard_view(samples, index, list(params["edges"]))
-    store = run_store(dataset, run_id)
+    store = ShardStore(dataset, run_id)
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    store.set(
-        f"worker_{index}",
+    store.set_worker(
+        index,
         {"worker": worker, "pid": os.getpid(), "host": socket.gethostname(), "attempt": attempt, "at": time.time()},
     )
     name = f"shard {index + 1} of {count}"
     _check_current(dataset, label_field, run_id, name)
+    job = _ShardJob(target, params, settings, store, name, token, set_progress, operation_id)
     try:
         with _Heartbeat(operation_id, _heartbeat_interval()) as heartbeat:
-            result = _segment_shard(target, params, settings, token, set_progress, operation_id, heartbeat, store, name)
+            result = _segment_shard(job, heartbeat)
     finally:  # after the last writes were flushed: a cancelled run's next run may start now
-        store.set(f"stopped_{index}_{attempt}", {"worker": worker, "at": time.time()})
+        store.mark_stopped(index, attempt, worker)
     summary = {key: value for key, value in result.to_dict().items() if key in (*_COUNTS, "skipped")}
-    store.set(f"done_{index}", {**summary, "attempt": attempt, "worker": worker, "at": time.time()})
+    store.set_done(index, {**summary, "attempt": attempt, "worker": worker, "at": time.time()})
     _check_current(dataset, label_field, run_id, name)
     finalized = _finalize(samples, label_field, settings, store, count, by=worker)
     return {"shard": index, "shards": count, "attempt": attempt, "worker": worker, **summary, "finalized": finalized}
@@ -477,64 +474,102 @@ def _still_running(operation_id) -> bool:
         return True
 
 
-def _segment_shard(target, params, settings, token, set_progress, operation_id, heartbeat, store, name):
-    """Clears the shard's range on its first start (a run that replaces the field), then segments
-    what it lacks, stopping between batches once its operation is no longer running."""
-    index, label_field = int(params["shard"]), params["label_field"]
-    if params.get("replace") and not store.has(f"cleared_{index}"):
-        target.clear_sample_field(label_field)
-        store.set(f"cleared_{index}", {"at": time.time()})
-    checked = [time.monotonic()]
+@dataclass
+class _ShardJob:
+    """One attempt at one shard, as :func:`run_shard` hands it to :func:`_segment_shard`.
 
-    def progress(bar):
-        now = time.monotonic()
-        if operation_id is not None and now - checked[0] >= CHECK_INTERVAL:
-            checked[0] = now
-            if not _still_running(operation_id):
+    Attributes:
+        target: the shard's view
+        params: the operation's params (:func:`queue_shards` writes them)
+        settings: the run's settings
+        store: the run's store
+        name: ``shard k of N``, for messages
+        token: the Hugging Face token, or ``None``
+        set_progress: ``set_progress(progress=, label=)`` of the operation, or ``None``
+        operation_id: the operation's id, or ``None`` (run outside a delegated operation)
+    """
+
+    target: object
+    params: dict
+    settings: Sam3Settings
+    store: ShardStore
+    name: str
+    token: str | None = None
+    set_progress: Callable | None = None
+    operation_id: object = None
+
+    @property
+    def shard(self) -> int:
+        return int(self.params["shard"])
+
+    @property
+    def label_field(self) -> str:
+        return self.params["label_field"]
+
+
+class _ShardProgress:
+    """The progress callback of a running shard: reports progress (at most every
+    :data:`PROGRESS_INTERVAL` s) and stops the shard between batches once its operation is no longer
+    running (checked at most every :data:`CHECK_INTERVAL` s)."""
+
+    def __init__(self, job: _ShardJob, heartbeat: _Heartbeat):
+        self.job, self.heartbeat = job, heartbeat
+        self.checked = time.monotonic()
+        self.next_report = 0.0
+
+    def __call__(self, bar) -> None:
+        job, heartbeat, now = self.job, self.heartbeat, time.monotonic()
+        if job.operation_id is not None and now - self.checked >= CHECK_INTERVAL:
+            self.checked = now
+            if not _still_running(job.operation_id):
                 heartbeat.superseded.set()
         if heartbeat.superseded.is_set():
-            raise ShardSuperseded(f"{name} of {label_field!r}: its operation is no longer running; stopping")
-        if now >= getattr(progress, "next", 0.0) or bar.complete:
-            progress.next = now + PROGRESS_INTERVAL
+            raise ShardSuperseded(f"{job.name} of {job.label_field!r}: its operation is no longer running; stopping")
+        if now >= self.next_report or bar.complete:
+            self.next_report = now + PROGRESS_INTERVAL
             heartbeat.progress = float(bar.progress or 0.0)
-            heartbeat.label = f"{name}: {bar.iteration} of {bar.total} samples"
-            if set_progress is not None:
-                set_progress(progress=heartbeat.progress, label=heartbeat.label)
+            heartbeat.label = f"{job.name}: {bar.iteration} of {bar.total} samples"
+            if job.set_progress is not None:
+                job.set_progress(progress=heartbeat.progress, label=heartbeat.label)
 
-    if set_progress is not None:
-        set_progress(progress=0.0, label=f"{name}: loading the model")
+
+def _segment_shard(job: _ShardJob, heartbeat: _Heartbeat):
+    """Clears the shard's range on its first start (a run that replaces the field), then segments
+    what it lacks, stopping between batches once its operation is no longer running."""
+    params, label_field = job.params, job.label_field
+    if params.get("replace") and not job.store.cleared(job.shard):
+        job.target.clear_sample_field(label_field)
+        job.store.mark_cleared(job.shard)
+    if job.set_progress is not None:
+        job.set_progress(progress=0.0, label=f"{job.name}: loading the model")
     run = RunOptions(
-        token=token,
+        token=job.token,
         batch_size=int(params.get("batch_size") or DEFAULT_BATCH_SIZE),
         num_workers=params.get("num_workers"),
         skip_failures=bool(params.get("skip_failures", True)),
-        progress=progress,
+        progress=_ShardProgress(job, heartbeat),
         only_missing=True,
         output_dir=params.get("output_dir"),
         record=False,
     )
-    result = segment_images(target, label_field, run, **settings.to_dict())
+    result = segment_images(job.target, label_field, run, **job.settings.to_dict())
     if heartbeat.superseded.is_set():
-        raise ShardSuperseded(f"{name} of {label_field!r}: its operation is no longer running")
+        raise ShardSuperseded(f"{job.name} of {label_field!r}: its operation is no longer running")
     return result
 
 
-def _done(store) -> set[str]:
-    return {key for key in store.list_keys() if key.startswith("done_")}
-
-
-def _finalize(samples, label_field: str, settings: Sam3Settings, store, count: int, by: str) -> bool:
+def _finalize(samples, label_field: str, settings: Sam3Settings, store: ShardStore, count: int, by: str) -> bool:
     """Completes the run once every shard is done; exactly one caller does (an atomic claim)."""
-    if len(_done(store)) < count or not store.set_if_absent("finalized", {"by": by, "at": time.time()}):
+    if len(store.done_shards()) < count or not store.claim_finalize(by):
         return False
-    summaries = [store.get(f"done_{k}") or {} for k in range(count)]
+    summaries = [store.done(k) or {} for k in range(count)]
     summary = {key: sum(int(s.get(key) or 0) for s in summaries) for key in _COUNTS}
     summary["skipped"] = [entry for s in summaries for entry in s.get("skipped") or []]
     summary["shards"] = count
     summary["samples_with_results"] = samples.count(label_field)
     ensure_detections_field(samples, label_field)  # lost meanwhile by somebody else's schema write? declare it
     finish_run(samples, label_field, settings, summary)
-    store.set("summary", summary)
+    store.set_summary(summary)
     logger.info("Sharded run of %s complete: %s", label_field, {k: summary[k] for k in _COUNTS})
     return True
 
@@ -551,8 +586,9 @@ class ShardStatus:
         shards: the number of shards
         queued, running, done, failed: how many shards are in each state (a shard's state is its
             latest attempt's; ``done`` once it stored its summary)
-        requeued: the shards found dead by this call and queued again
-        stale: the running shards silent for over ``stale_after`` (not re-queued: ``requeue=False``)
+        requeued: the shards found dead and queued again by this call (only :func:`reconcile` does)
+        stale: the running shards silent for over ``stale_after`` and not re-queued (what
+            :func:`shard_status` reports; :func:`reconcile` re-queues them)
         samples: samples in the run's view; samples_written: those holding a value in the field
         finished: every shard is done; finalized: the run's summary is stored (its results)
         summary: the run's summary once finalized
@@ -613,114 +649,145 @@ def view_reads_field(samples, label_field: str) -> str | None:
     return None
 
 
-def requeue_shard(op, reason: str):
-    """Marks the running operation ``op`` failed (only if it is still running) and queues its shard
-    again (``attempt`` + 1); returns the new operation, or ``None`` if ``op`` was no longer running."""
-    from fiftyone.operators.executor import ExecutionResult, ExecutionRunState
+@dataclass
+class _Reading:
+    """What one reading of a sharded run found: its status and what :func:`reconcile` acts on."""
 
-    service = operation_service()
-    failed = service.set_failed(op.id, result=ExecutionResult(error=reason), required_state=ExecutionRunState.RUNNING)
-    if failed is None:
-        return None
-    request = {k: v for k, v in op.context.request_params.items() if k not in ("run_doc", "results", "target")}
-    params = dict(request["params"])
-    params["attempt"] = int(params.get("attempt", 1)) + 1
-    request["params"] = params
-    shard, count = int(params["shard"]), int(params["shards"])
-    return _queue(service, request, params["label_field"], shard, count, op.delegation_target)
+    status: ShardStatus
+    view: object
+    record: object
+    store: ShardStore
+    latest: dict = field(default_factory=dict)  # shard -> its latest operation
 
 
-def shard_status(
-    samples, label_field: str, stale_after: float | None = DEFAULT_STALE_AFTER, requeue: bool = True
-) -> ShardStatus:
-    """Where the sharded run of ``label_field`` stands; re-queues its dead shards; completes it if
-    every shard is done and nobody has.
+def _state_of(op, done: bool, age: float | None, stale_after: float | None) -> str:
+    """A shard's state from its latest operation (``stale``: running, silent over ``stale_after``)."""
+    from fiftyone.operators.executor import ExecutionRunState
+
+    if done:
+        return "done"
+    if op is None:
+        return "failed"
+    if op.run_state in (ExecutionRunState.QUEUED, ExecutionRunState.SCHEDULED):
+        return "queued"
+    if op.run_state == ExecutionRunState.RUNNING:
+        return "stale" if stale_after is not None and age is not None and age > stale_after else "running"
+    return "done" if op.run_state == ExecutionRunState.COMPLETED else "failed"
+
+
+def _read_run(samples, label_field: str, stale_after: float | None) -> _Reading:
+    """Reads where the sharded run of ``label_field`` stands; writes nothing."""
+    dataset = root_dataset(samples)
+    dataset.reload()
+    record = _sharded_record(dataset, label_field)
+    run_id, count, edges = record.shards["run_id"], int(record.shards["count"]), list(record.shards["edges"])
+    store = ShardStore(dataset, run_id)
+    reading = _Reading(ShardStatus(label_field, run_id, count), dataset.load_run_view(record.key), record, store)
+    done, operations = store.done_shards(), run_operations(dataset, run_id)
+    totals = shard_counts(reading.view, edges)
+    written = shard_counts(reading.view.exists(label_field), edges)
+    now = utc_now()
+    for shard in range(count):
+        op = (operations.get(shard) or [None])[0]
+        seen = last_seen(op) if op is not None else None
+        age = (now - seen).total_seconds() if seen is not None else None
+        state = _state_of(op, shard in done, age, stale_after)
+        if state == "stale":
+            reading.status.stale.append(shard)
+            state = "running"
+        reading.latest[shard] = op
+        reading.status.per_shard.append(
+            {
+                "shard": shard,
+                "state": state,
+                "attempt": attempt_of(op) if op else None,
+                "operation_id": str(op.id) if op else None,
+                "samples": totals[shard],
+                "written": written[shard],
+                "worker": store.worker(shard).get("worker"),
+                "last_seen": age,
+                "error": _error_of(op),
+                "run_state": op.run_state if op is not None else None,
+            }
+        )
+    reading.status.samples, reading.status.samples_written = sum(totals), sum(written)
+    _tally(reading.status, store)
+    return reading
+
+
+def _error_of(op) -> str | None:
+    if op is None:
+        return "no operation found (deleted?)"
+    return op.result.error if op.result is not None else None
+
+
+def _tally(status: ShardStatus, store: ShardStore) -> None:
+    """Counts the shards by state and reads the run's completion."""
+    for state in ("queued", "running", "done", "failed"):
+        setattr(status, state, sum(entry["state"] == state for entry in status.per_shard))
+    status.finished = status.done == status.shards
+    status.summary = store.summary()
+    status.finalized = status.summary is not None
+
+
+def shard_status(samples, label_field: str, stale_after: float | None = DEFAULT_STALE_AFTER) -> ShardStatus:
+    """Where the sharded run of ``label_field`` stands. Reads only: it writes nothing to the
+    dataset, the run's store or the delegated queue (:func:`reconcile` acts on what it finds).
 
     A running shard whose operation showed no sign of life (start, progress, heartbeat, a monitored
-    worker's ping) for ``stale_after`` seconds is presumed dead: with ``requeue`` it is marked failed
-    and queued again (it then writes only the samples it lacks). Keep ``stale_after`` well above the
-    workers' heartbeat (``SAM3_OPS_HEARTBEAT_S``, 10 s) and the clock skew between machines.
+    worker's ping) for ``stale_after`` seconds is presumed dead and listed in ``stale``.
 
     Args:
         samples: the dataset (or a view of it)
         label_field: the field of the sharded run
         stale_after (600): seconds of silence after which a running shard is presumed dead;
             ``None``: never
-        requeue (True): re-queue the dead shards (else only list them in ``stale``)
 
     Raises:
         ValueError: the field has no sharded run recorded
     """
-    from fiftyone.operators.executor import ExecutionRunState
+    return _read_run(samples, label_field, stale_after).status
 
-    dataset = root_dataset(samples)
-    dataset.reload()
-    record = _sharded_record(dataset, label_field)
-    info = record.shards
-    run_id, count, edges = info["run_id"], int(info["count"]), list(info["edges"])
-    status = ShardStatus(label_field, run_id, count)
-    store = run_store(dataset, run_id)
-    done = _done(store)
-    operations = run_operations(dataset, run_id)
-    view = dataset.load_run_view(record.key)
-    totals = shard_counts(view, edges)
-    written = shard_counts(view.exists(label_field), edges)
-    now = utc_now()
-    for shard in range(count):
-        ops = operations.get(shard, [])
-        op = ops[0] if ops else None
-        seen = last_seen(op) if op is not None else None
-        age = (now - seen).total_seconds() if seen is not None else None
-        worker = store.get(f"worker_{shard}") or {}
-        entry = {
-            "shard": shard,
-            "attempt": attempt_of(op) if op else None,
-            "operation_id": str(op.id) if op else None,
-            "samples": totals[shard],
-            "written": written[shard],
-            "worker": worker.get("worker"),
-            "last_seen": age,
-            "error": op.result.error if op is not None and op.result is not None else None,
-            "run_state": op.run_state if op is not None else None,
-        }
-        if f"done_{shard}" in done:
-            state = "done"
-        elif op is None:
-            state = "failed"
-            entry["error"] = "no operation found (deleted?)"
-        elif op.run_state in (ExecutionRunState.QUEUED, ExecutionRunState.SCHEDULED):
-            state = "queued"
-        elif op.run_state == ExecutionRunState.RUNNING:
-            state = "running"
-            if stale_after is not None and age is not None and age > stale_after:
-                if requeue:
-                    reason = (
-                        f"sam3_ops: no sign of life for {age:.0f} s (stale_after={stale_after:g} s): worker "
-                        f"{worker.get('worker') or '?'} presumed dead; shard {shard + 1} of {count} queued again"
-                    )
-                    new = requeue_shard(op, reason)
-                    if new is not None:
-                        logger.warning("%s", reason)
-                        status.requeued.append(shard)
-                        entry.update(state="queued", attempt=entry["attempt"] + 1, operation_id=str(new.id))
-                        entry["run_state"] = new.run_state
-                        state = "queued"
-                else:
-                    status.stale.append(shard)
-        elif op.run_state == ExecutionRunState.COMPLETED:
-            state = "done"
-        else:
-            state = "failed"
-        entry["state"] = state
-        status.per_shard.append(entry)
-    for state in ("queued", "running", "done", "failed"):
-        setattr(status, state, sum(entry["state"] == state for entry in status.per_shard))
-    status.samples, status.samples_written = sum(totals), sum(written)
-    status.finished = status.done == count
-    if status.finished and not store.has("summary"):
-        _finalize(view, label_field, record.settings, store, count, by=f"status@{socket.gethostname()}:{os.getpid()}")
-    summary = store.get("summary")
-    status.finalized, status.summary = summary is not None, summary
+
+def reconcile(samples, label_field: str, stale_after: float | None = DEFAULT_STALE_AFTER) -> ShardStatus:
+    """Brings the sharded run of ``label_field`` up to date and returns where it stands: each running
+    shard silent for ``stale_after`` seconds (see :func:`shard_status`) is marked failed (atomically,
+    only if still running) and queued again (``attempt`` + 1; it then writes only the samples it
+    lacks), listed in ``requeued``; a run whose shards are all done and that nobody completed is
+    completed (its summed summary stored as the run's results). :meth:`ShardedRun.wait` and the
+    *Sharded run status* operator call it. Keep ``stale_after`` well above the workers' heartbeat
+    (``SAM3_OPS_HEARTBEAT_S``, 10 s) and the clock skew between machines.
+
+    Args:
+        samples: the dataset (or a view of it)
+        label_field: the field of the sharded run
+        stale_after (600): seconds of silence after which a running shard is presumed dead;
+            ``None``: re-queue nothing (only complete the run if due)
+
+    Raises:
+        ValueError: the field has no sharded run recorded
+    """
+    reading = _read_run(samples, label_field, stale_after)
+    status, count = reading.status, reading.status.shards
+    for shard in list(status.stale):
+        entry, worker = status.per_shard[shard], status.per_shard[shard]["worker"]
+        reason = (
+            f"sam3_ops: no sign of life for {entry['last_seen']:.0f} s (stale_after={stale_after:g} s): worker "
+            f"{worker or '?'} presumed dead; shard {shard + 1} of {count} queued again"
+        )
+        new = requeue_shard(reading.latest[shard], reason)
+        if new is not None:
+            logger.warning("%s", reason)
+            status.stale.remove(shard)
+            status.requeued.append(shard)
+            entry.update(
+                state="queued", attempt=entry["attempt"] + 1, operation_id=str(new.id), run_state=new.run_state
+            )
+    _tally(status, reading.store)
+    if status.finished and not status.finalized:
+        by = f"status@{socket.gethostname()}:{os.getpid()}"
+        _finalize(reading.view, label_field, reading.record.settings, reading.store, count, by=by)
+        _tally(status, reading.store)
     return status
 
 
@@ -734,7 +801,7 @@ def cancel_shards(samples, label_field: str) -> int:
     dataset = root_dataset(samples)
     record = _sharded_record(dataset, label_field)
     run_id = record.shards["run_id"]
-    service, store, cancelled = operation_service(), run_store(dataset, run_id), 0
+    service, store, cancelled = operation_service(), ShardStore(dataset, run_id), 0
     for shard, ops in run_operations(dataset, run_id).items():
         for op in ops:
             for state in (ExecutionRunState.QUEUED, ExecutionRunState.SCHEDULED, ExecutionRunState.RUNNING):
@@ -743,7 +810,7 @@ def cancel_shards(samples, label_field: str) -> int:
                     done = service.set_failed(op.id, result=result, required_state=state) is not None
                     cancelled += done
                     if done and state == ExecutionRunState.RUNNING:  # its worker may still be writing
-                        store.set(f"cancelled_{shard}", {"attempt": attempt_of(op), "at": time.time()})
+                        store.mark_cancelled(shard, attempt_of(op))
     return cancelled
 
 
@@ -761,17 +828,16 @@ def resume_shards(samples, label_field: str) -> int:
     dataset.reload()
     record = _sharded_record(dataset, label_field)
     run_id = record.shards["run_id"]
-    store, service, queued = run_store(dataset, run_id), operation_service(), 0
-    stopping = stopping_shards(store)
+    store, queued = ShardStore(dataset, run_id), 0
+    stopping = store.stopping()
     if stopping:
         raise ValueError(f"{stopping} cancelled shards of {label_field!r} have not stopped yet: try again in a moment")
+    done = store.done_shards()
     for shard, ops in sorted(run_operations(dataset, run_id).items()):
         op = ops[0]
-        if store.has(f"done_{shard}") or op.run_state != ExecutionRunState.FAILED:
+        if shard in done or op.run_state != ExecutionRunState.FAILED:
             continue
-        store.delete(f"cancelled_{shard}")
-        request = {k: v for k, v in op.context.request_params.items() if k not in ("run_doc", "results", "target")}
-        request["params"] = {**request["params"], "attempt": attempt_of(op) + 1}
-        _queue(service, request, label_field, shard, int(request["params"]["shards"]), op.delegation_target)
+        store.forget_cancelled(shard)
+        queue_again(op)
         queued += 1
     return queued
