@@ -17,7 +17,8 @@ the worker itself (weights loaded once per worker, not once per shard).
 This is a launcher, not a scheduler: it starts the workers, passes Ctrl+C / SIGTERM on to them and
 waits. A worker that exits is reported, not restarted (give that job to systemd, a container
 restart policy or Slurm); the shard it was running is queued again by
-:func:`~sam3_ops.sdk.shards.shard_status`. It imports neither fiftyone nor torch.
+:func:`~sam3_ops.sdk.shards.reconcile` (which ``ShardedRun.wait`` and the *Sharded run status*
+operator call). It imports neither fiftyone nor torch.
 """
 
 from __future__ import annotations
