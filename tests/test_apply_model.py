@@ -492,3 +492,23 @@ def test_load_model_names_a_model_path_of_the_wrong_type(media_type):
     with pytest.raises(sam3_ops.SettingsError, match="model_path must be a hub id .* not int 123") as raised:
         sam3_ops.load_model(123, prompts=["cat"], media_type=media_type)
     assert raised.value.field == "model_path"
+
+
+VIDEO_ONLY = [({"direction": "both"}, "direction"), ({"max_objects": 5}, "max_objects"),
+              ({"direction": "both", "shards": 2}, "direction")]
+
+
+@pytest.mark.parametrize("label_field", ["sam3", "fresh"])
+@pytest.mark.parametrize("change, name", VIDEO_ONLY, ids=["direction", "max_objects", "direction-sharded"])
+def test_a_video_setting_given_to_an_image_run_is_named_and_nothing_is_written(
+    segmented, tiny_checkpoint, change, name, label_field
+):
+    before = _state(segmented)
+    options = {"model_path": tiny_checkpoint, "prompts": ["cat"], "threshold": 0.0, "device": "cpu", **change}
+    with pytest.raises(sam3_ops.SettingsError, match=f"{name}.* apply to videos only") as raised:
+        sam3_ops.segment(segmented, label_field, **options)
+    assert raised.value.field == name
+    with pytest.raises(sam3_ops.SettingsError, match="apply to videos only"):
+        sam3_ops.load_model(**{k: v for k, v in options.items() if k != "shards"})
+    after = _state(segmented)
+    assert after == before and after["detections"] > 0 and all(after["values"])

@@ -11,7 +11,7 @@ from ..core.pool import POOLED_FEATURE_CACHE_SIZE, POOLED_MASK_CACHE_SIZE, get_e
 from .fields import check_label_field, ensure_detections_field, output_field_problem, prompt_label_type
 from .model import Sam3Model
 from .runs import SegmentResult, finish_run, record_run, run_key
-from .settings import RunOptions, Sam3Settings, SettingsError
+from .settings import RunOptions, Sam3Settings, SettingsError, media_problem
 
 
 def build_engine(
@@ -86,6 +86,9 @@ def segment_images(
     if model is not None and settings:
         raise ValueError(f"give either a model or settings ({', '.join(sorted(settings))}), not both")
     resolved = model.settings.replace(**fields) if model is not None else Sam3Settings(**settings)
+    problem = media_problem(resolved, "image")  # a video setting given to an image run: named, not ignored
+    if problem:
+        raise problem
     reserved = tuple(name for name in (resolved.prompt_field, resolved.negative_field) if name)
     problem = output_field_problem(samples, label_field, overwrite=True, reserved=reserved)
     if problem:

@@ -18,7 +18,7 @@ from ..core.checkpoint import DEFAULT_MODEL
 from .images import build_engine, check_prompt_fields, segment_images, without_image_results
 from .model import Sam3Model
 from .runs import SegmentResult
-from .settings import DEFAULT_BATCH_SIZE, RunOptions, Sam3Settings, as_model_path
+from .settings import DEFAULT_BATCH_SIZE, RunOptions, Sam3Settings, as_model_path, media_problem
 from .shards import segment_sharded
 from .video import Sam3VideoModel, load_video_model, segment_videos, without_video_results
 
@@ -103,6 +103,9 @@ def load_model(
     if media_type != "image":
         raise ValueError(f"media_type must be 'image' or 'video', not {media_type!r}")
     resolved = Sam3Settings(model_path=model_path, mode=mode, prompts=prompts, **settings)
+    problem = media_problem(resolved, "image")  # a video setting given to an image run: named, not ignored
+    if problem:
+        raise problem
     engine = build_engine(resolved, token, reuse, cache_features)
     return Sam3Model(resolved, engine=engine, cache_features=cache_features)
 
