@@ -489,3 +489,17 @@ def test_box_prompts_are_validated(engine, video):
         engine.track_prompts(
             os.path.join(os.path.dirname(video), "missing.mp4"), [VideoPrompt(1, 1, "a", box_xyxy=box)]
         )
+
+
+def test_an_intact_video_that_decodes_fewer_frames_than_it_declares_is_read_whole(tmp_path):
+    """A clip cut without re-encoding (``ffmpeg -ss 1.5 -c copy``) keeps the packets before its first
+    keyframe and an edit list that hides them: the container declares more frames than ffmpeg
+    outputs, yet every packet is there. Such a file is complete, not truncated: read to its end."""
+    codec = ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "10"]  # keyframes every 10 frames, B-frames
+    full = write_video(tmp_path / "full.mp4", synthetic_frames(40, height=48, width=64), codec=codec)
+    cut = os.fspath(tmp_path / "cut.mp4")
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-ss", "1.5", "-i", full, "-c", "copy", cut], check=True)
+    reader = VideoReader(cut)
+    indices = [index for index, _ in reader.frames()]
+    assert 0 < len(indices) < reader.frame_count  # the case: fewer frames out than declared
+    assert indices == list(range(len(indices)))

@@ -197,10 +197,11 @@ class VideoReader:
 
         Raises:
             VideoLoadError: if ffmpeg fails, the video ends within a frame, or it decodes fewer
-                frames than it declares (:attr:`frame_count`): a truncated or corrupt file, which
-                ffmpeg decodes as far as it can and then exits without an error. Raised after
-                the last frame that could be decoded, so a caller that needs the whole video
-                (e.g. to write it) learns it is incomplete.
+                frames than it declares (:attr:`frame_count`) because packets are missing: a
+                truncated file, which ffmpeg decodes as far as it can and then exits without an
+                error. Raised after the last frame that could be decoded, so a caller that needs
+                the whole video (e.g. to write it) learns it is incomplete. A whole file that shows
+                fewer frames than it declares (an edit list) is read to its end, with a warning.
         """
         if start < 0:
             raise ValueError(f"start must be >= 0, got {start}")
@@ -213,10 +214,25 @@ class VideoReader:
             decoded += 1
             yield start + offset, frame
         if decoded < expected:
-            raise VideoLoadError(
-                f"cannot decode video {self.path!r}: it declares {self.frame_count} frames, but decoding stopped "
-                f"after {start + decoded} (the file is truncated or corrupt)"
+            if self._packets_present() < self.frame_count:
+                raise VideoLoadError(
+                    f"cannot decode video {self.path!r}: it declares {self.frame_count} frames, but decoding "
+                    f"stopped after {start + decoded} (the file is truncated or corrupt)"
+                )
+            # every packet is there: an edit list (a clip cut without re-encoding) hides some, so
+            # the container declares more frames than a player shows. The file is whole.
+            logger.warning(
+                "video %r declares %d frames but shows %d (an edit list hides the rest); read to its end",
+                self.path,
+                self.frame_count,
+                start + decoded,
             )
+
+    def _packets_present(self) -> int:
+        """The video packets the container really holds (demuxed, not decoded): fewer than it
+        declares only when the file was cut short."""
+        counted = _run_ffprobe(self.path, "-count_packets", "-show_entries", "stream=nb_read_packets")
+        return int(((counted.get("streams") or [{}])[0]).get("nb_read_packets") or 0)
 
     def frames_reversed(
         self, start: int, stop: int = 0, chunk_frames: int | None = None
