@@ -185,3 +185,41 @@ def recorded_fields(samples) -> list[str]:
     fields += list(dataset.info.get(LEGACY_INFO_KEY) or {})
     frames = dataset.media_type == "video"  # video runs write frame-level fields
     return [name for name in dict.fromkeys(fields) if dataset.has_field(f"frames.{name}" if frames else name)]
+
+
+#: the ``method`` of the calibration runs of :func:`sam3_ops.calibrate`
+CALIBRATION_METHOD = "sam3_ops.calibrate"
+
+
+def calibration_run_key(key: str) -> str:
+    """The run key of the calibration ``key``: ``sam3_calibration_<key>``.
+
+    Raises:
+        ValueError: ``key`` is not a non-empty identifier (letters, digits, underscores)
+    """
+    if not isinstance(key, str) or not re.fullmatch(r"\w+", key):
+        raise ValueError(f"a calibration key must be letters, digits and underscores, not {key!r}")
+    return "sam3_calibration_" + key
+
+
+def record_calibration(samples, key: str, config: dict, results: dict) -> str:
+    """Stores a calibration as a run of ``samples`` (replacing one of the same key): ``config``
+    (its arguments; dicts stored as ``[key, value]`` pairs, class names may hold dots) and
+    ``results`` (:meth:`~sam3_ops.curation.calibrate.CalibrationResult.to_dict`). Returns the run key."""
+    run = calibration_run_key(key)
+    stored = {
+        name: list(map(list, value.items())) if isinstance(value, dict) else value for name, value in config.items()
+    }
+    samples.register_run(run, samples.init_run(method=CALIBRATION_METHOD, **stored), overwrite=True)
+    samples.save_run_results(run, samples.init_run_results(run, calibration=results), overwrite=True)
+    return run
+
+
+def load_calibration(samples, key: str) -> dict | None:
+    """The results of the calibration ``key`` stored by :func:`record_calibration`, or ``None``."""
+    dataset = root_dataset(samples)
+    run = calibration_run_key(key)
+    if not dataset.has_run(run) or getattr(dataset.get_run_info(run).config, "method", None) != CALIBRATION_METHOD:
+        return None
+    results = dataset.load_run_results(run, cache=False, load_view=False)
+    return None if results is None else results.calibration

@@ -1,0 +1,475 @@
+"""Calibration of text prompts on labels a curator already has: the right words and threshold per class.
+
+SAM3's scores are not comparable across concepts, so one threshold does not fit every class.
+:func:`calibrate` runs every candidate wording of every class as text prompts in ONE run of
+:func:`sam3_ops.sdk.segment.segment` over a labelled view (the image encoder runs once per image
+however many candidates), keeping every hit down to a low score floor in a scratch field that is
+removed afterwards. It then matches each candidate's hits to its class's ground truth with
+FiftyOne's own ``evaluate_detections`` (COCO-style greedy matching, nothing written) and sweeps
+every distinct score: precision, recall and F1 at each threshold, no re-run. The objective picks a
+threshold per candidate and the best candidate per class; the result's :attr:`~CalibrationResult.prompts`
+go to ``sam3_ops.segment(unlabelled, "sam3", prompts=result.prompts)`` as they are.
+
+Greedy matching in descending score order makes the sweep exact: a hit is matched only against
+hits that score higher, so the matches of the hits above a threshold are the same whether or not
+the lower ones exist.
+
+The result is stored as a run on FiftyOne's runs framework (:func:`~sam3_ops.sdk.runs.record_calibration`)
+and reloads with :func:`get_calibration`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from fiftyone import ViewField as F
+
+from ..sdk.fields import check_label_field, root_dataset
+from ..sdk.runs import calibration_run_key, load_calibration, record_calibration
+from ..sdk.segment import segment
+from ..sdk.settings import DEFAULT_BATCH_SIZE, normalize_prompts, unit_interval_problem
+from .review import review_classes
+
+#: the note on a class whose best F1 is below ``min_f1``
+NOT_FOUND_NOTE = "SAM3 does not find this concept with these words"
+#: the note on a class with fewer than ``min_objects`` ground-truth objects
+TOO_FEW_NOTE = "too few ground-truth objects to calibrate; the default threshold is kept"
+#: the threshold SAM3 uses on images when none is given (the class default when ``threshold`` is not given)
+IMAGE_DEFAULT_THRESHOLD = 0.5
+#: settings calibrate chooses itself
+_FIXED = ("mode", "prompts", "prompt_field", "negative_field", "max_detections")
+
+
+@dataclass
+class ClassCalibration:
+    """The calibration of one class.
+
+    Attributes:
+        label: the class (the label of its ground truth, and of the hits its prompt writes)
+        text: the chosen wording
+        threshold: the chosen threshold (the default one when not ``calibrated``)
+        precision, recall, f1: at ``threshold`` (``None`` when not calibrated)
+        ap: average precision of the chosen wording (COCO 101-point, at the run's IoU)
+        ground_truth: ground-truth objects of the class in the view
+        tp, fp, fn: the counts at ``threshold``
+        calibrated: whether the threshold was calibrated (enough ground truth)
+        flag: ``None``, :data:`NOT_FOUND_NOTE` or :data:`TOO_FEW_NOTE` (and why an objective was missed)
+        candidates: per candidate wording, its best point: ``threshold``, ``precision``, ``recall``,
+            ``f1``, ``ap``, ``reached`` (whether it met the objective)
+    """
+
+    label: str
+    text: str
+    threshold: float | None
+    precision: float | None = None
+    recall: float | None = None
+    f1: float | None = None
+    ap: float | None = None
+    ground_truth: int = 0
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    calibrated: bool = False
+    flag: str | None = None
+    candidates: dict = field(default_factory=dict)
+
+
+@dataclass
+class CalibrationResult:
+    """What :func:`calibrate` found.
+
+    Attributes:
+        key: the calibration's key; its run is ``sam3_calibration_<key>`` (``dataset.get_run_info``)
+        gt_field: the ground truth it was calibrated on
+        objective: ``"f1"``, ``{"precision": p}`` or ``{"recall": r}``
+        iou: the IoU of a match; use_masks: whether masks were matched instead of boxes
+        score_floor: the lowest score kept
+        classes: one :class:`ClassCalibration` per class, in order
+        curves: ``{label: {text: {"thresholds", "precision", "recall", "f1"}}}``, descending thresholds
+        model_summary: the inference pass's summary (samples processed, detections, skipped)
+    """
+
+    key: str
+    gt_field: str
+    objective: object
+    iou: float
+    use_masks: bool
+    score_floor: float
+    classes: list[ClassCalibration]
+    curves: dict = field(default_factory=dict)
+    model_summary: dict = field(default_factory=dict)
+
+    @property
+    def prompts(self) -> list[dict]:
+        """``{"text", "label", "threshold"}`` per class, for ``sam3_ops.segment(..., prompts=...)``
+        (a ``None`` threshold, a class not calibrated with no default given, is left out)."""
+        prompts = []
+        for row in self.classes:
+            prompt = {"text": row.text, "label": row.label}
+            if row.threshold is not None:
+                prompt["threshold"] = row.threshold
+            prompts.append(prompt)
+        return prompts
+
+    @property
+    def table(self) -> list[dict]:
+        """One row per class (the candidates left out): for a report or a table."""
+        return [{k: v for k, v in asdict(row).items() if k != "candidates"} for row in self.classes]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> CalibrationResult:
+        values = dict(values)
+        values["classes"] = [ClassCalibration(**row) for row in values["classes"]]
+        return cls(**values)
+
+
+def calibrate(
+    labelled_view,
+    gt_field: str,
+    *,
+    candidates: dict | None = None,
+    objective="f1",
+    iou: float = 0.5,
+    use_masks: bool = False,
+    score_floor: float = 0.05,
+    min_objects: int = 10,
+    min_f1: float = 0.2,
+    key: str = "default",
+    token: str | None = None,
+    reuse: bool = True,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    num_workers: int | None = None,
+    skip_failures: bool = True,
+    progress=None,
+    record: bool = True,
+    **settings,
+) -> CalibrationResult:
+    """Calibrates text prompts on ``labelled_view``'s ground truth: per class, the wording and
+    threshold that best meet ``objective``.
+
+    Args:
+        labelled_view: an image dataset or view with ground truth in ``gt_field``
+        gt_field: its ``Detections`` ground truth
+        candidates (None): ``{class: [wording, ...]}``; default: every class of ``gt_field``, its
+            name its only wording. A class may be absent from the ground truth (it is then reported
+            with too few objects)
+        objective ("f1"): ``"f1"`` (the threshold of highest F1), ``{"precision": p}`` (the lowest
+            threshold whose precision reaches ``p``) or ``{"recall": r}`` (the highest threshold
+            whose recall reaches ``r``); a class none of whose wordings reaches it gets its best F1
+            point, flagged
+        iou (0.5): the IoU of a match; use_masks (False): match masks rather than boxes
+        score_floor (0.05): the lowest score kept in the one inference pass
+        min_objects (10): classes with fewer ground-truth objects keep the default threshold
+        min_f1 (0.2): a class whose best F1 is below this is flagged :data:`NOT_FOUND_NOTE`
+        key ("default"): the calibration's key; its run is ``sam3_calibration_<key>``
+        token, reuse, batch_size, num_workers, skip_failures, progress: as for :func:`sam3_ops.segment`
+        record (True): store the result as a run (replacing a calibration of the same key)
+        **settings: :class:`~sam3_ops.sdk.settings.Sam3Settings` as for :func:`sam3_ops.segment`
+            (``model_path``, ``device``, ``mask_threshold``, ...); ``threshold`` is the default
+            threshold of classes not calibrated (default 0.5). ``mode``, ``prompts``, the prompt
+            fields and ``max_detections`` are calibrate's own
+
+    Returns:
+        a :class:`CalibrationResult`
+
+    Raises:
+        ValueError: a bad argument or setting, naming it (before anything runs); a missing or empty
+            ground-truth field; a scratch field that already exists
+        ModelLoadError: the checkpoint cannot be loaded
+    """
+    fixed = sorted(name for name in _FIXED if name in settings and not (name == "mode" and settings[name] == "text"))
+    if fixed:
+        raise ValueError(f"calibrate chooses {', '.join(fixed)} itself; do not pass {fixed[0]!r}")
+    settings.pop("mode", None)
+    if getattr(labelled_view, "media_type", None) != "image":
+        raise ValueError(
+            f"calibrate needs an image dataset or view, not {getattr(labelled_view, 'media_type', type(labelled_view))!r}"
+        )
+    check_label_field(labelled_view, gt_field, require_labels=True, what="gt_field")
+    candidates = _candidates(labelled_view, gt_field, candidates)
+    goal = _objective(objective)
+    for name, value in (("iou", iou), ("score_floor", score_floor), ("min_f1", min_f1)):
+        problem = unit_interval_problem(value, name)
+        if problem:
+            raise ValueError(problem)
+    if not isinstance(min_objects, int) or isinstance(min_objects, bool) or min_objects < 1:
+        raise ValueError(f"min_objects must be a positive integer, not {min_objects!r}")
+    run_key = calibration_run_key(key)
+    default_threshold = settings.pop("threshold", None)
+    if default_threshold is not None:
+        problem = unit_interval_problem(default_threshold, "threshold")
+        if problem:
+            raise ValueError(problem)
+    if settings.get("nms_iou") is not None or settings.get("nms_containment") is not None:
+        settings["nms_per_label"] = True  # wordings must not suppress each other's hits
+
+    dataset = root_dataset(labelled_view)
+    scratch = f"{run_key}_scratch"
+    if dataset.has_field(scratch):
+        raise ValueError(f"the scratch field {scratch!r} exists (an interrupted calibration?): delete it first")
+    texts = list(dict.fromkeys(text for words in candidates.values() for text in words))
+    try:
+        # the one inference pass: every distinct wording, its hits labelled with the wording itself
+        summary = segment(
+            labelled_view,
+            scratch,
+            prompts=texts,
+            threshold=score_floor,
+            record=False,
+            token=token,
+            reuse=reuse,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            skip_failures=skip_failures,
+            progress=progress,
+            **settings,
+        )
+        rows, curves = [], {}
+        for label, words in candidates.items():
+            gt_view = labelled_view.filter_labels(gt_field, F("label") == label, only_matches=False)
+            ground_truth = gt_view.count(f"{gt_field}.detections")
+            sweeps = {}
+            for text in words:
+                view = gt_view.filter_labels(scratch, F("label") == text, only_matches=False)
+                sweeps[text] = _sweep(_matches(view, scratch, gt_field, iou, use_masks), ground_truth)
+            curves[label] = {text: sweep.curve() for text, sweep in sweeps.items()}
+            rows.append(
+                _choose(label, sweeps, ground_truth, goal, (min_objects, min_f1, score_floor), default_threshold)
+            )
+    finally:
+        if dataset.has_field(scratch):
+            dataset.delete_sample_field(scratch)
+    result = CalibrationResult(
+        key=key,
+        gt_field=gt_field,
+        objective=objective,
+        iou=float(iou),
+        use_masks=bool(use_masks),
+        score_floor=float(score_floor),
+        classes=rows,
+        curves=curves,
+        model_summary={k: v for k, v in summary.to_dict().items() if k not in ("label_field", "run_key")},
+    )
+    if record:
+        config = {
+            "gt_field": gt_field,
+            "candidates": candidates,
+            "objective": objective,
+            "iou": float(iou),
+            "use_masks": bool(use_masks),
+            "score_floor": float(score_floor),
+            "min_objects": min_objects,
+            "min_f1": float(min_f1),
+            "settings": {k: v for k, v in settings.items() if _plain(v)},
+        }
+        record_calibration(labelled_view, key, config, result.to_dict())
+    return result
+
+
+def get_calibration(samples, key: str = "default") -> CalibrationResult | None:
+    """The calibration stored under ``key`` on ``samples``' dataset, or ``None``."""
+    stored = load_calibration(samples, key)
+    return None if stored is None else CalibrationResult.from_dict(stored)
+
+
+# -- the sweep (pure) -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One candidate's hits, matched: scores (descending) and whether each matched a ground truth."""
+
+    scores: np.ndarray
+    matched: np.ndarray
+    ground_truth: int
+
+    def points(self):
+        """``(thresholds, tp, fp)`` at each distinct score (descending): hits scoring >= it kept."""
+        if not len(self.scores):
+            return np.zeros(0), np.zeros(0, int), np.zeros(0, int)
+        tp = np.cumsum(self.matched)
+        fp = np.cumsum(~self.matched)
+        # the last hit of each run of equal scores: a threshold keeps all of them or none
+        last = np.r_[self.scores[1:] != self.scores[:-1], True]
+        return self.scores[last], tp[last], fp[last]
+
+    def curve(self) -> dict:
+        thresholds, tp, fp = self.points()
+        precision, recall, f1 = _prf(tp, fp, self.ground_truth)
+        return {
+            "thresholds": thresholds.tolist(),
+            "precision": precision.tolist(),
+            "recall": recall.tolist(),
+            "f1": f1.tolist(),
+        }
+
+    def ap(self) -> float:
+        """COCO's 101-point interpolated average precision."""
+        if not self.ground_truth or not len(self.scores):
+            return 0.0
+        _, tp, fp = self.points()
+        precision, recall, _ = _prf(tp, fp, self.ground_truth)
+        envelope = np.maximum.accumulate(precision[::-1])[::-1]  # best precision at this recall or more
+        levels = np.linspace(0.0, 1.0, 101)
+        at = np.searchsorted(recall, levels, side="left")
+        return float(np.mean([envelope[i] if i < len(envelope) else 0.0 for i in at]))
+
+
+def _prf(tp, fp, ground_truth):
+    tp, fp = np.asarray(tp, float), np.asarray(fp, float)
+    precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=(tp + fp) > 0)
+    recall = tp / ground_truth if ground_truth else np.zeros_like(tp)
+    total = precision + recall
+    f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(tp), where=total > 0)
+    return precision, recall, f1
+
+
+def _sweep(matches: list[tuple[float, bool]], ground_truth: int) -> Sweep:
+    order = sorted(matches, key=lambda m: -m[0])
+    scores = np.array([m[0] for m in order], float)
+    matched = np.array([m[1] for m in order], bool)
+    return Sweep(scores, matched, ground_truth)
+
+
+def _matches(view, pred_field: str, gt_field: str, iou: float, use_masks: bool) -> list[tuple[float, bool]]:
+    """``(score, matched)`` of each hit in ``view``'s ``pred_field``, matched by FiftyOne's own
+    ``evaluate_detections`` (no eval key: nothing is written)."""
+    results = view.evaluate_detections(
+        pred_field, gt_field=gt_field, iou=iou, classwise=False, use_masks=use_masks, progress=False
+    )
+    return [
+        (float(conf), gt_id is not None)
+        for gt_id, pred_id, conf in zip(results.ytrue_ids, results.ypred_ids, results.confs)
+        if pred_id is not None
+    ]
+
+
+def _pick(sweep: Sweep, goal: tuple[str, float | None]):
+    """The index of the chosen point of ``sweep`` and whether it met ``goal``, or ``(None, False)``."""
+    thresholds, tp, fp = sweep.points()
+    if not len(thresholds):
+        return None, False
+    precision, recall, f1 = _prf(tp, fp, sweep.ground_truth)
+    kind, target = goal
+    if kind == "precision":
+        reaching = np.flatnonzero(precision >= target)
+        if len(reaching):
+            return int(reaching[-1]), True  # the lowest threshold reaching it
+    elif kind == "recall":
+        reaching = np.flatnonzero(recall >= target)
+        if len(reaching):
+            return int(reaching[0]), True  # the highest threshold reaching it
+    else:
+        return int(np.argmax(f1)), True  # ties: the highest threshold
+    return int(np.argmax(f1)), False
+
+
+def _gap_threshold(sweep: Sweep, index: int, floor: float) -> float:
+    """A threshold that keeps the hits of point ``index`` and drops the next lower ones: midway
+    between the lowest kept score and the next lower (or the floor); the engine keeps scores above it."""
+    thresholds = sweep.points()[0]
+    kept = float(thresholds[index])
+    below = float(thresholds[index + 1]) if index + 1 < len(thresholds) else min(floor, kept)
+    return (kept + below) / 2
+
+
+def _choose(label, sweeps, ground_truth, goal, limits, default_threshold) -> ClassCalibration:
+    """The best wording of a class and its threshold (or the default threshold with too few
+    objects); ``limits``: ``(min_objects, min_f1, score_floor)``."""
+    min_objects, min_f1, floor = limits
+    summaries, ranked = {}, []
+    for position, (text, sweep) in enumerate(sweeps.items()):
+        index, reached = _pick(sweep, goal)
+        ap = sweep.ap()
+        if index is None:
+            summaries[text] = {
+                "threshold": None,
+                "precision": 0.0,
+                "recall": 0.0,
+                "f1": 0.0,
+                "ap": ap,
+                "reached": False,
+            }
+            ranked.append(((False, 0.0, 0.0, ap, -position), text, None))
+            continue
+        _, tp, fp = sweep.points()
+        precision, recall, f1 = (float(v[index]) for v in _prf(tp, fp, ground_truth))
+        threshold = _gap_threshold(sweep, index, floor)
+        summaries[text] = {
+            "threshold": threshold,
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "ap": ap,
+            "reached": reached,
+        }
+        # what the objective leaves free decides between wordings that reach it
+        second = {"precision": recall, "recall": precision}.get(goal[0], f1)
+        counts = (int(tp[index]), int(fp[index]), ground_truth - int(tp[index]))
+        ranked.append(((reached, second, f1, ap, -position), text, (threshold, precision, recall, f1, counts)))
+    ranked.sort(key=lambda r: r[0], reverse=True)
+    _, text, point = ranked[0]
+    row = ClassCalibration(label=label, text=text, threshold=default_threshold, ground_truth=ground_truth)
+    row.candidates = summaries
+    row.ap = summaries[text]["ap"]
+    if ground_truth < min_objects:
+        row.text = next(iter(sweeps))  # the first wording: nothing to choose on
+        row.ap = summaries[row.text]["ap"]
+        row.flag = TOO_FEW_NOTE
+        return row
+    if point is None:
+        row.precision = row.recall = row.f1 = 0.0
+        row.fn = ground_truth
+        row.flag = NOT_FOUND_NOTE
+        return row
+    row.threshold, row.precision, row.recall, row.f1, (row.tp, row.fp, row.fn) = point
+    row.calibrated = True
+    if row.f1 < min_f1:
+        row.flag = NOT_FOUND_NOTE
+    elif not summaries[text]["reached"]:
+        row.flag = f"no wording reaches {goal[0]} {goal[1]}; the best F1 threshold is used"
+    return row
+
+
+# -- arguments --------------------------------------------------------------------------------------
+
+
+def _objective(objective) -> tuple[str, float | None]:
+    if objective == "f1":
+        return "f1", None
+    if isinstance(objective, dict) and len(objective) == 1:
+        ((kind, target),) = objective.items()
+        if kind in ("precision", "recall"):
+            problem = unit_interval_problem(target, f"the {kind} objective")
+            if problem:
+                raise ValueError(problem)
+            return kind, float(target)
+    raise ValueError(f"objective must be 'f1', {{'precision': p}} or {{'recall': r}}, not {objective!r}")
+
+
+def _candidates(samples, gt_field: str, candidates) -> dict[str, list[str]]:
+    """``{class: [wording, ...]}``, wordings normalised as prompts are (white space collapsed)."""
+    if candidates is None:
+        return {label: [normalize_prompts(label, "text")[0].text] for label in review_classes(samples, gt_field, None)}
+    if not isinstance(candidates, dict) or not candidates:
+        raise ValueError(f"candidates must be a non-empty dict {{class: [wording, ...]}}, not {candidates!r}")
+    cleaned = {}
+    for label, words in candidates.items():
+        if not isinstance(label, str) or not label.strip():
+            raise ValueError(f"candidates has class {label!r}; classes must be non-blank strings")
+        if isinstance(words, str):
+            words = [words]
+        try:
+            texts = [prompt.text for prompt in normalize_prompts(list(words), "text")]
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"the candidates of class {label!r}: {error}") from error
+        cleaned[label] = texts
+    return cleaned
+
+
+def _plain(value) -> bool:
+    return value is None or isinstance(value, str | int | float | bool | list | tuple | dict)

@@ -1,0 +1,308 @@
+"""``sam3_ops.calibrate`` on a real dataset and the tiny checkpoint, on ground truth built from the
+model's own hits so the answer is known: the wording and threshold it picks, its precision /
+recall / F1 against a brute-force count and FiftyOne's own evaluation, one image-encoder pass for
+any number of wordings, prompts that ``segment`` takes as they are, and the stored run."""
+
+import os
+
+import fiftyone as fo
+import numpy as np
+import pytest
+import torch
+from transformers.models.sam3.modeling_sam3 import Sam3VisionModel
+
+import sam3_ops
+from sam3_ops.curation.calibrate import NOT_FOUND_NOTE, TOO_FEW_NOTE
+
+IOU = 0.5
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """The tiny checkpoint with each of its 20 queries given a box of its own, the same on every
+    image: a 5 x 4 grid of disjoint boxes. (The plain tiny checkpoint predicts nearly the same box
+    for every query, so every hit matches every ground truth and no wording could be told from
+    another.) Each wording still ranks the queries its own way."""
+    from safetensors.torch import load_file, save_file
+
+    from sam3_ops.testing import build_tiny_checkpoint
+
+    path = build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-sam3-grid"))
+    weights = os.path.join(path, "model.safetensors")
+    state = load_file(weights)
+    prefix = "detector_model.detr_decoder."
+    centers = [((col + 0.5) / 5, (row + 0.5) / 4) for row in range(4) for col in range(5)]
+    boxes = torch.tensor([[x, y, 0.15, 0.2] for x, y in centers])
+    state[prefix + "reference_points.weight"] = torch.logit(boxes)  # the decoder takes their sigmoid
+    for name in ("weight", "bias"):  # no refinement: each query keeps its reference box
+        state[prefix + f"box_head.layer3.{name}"] = torch.zeros_like(state[prefix + f"box_head.layer3.{name}"])
+    save_file(state, weights, metadata={"format": "pt"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def hits(image_paths, tiny_checkpoint):
+    """A dataset of the test images with every hit of "cat" (threshold 0) in ``cat_hits``, and the
+    gap in their scores: ``(dataset, low, high)``, no score strictly between ``low`` and ``high``."""
+    dataset = fo.Dataset()
+    dataset.add_samples([fo.Sample(filepath=p) for p in image_paths])
+    sam3_ops.segment(
+        dataset, "cat_hits", prompts=["cat"], threshold=0.0, model_path=tiny_checkpoint, device="cpu", record=False
+    )
+    scores = np.unique(dataset.values("cat_hits.detections.confidence", unwind=True))
+    assert len(scores) > 20  # something to calibrate on
+    # the widest gap between neighbouring scores in the middle of the range: GT above it, hits below it
+    middle = range(len(scores) // 4, 3 * len(scores) // 4)
+    i = max(middle, key=lambda k: scores[k + 1] - scores[k])
+    low, high = float(scores[i]), float(scores[i + 1])
+    _write_gt(dataset, "gt", lambda det, k: det.confidence >= high)
+    yield dataset, low, high
+    dataset.delete()
+
+
+def _write_gt(dataset, field, keep, shift=lambda det, k: False, masks=False):
+    """``field``: the ``cat_hits`` that ``keep`` (detection, running index), labelled "animal";
+    those that ``shift`` moved to a small box in a corner; with ``masks``, their masks too."""
+    counter = iter(range(10**6))
+    for sample in dataset.iter_samples(autosave=True):
+        detections = []
+        for det in sample.cat_hits.detections:
+            k = next(counter)
+            if not keep(det, k):
+                continue
+            box = [0.97, 0.97, 0.02, 0.02] if shift(det, k) else list(det.bounding_box)
+            mask = det.get_mask() if masks else None
+            detections.append(fo.Detection(label="animal", bounding_box=box, mask=mask))
+        sample[field] = fo.Detections(detections=detections)
+
+
+def _options(tiny_checkpoint, **more):
+    return {"model_path": tiny_checkpoint, "device": "cpu", "min_objects": 1, **more}
+
+
+def _iou(a, b):
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    w = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
+    h = max(0.0, min(ay + ah, by + bh) - max(ay, by))
+    inter = w * h
+    union = aw * ah + bw * bh - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _brute_force(dataset, gt_field, threshold):
+    """TP, FP, FN of the "cat" hits above ``threshold`` against ``gt_field``: each hit, highest
+    score first, takes the unmatched ground truth it overlaps most (IoU >= 0.5). ``threshold``
+    may be a list: then a list of counts."""
+    if isinstance(threshold, list):
+        samples = [(s.cat_hits.detections, s[gt_field].detections) for s in dataset]
+        return [_count(samples, t) for t in threshold]
+    return _count([(s.cat_hits.detections, s[gt_field].detections) for s in dataset], threshold)
+
+
+def _count(samples, threshold):
+    tp = fp = fn = 0
+    for hits, truth in samples:
+        preds = [d.bounding_box for d in sorted(hits, key=lambda d: -d.confidence) if d.confidence > threshold]
+        gts = [d.bounding_box for d in truth]
+        free = set(range(len(gts)))
+        for pred in preds:
+            best = max(free, key=lambda j: _iou(pred, gts[j]), default=None)
+            if best is not None and _iou(pred, gts[best]) >= IOU:
+                free.discard(best)
+                tp += 1
+            else:
+                fp += 1
+        fn += len(free)
+    return tp, fp, fn
+
+
+def _prf(tp, fp, fn):
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+def _cuts(dataset, floor):
+    """Each distinct "cat" score above ``floor``, ascending, with a threshold that keeps the hits
+    scoring it or more: ``(score, threshold)``."""
+    scores = sorted(s for s in set(dataset.values("cat_hits.detections.confidence", unwind=True)) if s > floor)
+    return [(s, (s + (scores[i - 1] if i else floor)) / 2) for i, s in enumerate(scores)]
+
+
+def test_picks_the_wording_and_a_threshold_in_the_gap(hits, tiny_checkpoint):
+    dataset, low, high = hits
+    ground_truth = dataset.count("gt.detections")
+    assert ground_truth > 0
+    result = sam3_ops.calibrate(
+        dataset, "gt", candidates={"animal": ["dog", "cat", "red car"]}, key="gap", **_options(tiny_checkpoint)
+    )
+    (row,) = result.classes
+    assert row.label == "animal" and row.text == "cat"
+    assert low < row.threshold < high
+    assert row.precision == row.recall == row.f1 == row.ap == 1.0
+    assert (row.tp, row.fp, row.fn, row.ground_truth) == (ground_truth, 0, 0, ground_truth)
+    assert row.calibrated and row.flag is None
+    # the other wordings had hits and did worse
+    for text in ("dog", "red car"):
+        assert row.candidates[text]["threshold"] is not None
+        assert row.candidates[text]["f1"] < 1.0
+    assert result.prompts == [{"text": "cat", "label": "animal", "threshold": row.threshold}]
+    assert not dataset.has_field("sam3_calibration_gap_scratch")  # the scratch field is gone
+
+
+def test_masks_are_matched_when_asked(hits, tiny_checkpoint):
+    dataset, low, high = hits
+    _write_gt(dataset, "gt_masks", lambda det, k: det.confidence >= high, masks=True)
+    assert dataset.count("gt_masks.detections.mask") == dataset.count("gt_masks.detections") > 0
+    result = sam3_ops.calibrate(
+        dataset,
+        "gt_masks",
+        candidates={"animal": ["dog", "cat"]},
+        use_masks=True,
+        record=False,
+        **_options(tiny_checkpoint),
+    )
+    (row,) = result.classes
+    assert row.text == "cat" and low < row.threshold < high and row.f1 == 1.0
+    assert row.candidates["dog"]["f1"] < 1.0
+
+
+def test_reported_counts_equal_a_brute_force_count_and_fiftyones_evaluation(hits, tiny_checkpoint):
+    """A quarter of the ground truth removed, a fifth moved away: the reported P/R/F1 are a
+    brute-force count's, the best F1 of all thresholds; the prompts run through segment as they
+    are, and FiftyOne's evaluation of that field gives the same TP/FP/FN."""
+    dataset, _, high = hits
+    _write_gt(dataset, "gt_mod", lambda det, k: det.confidence >= high and k % 4, shift=lambda det, k: k % 5 == 0)
+    result = sam3_ops.calibrate(
+        dataset, "gt_mod", candidates={"animal": ["cat"]}, key="mod", **_options(tiny_checkpoint)
+    )
+    (row,) = result.classes
+    assert row.tp > 0 and row.fp > 0 and row.fn > 0  # an imperfect match, something to compare
+    counts = _brute_force(dataset, "gt_mod", row.threshold)
+    assert (row.tp, row.fp, row.fn) == counts
+    assert (row.precision, row.recall, row.f1) == pytest.approx(_prf(*counts))
+    cuts = [t for _, t in _cuts(dataset, result.score_floor)]
+    best = max(_prf(*counts)[2] for counts in _brute_force(dataset, "gt_mod", cuts))
+    assert row.f1 == pytest.approx(best)
+
+    # AP: FiftyOne's own COCO mAP at this IoU over every hit above the floor, named as the class
+    for sample in dataset.iter_samples(autosave=True):
+        kept = [d.copy() for d in sample.cat_hits.detections if d.confidence > result.score_floor]
+        for d in kept:
+            d.label = "animal"
+        sample["all_hits"] = fo.Detections(detections=kept)
+    coco = dataset.evaluate_detections("all_hits", gt_field="gt_mod", compute_mAP=True, iou_threshs=[IOU])
+    assert 0 < row.ap < 1 and row.ap == pytest.approx(coco.mAP(), abs=1e-6)
+
+    written = sam3_ops.segment(dataset, "calibrated", prompts=result.prompts, model_path=tiny_checkpoint, device="cpu")
+    assert written.detections == row.tp + row.fp
+    dataset.evaluate_detections("calibrated", gt_field="gt_mod", eval_key="ev", iou=IOU)
+    assert (dataset.sum("ev_tp"), dataset.sum("ev_fp"), dataset.sum("ev_fn")) == (row.tp, row.fp, row.fn)
+
+
+def test_precision_and_recall_objectives(hits, tiny_checkpoint):
+    dataset, _, high = hits
+    _write_gt(dataset, "gt_obj", lambda det, k: det.confidence >= high and k % 3)
+    cuts = _cuts(dataset, 0.05)
+    scores = [s for s, _ in cuts]
+    counts = _brute_force(dataset, "gt_obj", [t for _, t in cuts])
+    curve = [(s, _prf(*c)) for (s, _), c in zip(cuts, counts)]
+
+    for kind, target in (("precision", 0.6), ("recall", 0.8)):
+        result = sam3_ops.calibrate(
+            dataset,
+            "gt_obj",
+            candidates={"animal": ["cat"]},
+            objective={kind: target},
+            record=False,
+            **_options(tiny_checkpoint),
+        )
+        (row,) = result.classes
+        index = 0 if kind == "precision" else 1
+        reaching = [s for s, prf in curve if prf[index] >= target]
+        assert reaching and len(reaching) < len(curve)  # the target splits the thresholds
+        chosen = min(reaching) if kind == "precision" else max(reaching)
+        below = max([s for s in scores if s < chosen], default=0.05)
+        assert below <= row.threshold < chosen
+        assert getattr(row, kind) >= target and row.flag is None
+
+
+def test_one_image_encoder_pass_for_any_number_of_wordings(hits, tiny_checkpoint):
+    dataset, _, _ = hits
+    images = []
+
+    def count(module, args, output):
+        if isinstance(module, Sam3VisionModel):
+            pixels = args[0] if args else None
+            images.append(int(pixels.shape[0]) if pixels is not None else 1)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(count)
+    try:
+        seen = []
+        for words in (["cat"], ["dog", "cat", "red car", "a small bird", "tree"]):
+            images.clear()
+            sam3_ops.calibrate(
+                dataset, "gt", candidates={"animal": words}, reuse=False, record=False, **_options(tiny_checkpoint)
+            )
+            seen.append(sum(images))
+    finally:
+        handle.remove()
+    assert seen == [len(dataset), len(dataset)]
+
+
+def test_the_run_is_stored_and_reloads(hits, tiny_checkpoint):
+    dataset, _, _ = hits
+    result = sam3_ops.calibrate(
+        dataset, "gt", candidates={"animal": ["cat", "dog"]}, key="stored", **_options(tiny_checkpoint)
+    )
+    assert "sam3_calibration_stored" in dataset.list_runs()
+    assert dataset.get_run_info("sam3_calibration_stored").config.method == "sam3_ops.calibrate"
+    loaded = sam3_ops.get_calibration(dataset, "stored")
+    assert loaded.to_dict() == result.to_dict()
+    assert loaded.prompts == result.prompts and loaded.classes[0].text == "cat"
+    assert sam3_ops.get_calibration(dataset, "never_run") is None
+
+
+def test_too_few_objects_and_words_that_find_nothing_are_flagged(hits, tiny_checkpoint):
+    dataset, _, _ = hits
+    ground_truth = dataset.count("gt.detections")
+    few = sam3_ops.calibrate(
+        dataset,
+        "gt",
+        candidates={"animal": ["cat"]},
+        record=False,
+        threshold=0.3,
+        **_options(tiny_checkpoint, min_objects=ground_truth + 1),
+    )
+    (row,) = few.classes
+    assert row.flag == TOO_FEW_NOTE and not row.calibrated and row.threshold == 0.3
+    assert few.prompts == [{"text": "cat", "label": "animal", "threshold": 0.3}]
+
+    absent = sam3_ops.calibrate(
+        dataset, "gt", candidates={"animal": ["red car"]}, record=False, min_f1=0.99, **_options(tiny_checkpoint)
+    )
+    (row,) = absent.classes
+    assert row.calibrated and row.f1 < 0.99 and row.flag == NOT_FOUND_NOTE
+
+
+def test_bad_arguments_are_named_before_anything_runs(hits, tiny_checkpoint):
+    dataset, _, _ = hits
+    options = _options(tiny_checkpoint)
+    with pytest.raises(ValueError, match="objective"):
+        sam3_ops.calibrate(dataset, "gt", objective={"accuracy": 0.9}, **options)
+    with pytest.raises(ValueError, match="prompts"):
+        sam3_ops.calibrate(dataset, "gt", prompts=["cat"], **options)
+    with pytest.raises(ValueError, match="gt_field"):
+        sam3_ops.calibrate(dataset, "no_such_field", **options)
+    with pytest.raises(ValueError, match="animal"):
+        sam3_ops.calibrate(dataset, "gt", candidates={"animal": ["cat", ""]}, **options)
+    videos = fo.Dataset()
+    videos.add_sample(fo.Sample(filepath="/nonexistent/clip.mp4"))
+    try:
+        with pytest.raises(ValueError, match="image dataset"):
+            sam3_ops.calibrate(videos, "gt", **options)
+    finally:
+        videos.delete()
+    assert not any(name.startswith("sam3_calibration") for name in dataset.get_field_schema())
