@@ -60,7 +60,7 @@ def hits(image_paths, tiny_checkpoint):
     dataset.delete()
 
 
-def _write_gt(dataset, field, keep, shift=lambda det, k: False, masks=False):
+def _write_gt(dataset, field, keep, shift=lambda det, k: False, masks=False, label="animal"):
     """``field``: the ``cat_hits`` that ``keep`` (detection, running index), labelled "animal";
     those that ``shift`` moved to a small box in a corner; with ``masks``, their masks too."""
     counter = iter(range(10**6))
@@ -72,7 +72,7 @@ def _write_gt(dataset, field, keep, shift=lambda det, k: False, masks=False):
                 continue
             box = [0.97, 0.97, 0.02, 0.02] if shift(det, k) else list(det.bounding_box)
             mask = det.get_mask() if masks else None
-            detections.append(fo.Detection(label="animal", bounding_box=box, mask=mask))
+            detections.append(fo.Detection(label=label, bounding_box=box, mask=mask))
         sample[field] = fo.Detections(detections=detections)
 
 
@@ -150,6 +150,15 @@ def test_picks_the_wording_and_a_threshold_in_the_gap(hits, tiny_checkpoint):
         assert row.candidates[text]["f1"] < 1.0
     assert result.prompts == [{"text": "cat", "label": "animal", "threshold": row.threshold}]
     assert not dataset.has_field("sam3_calibration_gap_scratch")  # the scratch field is gone
+
+
+def test_by_default_each_class_is_its_own_wording(hits, tiny_checkpoint):
+    dataset, low, high = hits
+    _write_gt(dataset, "gt_named", lambda det, k: det.confidence >= high, label="cat")
+    result = sam3_ops.calibrate(dataset, "gt_named", record=False, **_options(tiny_checkpoint))
+    (row,) = result.classes
+    assert (row.label, row.text, list(row.candidates)) == ("cat", "cat", ["cat"])
+    assert low < row.threshold < high and row.f1 == 1.0 and row.tp == dataset.count("gt_named.detections") > 0
 
 
 def test_masks_are_matched_when_asked(hits, tiny_checkpoint):
@@ -298,6 +307,15 @@ def test_bad_arguments_are_named_before_anything_runs(hits, tiny_checkpoint):
         sam3_ops.calibrate(dataset, "no_such_field", **options)
     with pytest.raises(ValueError, match="animal"):
         sam3_ops.calibrate(dataset, "gt", candidates={"animal": ["cat", ""]}, **options)
+    dataset.add_sample_field("sam3_calibration_taken_scratch", fo.StringField)
+    try:
+        with pytest.raises(ValueError, match="sam3_calibration_taken_scratch"):
+            sam3_ops.calibrate(dataset, "gt", key="taken", **options)
+        assert dataset.has_field("sam3_calibration_taken_scratch")  # refused, not deleted
+    finally:
+        dataset.delete_sample_field("sam3_calibration_taken_scratch")
+    with pytest.raises(sam3_ops.ModelLoadError):
+        sam3_ops.calibrate(dataset, "gt", **{**options, "model_path": "/nonexistent/checkpoint"})
     videos = fo.Dataset()
     videos.add_sample(fo.Sample(filepath="/nonexistent/clip.mp4"))
     try:
