@@ -48,6 +48,25 @@ def without_image_results(samples, label_field: str):
     return samples.exists(label_field, False)
 
 
+def check_image_run(samples, label_field: str, settings: Sam3Settings) -> None:
+    """Everything an image run checks before it writes: the settings apply to images (a video
+    setting given is named, not ignored), ``label_field`` can be written (never a prompt field),
+    and the prompt fields exist with the right type.
+
+    Raises:
+        SettingsError: a setting that does not apply to images
+        ValueError: a bad output or prompt field
+    """
+    problem = media_problem(settings, "image")
+    if problem:
+        raise problem
+    reserved = tuple(name for name in (settings.prompt_field, settings.negative_field) if name)
+    problem = output_field_problem(samples, label_field, overwrite=True, reserved=reserved)
+    if problem:
+        raise ValueError(problem)
+    check_prompt_fields(samples, settings)
+
+
 def check_prompt_fields(samples, settings: Sam3Settings) -> None:
     """Checks that the prompt fields of ``settings`` are fields of ``samples`` of the right type:
     ``Keypoints`` for the prompt field in ``points`` mode, ``Detections`` otherwise.
@@ -86,14 +105,7 @@ def segment_images(
     if model is not None and settings:
         raise ValueError(f"give either a model or settings ({', '.join(sorted(settings))}), not both")
     resolved = model.settings.replace(**fields) if model is not None else Sam3Settings(**settings)
-    problem = media_problem(resolved, "image")  # a video setting given to an image run: named, not ignored
-    if problem:
-        raise problem
-    reserved = tuple(name for name in (resolved.prompt_field, resolved.negative_field) if name)
-    problem = output_field_problem(samples, label_field, overwrite=True, reserved=reserved)
-    if problem:
-        raise ValueError(problem)
-    check_prompt_fields(samples, resolved)
+    check_image_run(samples, label_field, resolved)
     model = model or Sam3Model(resolved, engine=build_engine(resolved, run.token, run.reuse))
     if run.record:  # before the run: an interrupted run leaves its provenance, and resumes with it
         record_run(samples, label_field, resolved)

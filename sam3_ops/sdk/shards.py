@@ -67,10 +67,10 @@ from dataclasses import asdict, dataclass, field
 from fiftyone import ViewExpression
 from fiftyone import ViewField as F
 
-from .fields import ensure_detections_field, output_field_problem, root_dataset
-from .images import check_prompt_fields, segment_images, without_image_results
+from .fields import ensure_detections_field, root_dataset
+from .images import check_image_run, segment_images, without_image_results
 from .runs import active_run_problem, finish_run, get_run, record_run
-from .settings import DEFAULT_BATCH_SIZE, RunOptions, Sam3Settings, check_shards, media_problem
+from .settings import DEFAULT_BATCH_SIZE, RunOptions, Sam3Settings, check_shards
 from .settings import MAX_SHARDS as MAX_SHARDS  # re-exported: the operators' shard input reads it here
 from .shardstore import (
     DEFAULT_STALE_AFTER,
@@ -335,14 +335,7 @@ def segment_sharded(
     if run.progress not in (None, False, True):
         logger.info("shards: progress is reported by each shard's operation, not to this callback")
     resolved = Sam3Settings(**settings)
-    problem = media_problem(resolved, "image")  # a video setting given to an image run: named, not ignored
-    if problem:
-        raise problem
-    reserved = tuple(name for name in (resolved.prompt_field, resolved.negative_field) if name)
-    problem = output_field_problem(samples, label_field, overwrite=True, reserved=reserved)
-    if problem:
-        raise ValueError(problem)
-    check_prompt_fields(samples, resolved)
+    check_image_run(samples, label_field, resolved)
     if resolved.device and resolved.device.startswith("cuda:") and resolved.device != "cuda:0":
         logger.warning(
             "shards: device %r names one GPU for every worker; give device='cuda' (or None) so each worker "
