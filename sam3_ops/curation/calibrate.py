@@ -20,6 +20,7 @@ and reloads with :func:`get_calibration`.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -88,6 +89,7 @@ class CalibrationResult:
         classes: one :class:`ClassCalibration` per class, in order
         curves: ``{label: {text: {"thresholds", "precision", "recall", "f1"}}}``, descending thresholds
         model_summary: the inference pass's summary (samples processed, detections, skipped)
+        seconds: wall-clock seconds of the ``inference`` pass and of the ``sweep`` (matching included)
     """
 
     key: str
@@ -99,6 +101,7 @@ class CalibrationResult:
     classes: list[ClassCalibration]
     curves: dict = field(default_factory=dict)
     model_summary: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
 
     @property
     def prompts(self) -> list[dict]:
@@ -212,6 +215,7 @@ def calibrate(
     if dataset.has_field(scratch):
         raise ValueError(f"the scratch field {scratch!r} exists (an interrupted calibration?): delete it first")
     texts = list(dict.fromkeys(text for words in candidates.values() for text in words))
+    started = time.perf_counter()
     try:
         # the one inference pass: every distinct wording, its hits labelled with the wording itself
         summary = segment(
@@ -228,6 +232,7 @@ def calibrate(
             progress=progress,
             **settings,
         )
+        inferred = time.perf_counter()
         rows, curves = [], {}
         for label, words in candidates.items():
             gt_view = labelled_view.filter_labels(gt_field, F("label") == label, only_matches=False)
@@ -240,6 +245,7 @@ def calibrate(
             rows.append(
                 _choose(label, sweeps, ground_truth, goal, (min_objects, min_f1, score_floor), default_threshold)
             )
+        swept = time.perf_counter()
     finally:
         if dataset.has_field(scratch):
             dataset.delete_sample_field(scratch)
@@ -253,6 +259,7 @@ def calibrate(
         classes=rows,
         curves=curves,
         model_summary={k: v for k, v in summary.to_dict().items() if k not in ("label_field", "run_key")},
+        seconds={"inference": round(inferred - started, 3), "sweep": round(swept - inferred, 3)},
     )
     if record:
         config = {
