@@ -20,11 +20,12 @@ if _PLUGIN_DIR not in sys.path:
 
 
 def register(p):
+    from sam3_ops.app.calibrate_operators import OPERATORS as CALIBRATE_OPERATORS
     from sam3_ops.app.operators import OPERATORS
     from sam3_ops.app.panel import PANELS
     from sam3_ops.app.qa_operators import OPERATORS as QA_OPERATORS
 
-    for cls in (*OPERATORS, *QA_OPERATORS, *PANELS):
+    for cls in (*OPERATORS, *QA_OPERATORS, *CALIBRATE_OPERATORS, *PANELS):
         p.register(cls)
 
 

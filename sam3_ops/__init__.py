@@ -55,6 +55,7 @@ _EXPORTS = {
     "calibrate": "sam3_ops.curation.calibrate",
     "get_calibration": "sam3_ops.curation.calibrate",
     "CalibrationResult": "sam3_ops.curation.calibrate",
+    "plot_calibration_curves": "sam3_ops.curation.calibration_plots",
     "upgrade_boxes_to_masks": "sam3_ops.curation.edits",
     "accept_reviewed": "sam3_ops.curation.edits",
     "restore_field": "sam3_ops.curation.edits",
