@@ -445,3 +445,73 @@ def test_upsampling_stays_float32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         upsampled = _upsample_crops(low_res, [(0, 0, 50, 40), (5, 5, 30, 30)], (40, 50))
     assert upsampled.dtype == torch.float32
+
+
+# -- one text prompt type and one engine pool for images and videos (core) --------------------------
+
+
+def test_images_and_videos_share_one_text_prompt_type_and_normaliser():
+    from sam3_ops.core import queries, video
+
+    assert video.TextPrompt is queries.TextPrompt
+    assert video.normalize_text_prompts is queries.normalize_text_prompts
+    prompts = queries.normalize_text_prompts(
+        ["  red   ball ", {"text": "box", "label": " crate ", "threshold": 1}, queries.TextPrompt("dog", None, 0.25)]
+    )
+    assert prompts == [TextPrompt("red ball"), TextPrompt("box", "crate", 1.0), TextPrompt("dog", None, 0.25)]
+    assert isinstance(prompts[1].threshold, float) and prompts[1].name == "crate"
+    assert queries.normalize_text_prompts(None, at_least_one=False) == []
+
+
+@pytest.mark.parametrize(
+    "prompts, message",
+    [
+        (42, "prompts must be a string or a list of strings or dicts, not int"),
+        (["cat", 3], r"prompt 2 is a int \(3\)"),
+        ([{"txt": "cat"}], r"prompt 1 has unknown keys \['txt'\]; a prompt dict needs 'text'"),
+        ([{"label": "x"}], r"prompt 1 has no text \(None\)"),
+        ([TextPrompt("   ")], "prompt 1 is blank"),
+        (["cat", {"text": "dog", "label": " "}], r"prompt 2 \('dog'\) has label ' '"),
+        ([{"text": "cat", "threshold": 1.5}], r"the threshold of prompt 1 \('cat'\) must be a number in \[0, 1\]"),
+        ([TextPrompt("cat", threshold=True)], r"must be a number in \[0, 1\], not True"),
+        ([TextPrompt("cat", threshold=float("nan"))], r"must be a number in \[0, 1\], not nan"),
+        ([TextPrompt("cat", threshold="0.5")], r"must be a number in \[0, 1\], not '0.5'"),
+        (["cat", " cat"], "prompt 2 repeats 'cat'; text prompts must be distinct"),
+        ([], "at least one prompt"),
+        (None, "at least one prompt"),
+    ],
+)
+def test_text_prompt_normaliser_names_the_prompt_and_the_problem(prompts, message):
+    from sam3_ops.core.queries import normalize_text_prompts
+
+    with pytest.raises(ValueError, match=message):
+        normalize_text_prompts(prompts)
+
+
+def test_text_prompt_normaliser_can_drop_repeated_texts(caplog):
+    from sam3_ops.core.queries import normalize_text_prompts
+
+    with caplog.at_level("WARNING", logger="sam3_ops.core.queries"):
+        prompts = normalize_text_prompts(["cat", {"text": "cat ", "label": "kitten"}, "dog"], drop_duplicates=True)
+    assert prompts == [TextPrompt("cat"), TextPrompt("dog")]  # the first occurrence kept
+    assert "Ignoring duplicate prompt 'cat'" in caplog.text
+
+
+def test_one_pool_holds_image_and_video_engines():
+    from sam3_ops.core import pool
+    from sam3_ops.core.engine import Sam3Engine
+    from sam3_ops.core.video import Sam3VideoEngine
+
+    pool.clear_pool()
+    video_engine = pool.get_video_engine("facebook/sam3", "cpu")
+    image_engine = pool.get_engine("facebook/sam3", "cpu")
+    assert isinstance(video_engine, Sam3VideoEngine) and isinstance(image_engine, Sam3Engine)
+    assert pool.get_video_engine(" facebook/sam3 ", "cpu") is video_engine  # the same key, normalised
+    assert pool.get_engine("facebook/sam3", "cpu", compile=False) is image_engine
+    assert pool.get_video_engine("someone/other-sam3", "cpu") is not video_engine
+    assert pool.get_engine("facebook/sam3", "cpu", compile=True) is not image_engine
+    assert video_engine._text_model is None and image_engine._detector is None  # nothing loaded to pool them
+    pool.clear_pool()
+    assert pool.get_video_engine("facebook/sam3", "cpu") is not video_engine
+    assert pool.get_engine("facebook/sam3", "cpu") is not image_engine
+    pool.clear_pool()

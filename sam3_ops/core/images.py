@@ -7,8 +7,10 @@ images whose pixel count would exhaust memory, before decoding them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -50,29 +52,17 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         ImageLoadError: the file is missing, empty, not an image, corrupt or truncated, or too large
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ImageLoadError(f"image file not found: {path}")
-    if os.path.getsize(path) == 0:
-        raise ImageLoadError(f"image file is empty (0 bytes): {path}")
-    try:
-        with warnings.catch_warnings():
-            # PIL's own bomb check would warn/raise at its limit; ours is explicit below
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-                if max_pixels is not None and width * height > max_pixels:
-                    raise ImageLoadError(
-                        f"image is {width}x{height} = {width * height:,} pixels, over the limit of "
-                        f"{max_pixels:,} pixels: {path}"
-                    )
-                image.seek(0)  # animated GIF/WebP/APNG: the first frame
-                image.load()
-                ImageOps.exif_transpose(image, in_place=True)  # not a copy of every upright image
-                return to_rgb_array(image)
-    except ImageLoadError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageLoadError(f"cannot decode image {path}: {error}") from error
+    with _open_image(path) as image:
+        width, height = image.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise ImageLoadError(
+                f"image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
+                f"pixels: {path}"
+            )
+        image.seek(0)  # animated GIF/WebP/APNG: the first frame
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)  # not a copy of every upright image
+        return to_rgb_array(image)
 
 
 #: EXIF orientations that turn an image by 90 or 270 degrees (its width and height swap)
@@ -86,7 +76,17 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     Raises:
         ImageLoadError: the file is missing, empty or not an image
     """
-    path = os.fspath(path)
+    with _open_image(os.fspath(path)) as image:
+        width, height = image.size
+        if image.getexif().get(0x0112) in _TRANSPOSED_ORIENTATIONS:
+            width, height = height, width
+        return height, width
+
+
+@contextlib.contextmanager
+def _open_image(path: str) -> Iterator[Image.Image]:
+    """``path`` opened by PIL, header read; a missing, empty or undecodable file raises
+    :class:`ImageLoadError` (PIL's own bomb check is off: :func:`load_image`'s is explicit)."""
     if not os.path.isfile(path):
         raise ImageLoadError(f"image file not found: {path}")
     if os.path.getsize(path) == 0:
@@ -95,9 +95,8 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
-                width, height = image.size
-                if image.getexif().get(0x0112) in _TRANSPOSED_ORIENTATIONS:
-                    width, height = height, width
-                return height, width
+                yield image
+    except ImageLoadError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageLoadError(f"cannot decode image {path}: {error}") from error

@@ -1,8 +1,9 @@
-"""An image's prompts, and the queries the engine runs for them. Pure: numpy and the standard library.
+"""Prompts, and the queries the engine runs for them. Pure: numpy and the standard library.
 
-An image's prompts arrive as :class:`ImagePrompts` (text prompts, prompt boxes with their labels,
-negative boxes; boxes in pixel ``xyxy``). :func:`build_queries` turns them into the queries the
-engine runs for a mode:
+Text prompts, of images and videos alike, are :class:`TextPrompt`, checked by
+:func:`normalize_text_prompts`. An image's prompts arrive as :class:`ImagePrompts` (text prompts,
+prompt boxes with their labels, negative boxes; boxes in pixel ``xyxy``). :func:`build_queries`
+turns them into the queries the engine runs for a mode:
 
 - ``text``: one query per text prompt (label and threshold = the prompt's), every negative box
   attached;
@@ -19,9 +20,15 @@ engine runs for a mode:
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import numbers
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 #: the prompt modes: the detector's (``text``, ``exemplars``) and the tracker's (``boxes``,
 #: ``points``, and ``auto``: a grid of points over the whole image)
@@ -56,6 +63,84 @@ class TextPrompt:
     def name(self) -> str:
         """The label its hits get."""
         return self.label if self.label is not None else self.text
+
+
+def check_probability(name: str, value) -> float:
+    """``value`` as a float, if it is a finite number in ``[0, 1]`` (every threshold's rule).
+
+    Raises:
+        ValueError: naming ``name`` (booleans, NaN and text are not numbers here)
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+        raise ValueError(f"{name} must be a number in [0, 1], not {value!r}")
+    return float(value)
+
+
+def text_prompt(entry, index: int = 1) -> TextPrompt:
+    """One text prompt as a :class:`TextPrompt`: white space in its text collapsed, its label
+    stripped, its threshold a float.
+
+    Args:
+        entry: a string, a ``{"text", "label", "threshold"}`` dict or a :class:`TextPrompt`
+        index (1): its place among the prompts, counted from 1 (for the error message)
+
+    Raises:
+        ValueError: naming prompt ``index`` and the problem
+    """
+    if isinstance(entry, TextPrompt):
+        entry = dataclasses.asdict(entry)
+    elif isinstance(entry, str):
+        entry = {"text": entry}
+    if not isinstance(entry, Mapping):
+        kind = type(entry).__name__
+        raise ValueError(f"prompt {index} is a {kind} ({entry!r}); prompts are strings or dicts with a 'text'")
+    unknown, text = sorted(set(entry) - {"text", "label", "threshold"}), entry.get("text")
+    if unknown or not isinstance(text, str):
+        problem = f"unknown keys {unknown}" if unknown else f"no text ({text!r})"
+        raise ValueError(f"prompt {index} has {problem}; a prompt dict needs 'text' and may have 'label', 'threshold'")
+    text = " ".join(text.split())
+    if not text:
+        raise ValueError(f"prompt {index} is blank; every prompt must contain words, e.g. 'cat'")
+    label, threshold = entry.get("label"), entry.get("threshold")
+    if label is not None and (not isinstance(label, str) or not label.strip()):
+        raise ValueError(f"prompt {index} ({text!r}) has label {label!r}; a label must be non-blank text")
+    if threshold is not None:
+        threshold = check_probability(f"the threshold of prompt {index} ({text!r})", threshold)
+    return TextPrompt(text, label and label.strip(), threshold)
+
+
+def normalize_text_prompts(prompts, *, at_least_one: bool = True, drop_duplicates: bool = False) -> list[TextPrompt]:
+    """Text prompts as :class:`TextPrompt` (each checked by :func:`text_prompt`), distinct texts.
+
+    Args:
+        prompts: a string, a dict or a :class:`TextPrompt`, a list of them, or ``None`` (none)
+        at_least_one (True): refuse an empty list
+        drop_duplicates (False): drop a repeated text with a warning (its first occurrence kept)
+            instead of refusing it (SAM3 would find the same objects twice)
+
+    Raises:
+        ValueError: naming the prompt and the problem
+    """
+    if prompts is None:
+        prompts = ()
+    elif isinstance(prompts, str | Mapping | TextPrompt):
+        prompts = (prompts,)
+    elif not isinstance(prompts, Iterable):
+        raise ValueError(f"prompts must be a string or a list of strings or dicts, not {type(prompts).__name__}")
+    normalized: dict[str, TextPrompt] = {}
+    for index, entry in enumerate(prompts, start=1):  # counted as a person counts: "prompt 1" is the first
+        prompt = text_prompt(entry, index)
+        if prompt.text in normalized and not drop_duplicates:
+            raise ValueError(
+                f"prompt {index} repeats {prompt.text!r}; text prompts must be distinct (SAM3 would find the same "
+                "objects twice)"
+            )
+        if prompt.text in normalized:
+            logger.warning("Ignoring duplicate prompt %r", prompt.text)
+        normalized.setdefault(prompt.text, prompt)
+    if at_least_one and not normalized:
+        raise ValueError("text mode needs at least one prompt, e.g. 'cat'")
+    return list(normalized.values())
 
 
 def sanitize_boxes(boxes_xyxy, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:

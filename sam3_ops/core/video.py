@@ -84,6 +84,7 @@ from .checkpoint import (
     validate_model_path,
 )
 from .masks import logit, mask_shape, memory_groups, upsample_crops
+from .queries import TextPrompt, check_probability, normalize_text_prompts
 from .video_io import VideoReader
 
 logger = logging.getLogger(__name__)
@@ -91,21 +92,6 @@ logger = logging.getLogger(__name__)
 DIRECTIONS = ("forward", "backward", "both")
 #: upsampling budget (float elements) per group of masks
 _UPSAMPLE_BUDGET = 32 * 2**20
-
-
-@dataclass(frozen=True)
-class TextPrompt:
-    """A concept to find and track in a video.
-
-    Attributes:
-        text: what SAM3 looks for
-        label (None): the label its instances get (``None``: the text)
-        threshold (None): the detection score its instances need (``None``: the run's threshold)
-    """
-
-    text: str
-    label: str | None = None
-    threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -283,9 +269,9 @@ class Sam3VideoEngine:
         text_prompts = normalize_text_prompts(prompts)
         if max_objects < 1:
             raise ValueError(f"max_objects must be at least 1, got {max_objects}")
-        _check_probability("mask_threshold", mask_threshold)
+        check_probability("mask_threshold", mask_threshold)
         if threshold is not None:
-            _check_probability("threshold", threshold)
+            check_probability("threshold", threshold)
         model = self.text_model
         given = [p.threshold if p.threshold is not None else threshold for p in text_prompts]
         effective = [float(model.new_det_thresh) if t is None else float(t) for t in given]
@@ -439,7 +425,7 @@ class Sam3VideoEngine:
         """
         if direction not in DIRECTIONS:
             raise ValueError(f"Unknown direction {direction!r}; the valid directions are {', '.join(DIRECTIONS)}")
-        _check_probability("mask_threshold", mask_threshold)
+        check_probability("mask_threshold", mask_threshold)
         reader = video if isinstance(video, VideoReader) else VideoReader(video)
         prompts = validate_video_prompts(prompts, reader.frame_count)
         self._ensure("_tracker_model")  # load before the first frame: fail early
@@ -668,39 +654,6 @@ def session_footprint(session) -> dict[str, int]:
 # -- prompts ----------------------------------------------------------------------------------
 
 
-def normalize_text_prompts(prompts: Sequence[str | dict | TextPrompt]) -> list[TextPrompt]:
-    """Text prompts as :class:`TextPrompt`: strings, ``{"text", "label", "threshold"}`` dicts or
-    :class:`TextPrompt`, at least one, distinct non-empty texts.
-
-    Raises:
-        ValueError: saying which prompt is invalid and why
-    """
-    if isinstance(prompts, (str, dict, TextPrompt)):
-        prompts = [prompts]
-    normalized = []
-    for prompt in prompts:
-        if isinstance(prompt, str):
-            prompt = TextPrompt(prompt)
-        elif isinstance(prompt, dict):
-            unknown = set(prompt) - {"text", "label", "threshold"}
-            if unknown or "text" not in prompt:
-                raise ValueError(f"A text prompt dict needs 'text' and may have 'label', 'threshold'; got {prompt!r}")
-            prompt = TextPrompt(prompt["text"], prompt.get("label"), prompt.get("threshold"))
-        elif not isinstance(prompt, TextPrompt):
-            raise ValueError(f"A text prompt is a string, a dict or a TextPrompt; got {type(prompt).__name__}")
-        if not isinstance(prompt.text, str) or not prompt.text.strip():
-            raise ValueError(f"A text prompt needs a non-empty text; got {prompt.text!r}")
-        if prompt.threshold is not None:
-            _check_probability(f"the threshold of prompt {prompt.text!r}", prompt.threshold)
-        normalized.append(prompt)
-    if not normalized:
-        raise ValueError("track_text needs at least one text prompt")
-    texts = [p.text for p in normalized]
-    if len(set(texts)) != len(texts):
-        raise ValueError(f"Text prompts must be distinct (SAM3 would find the same objects twice); got {texts}")
-    return normalized
-
-
 def validate_video_prompts(prompts: Sequence[VideoPrompt], frame_count: int) -> list[VideoPrompt]:
     """Checks box / point prompts against a video of ``frame_count`` frames.
 
@@ -741,11 +694,6 @@ def validate_video_prompts(prompts: Sequence[VideoPrompt], frame_count: int) -> 
             ):
                 raise ValueError(f"{name}: needs one label per point, each 1 (on the object) or 0 (not on it)")
     return prompts
-
-
-def _check_probability(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and 0.0 <= float(value) <= 1.0):
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
 
 
 def _check_frame(frame, size: tuple[int, int] | None) -> np.ndarray:
