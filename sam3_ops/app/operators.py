@@ -26,12 +26,12 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from ..sdk.fields import frame_field_name, is_video_collection
-from ..sdk.model import Sam3Model
-from ..sdk.runs import finish_run, get_run, record_run, recorded_fields
-from ..sdk.segment import build_engine, segment, without_results
+from ..sdk.images import IMAGES
+from ..sdk.runs import Run, get_run, recorded_fields
+from ..sdk.segment import segment, without_results
 from ..sdk.settings import RunOptions, Sam3Settings
 from ..sdk.shards import DEFAULT_STALE_AFTER, check_shards, reconcile, resume_shards, run_shard, shard_status
-from ..sdk.video import Sam3VideoModel, build_video_engine, video_settings_problem
+from ..sdk.video import VIDEOS, video_settings_problem
 from .forms import flag, hf_token, operator_config
 from .segment_forms import (
     VIDEO_AUTO_REFUSAL,
@@ -342,24 +342,22 @@ def _execute_delegated(ctx, target, settings: Sam3Settings, label_field: str, ru
 
 
 def _execute_immediate(ctx, target, settings: Sam3Settings, label_field: str, run: dict):
-    # one model for every chunk: its counts add up to the whole run's summary
+    # one model and one run for every chunk: the chunks' summaries add up to the run's
     video = is_video_collection(target)
-    if video:
-        model = Sam3VideoModel(settings, engine=build_video_engine(settings, hf_token(ctx)))
-    else:
-        model = Sam3Model(settings, engine=build_engine(settings, hf_token(ctx)))
-    record_run(target, label_field, settings)
+    media = VIDEOS if video else IMAGES
+    model = media.load(settings, RunOptions(token=hf_token(ctx)))
+    recorded = Run(target, label_field, settings).start()
     sample_ids = target.values("id")
     total = len(sample_ids)
     unit = "videos" if video else "samples"
     # whole batches per chunk, so chunking costs no extra forward passes; videos: progress per video
     chunk = 1 if video else run["batch_size"] * max(1, math.ceil(total / (PROGRESS_STEPS * run["batch_size"])))
+    workers = {} if video else {"num_workers": 0}
     for start in range(0, total, chunk):
         yield ctx.ops.set_progress(progress=start / total, label=f"Segmented {start} of {total} {unit}")
         part = target.select(sample_ids[start : start + chunk])
-        segment(part, label_field, model=model, record=False, num_workers=0, progress=False, **run)
-    summary = model.summary()
-    finish_run(target, label_field, settings, summary)
+        recorded.add(segment(part, label_field, model=model, record=False, progress=False, **workers, **run))
+    summary = recorded.finish().counts().to_dict()
     yield ctx.ops.set_progress(progress=1.0, label=f"Segmented {total} {unit}")
     yield ctx.trigger("reload_dataset")
     yield ctx.ops.show_output(outputs=_summary_outputs().to_json(), results={"label_field": label_field, **summary})

@@ -1,6 +1,7 @@
-"""The image run: an image collection segmented in this process through ``apply_model``, its run
-recorded. :func:`~sam3_ops.sdk.segment.segment` dispatches here for images (videos go to
-:mod:`~sam3_ops.sdk.video`, sharded runs to :mod:`~sam3_ops.sdk.shards`, whose shards run this).
+"""Images as a :class:`~sam3_ops.sdk.media.Media`: :data:`IMAGES` segments an image collection in this
+process through ``apply_model``; :func:`~sam3_ops.sdk.segment.segment` dispatches here for images
+(videos: :mod:`~sam3_ops.sdk.video`; sharded runs: :mod:`~sam3_ops.sdk.shards`, whose shards run this).
+Also the checks an image run makes (:func:`check_image_run`) and its engine (:func:`build_engine`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from ..core.engine import Sam3Engine
 from ..core.pool import POOLED_FEATURE_CACHE_SIZE, POOLED_MASK_CACHE_SIZE, get_engine
 from .fields import check_label_field, ensure_detections_field, output_field_problem, prompt_label_type
 from .model import Sam3Model
-from .runs import SegmentResult, finish_run, record_run, run_key
+from .media import Media, segment_in_process
+from .runs import SegmentResult
 from .settings import RunOptions, Sam3Settings, SettingsError, media_problem
 
 
@@ -80,38 +82,30 @@ def check_prompt_fields(samples, settings: Sam3Settings) -> None:
         check_label_field(samples, settings.negative_field, what="negative_field")
 
 
-def segment_images(
-    samples, label_field: str, run: RunOptions, model: Sam3Model | None = None, **settings
-) -> SegmentResult:
-    """Segments the image collection ``samples`` into ``label_field`` in this process: every check
-    first, then the run record (an interrupted run leaves its provenance and resumes with it), then
-    ``apply_model``, then the summary (of this call: a given model that ran before counts only
-    what this call segmented). ``run.shards`` is ignored (the caller dispatched).
+class ImageMedia(Media):
+    """Images: segmented in batches through ``apply_model`` (data-loader workers decode, the model
+    runs a batch at a time, FiftyOne writes each batch)."""
 
-    Args:
-        samples: an image dataset or view
-        label_field: the ``Detections`` field to write
-        run: the run options, validated
-        model (None): a model from :func:`~sam3_ops.sdk.segment.load_model`, instead of ``settings``
-            (then only ``prompt_field`` / ``negative_field`` may be given)
-        **settings: :class:`~sam3_ops.sdk.settings.Sam3Settings`
+    name = "image"
+    model_fields = ("prompt_field", "negative_field")
 
-    Raises:
-        ValueError: a bad setting, output field or prompt field; both a model and settings
-        ModelLoadError: the checkpoint cannot be loaded
-    """
-    # a given model's prompt fields may still be chosen here, as apply_model allows
-    fields = {k: settings.pop(k) for k in ("prompt_field", "negative_field") if k in settings} if model else {}
-    if model is not None and settings:
-        raise ValueError(f"give either a model or settings ({', '.join(sorted(settings))}), not both")
-    resolved = model.settings.replace(**fields) if model is not None else Sam3Settings(**settings)
-    check_image_run(samples, label_field, resolved)
-    model = model or Sam3Model(resolved, engine=build_engine(resolved, run.token, run.reuse))
-    if run.record:  # before the run: an interrupted run leaves its provenance, and resumes with it
-        record_run(samples, label_field, resolved)
-    target = without_image_results(samples, label_field) if run.only_missing else samples
-    start = model.mark()  # a model that ran before reports this call's counts only
-    if len(target):
+    def prepare(self, samples, label_field: str, settings: Sam3Settings, run: RunOptions) -> Sam3Settings:
+        check_image_run(samples, label_field, settings)
+        return settings
+
+    def load(self, settings: Sam3Settings, run: RunOptions) -> Sam3Model:
+        return Sam3Model(settings, engine=build_engine(settings, run.token, run.reuse))
+
+    def pending(self, samples, label_field: str):
+        return without_image_results(samples, label_field)
+
+    def segment(self, target, label_field: str, model, settings: Sam3Settings, run: RunOptions) -> None:
+        # prompt fields chosen for a given model's run go to apply_model, as it allows
+        fields = {
+            name: getattr(settings, name)
+            for name in self.model_fields
+            if getattr(settings, name) and getattr(settings, name) != getattr(model.settings, name)
+        }
         target.apply_model(
             model,
             label_field=label_field,
@@ -120,10 +114,17 @@ def segment_images(
             skip_failures=run.skip_failures,
             progress=run.progress,
             output_dir=run.output_dir,
-            **{key: value for key, value in fields.items() if value},
+            **fields,
         )
-    ensure_detections_field(samples, label_field)
-    summary = model.summary(since=start)
-    if run.record:
-        finish_run(samples, label_field, resolved, summary)
-    return SegmentResult(label_field, run_key(label_field) if run.record else None, **summary)
+
+    def declare(self, samples, label_field: str) -> None:
+        ensure_detections_field(samples, label_field)
+
+
+#: the image medium of :func:`~sam3_ops.sdk.media.segment_in_process`
+IMAGES = ImageMedia()
+
+
+def segment_images(samples, label_field: str, run: RunOptions, model: Sam3Model | None = None, **settings) -> SegmentResult:
+    """:func:`~sam3_ops.sdk.media.segment_in_process` on images (a shard runs this)."""
+    return segment_in_process(IMAGES, samples, label_field, run, model, **settings)

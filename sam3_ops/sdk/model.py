@@ -30,6 +30,7 @@ from ..core.images import ImageLoadError, load_image
 from ..core.queries import FIELD_MODES
 from .convert import prompts_from_detections, prompts_from_keypoints, to_detections
 from .fields import prompt_label_type
+from .runs import RunSummary
 from .settings import Sam3Settings
 
 logger = logging.getLogger(__name__)
@@ -176,17 +177,21 @@ class RunCounts:
         logger.warning("Skipping %s: %s", filepath or "<no filepath>", reason)
         self.failures.append(Failure(filepath, reason))
 
-    def summary(self, since: CountsMark | None = None) -> dict:
-        """Counts for a report: samples processed, detections written, samples skipped and why;
-        every run of the model's, or (``since``) those after a :meth:`mark`."""
+    def counts(self, since: CountsMark | None = None) -> RunSummary:
+        """Samples processed, detections written, samples skipped and why: every run of the model's,
+        or (``since``) those after a :meth:`mark`."""
         since = since or CountsMark()
         failures = self.failures[since.failures :]
-        return {
-            "samples_processed": self.num_processed - since.processed,
-            "detections": self.num_detections - since.detections,
-            "samples_skipped": len(failures),
-            "skipped": [{"filepath": f.filepath, "reason": f.reason} for f in failures],
-        }
+        return RunSummary(
+            self.num_processed - since.processed,
+            self.num_detections - since.detections,
+            len(failures),
+            [{"filepath": f.filepath, "reason": f.reason} for f in failures],
+        )
+
+    def summary(self, since: CountsMark | None = None) -> dict:
+        """:meth:`counts` as a dict, for a report."""
+        return self.counts(since).to_dict()
 
 
 class Sam3Model(RunCounts, fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):

@@ -6,9 +6,10 @@ the field and the complete :class:`~sam3_ops.sdk.settings.Sam3Settings` as a pla
 results, once the run ends, the summary (samples processed, detections, skipped). So a refinement
 reads the run of the field it refines and reproduces its settings exactly.
 
-:func:`sam3_ops.segment` records its runs itself; callers of ``dataset.apply_model`` can call
-:func:`record_run` afterwards. What a run wrote comes back as a :class:`SegmentResult`, whichever
-medium and route ran it.
+:class:`Run` is the one way a run is recorded, counted and finished, whichever door it came through
+(:func:`sam3_ops.segment`, the operators, shards, QA review); callers of ``dataset.apply_model`` can
+call :func:`record_run` afterwards. What a run wrote comes back as a :class:`SegmentResult`: its
+:class:`RunSummary` counts (which add up with ``+``), its field and its run key.
 """
 
 from __future__ import annotations
@@ -33,25 +34,99 @@ def run_key(label_field: str) -> str:
 
 
 @dataclass
-class SegmentResult:
-    """What a run of :func:`sam3_ops.segment` wrote.
+class RunSummary:
+    """What a run (or a part of one: a chunk, a shard, a group) segmented; parts add up with ``+``.
 
     Attributes:
-        label_field: the field written
-        run_key: the key of its run record (``dataset.get_run_info(run_key)``), ``None`` if not recorded
-        samples_processed, detections, samples_skipped: counts
+        samples_processed: samples (videos, on a video run) segmented
+        detections: detections written
+        samples_skipped: samples skipped
         skipped: ``{"filepath", "reason"}`` of each sample skipped
     """
 
-    label_field: str
-    run_key: str | None
     samples_processed: int = 0
     detections: int = 0
     samples_skipped: int = 0
     skipped: list = field(default_factory=list)
 
+    def __add__(self, other: RunSummary) -> RunSummary:
+        return RunSummary(
+            self.samples_processed + other.samples_processed,
+            self.detections + other.detections,
+            self.samples_skipped + other.samples_skipped,
+            self.skipped + other.skipped,
+        )
+
+    def counts(self) -> RunSummary:
+        """The counts alone (a :class:`SegmentResult` without its field and run key)."""
+        return RunSummary(self.samples_processed, self.detections, self.samples_skipped, list(self.skipped))
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> RunSummary:
+        """The counts of a stored summary (other keys ignored; missing counts are 0)."""
+        values = values or {}
+        return cls(
+            int(values.get("samples_processed") or 0),
+            int(values.get("detections") or 0),
+            int(values.get("samples_skipped") or 0),
+            list(values.get("skipped") or []),
+        )
+
+
+@dataclass
+class SegmentResult(RunSummary):
+    """What a run of :func:`sam3_ops.segment` wrote: its :class:`RunSummary` counts, and
+
+    Attributes:
+        label_field: the field written
+        run_key: the key of its run record (``dataset.get_run_info(run_key)``), ``None`` if not recorded
+    """
+
+    label_field: str = ""
+    run_key: str | None = None
+
+
+class Run:
+    """One run of a field, whichever door it came through (SDK, operators, shards, review): :meth:`start`
+    records it before anything is written (an interrupted run leaves its provenance and resumes with
+    it), :meth:`add` counts each part segmented, :meth:`finish` stores the summed summary as the
+    run's results. With ``record=False`` nothing is stored and the parts are only added up.
+
+    Args:
+        samples: the dataset or view the run segments
+        label_field: the field it writes
+        settings: its :class:`~sam3_ops.sdk.settings.Sam3Settings`
+        record (True): record the run on the dataset
+    """
+
+    def __init__(self, samples, label_field: str, settings: Sam3Settings, record: bool = True):
+        self.samples, self.label_field, self.settings, self.record = samples, label_field, settings, record
+        self.summary = RunSummary()
+
+    def start(self, shards: dict | None = None) -> Run:
+        """Records the run (see :func:`record_run`); ``shards``: a sharded run's shards."""
+        if self.record:
+            record_run(self.samples, self.label_field, self.settings, shards=shards)
+        return self
+
+    def add(self, part: RunSummary) -> None:
+        """Adds the counts of a part of the run."""
+        self.summary = self.summary + part.counts()
+
+    def finish(self, **extra) -> SegmentResult:
+        """Stores the summary (with ``extra`` results, e.g. a sharded run's ``shards``) as the run's
+        results, recording the run again if a concurrent write to the dataset lost its record meanwhile."""
+        if self.record:
+            results = self.summary.to_dict() | extra
+            if root_dataset(self.samples).has_run(run_key(self.label_field)):
+                save_summary(self.samples, self.label_field, results)
+            else:
+                record_run(self.samples, self.label_field, self.settings, summary=results)
+        key = run_key(self.label_field) if self.record else None
+        return SegmentResult(**self.summary.to_dict(), label_field=self.label_field, run_key=key)
 
 
 @dataclass(frozen=True)
@@ -142,15 +217,6 @@ def save_summary(samples, label_field: str, summary: dict) -> None:
     """Stores ``summary`` as the results of the run of ``label_field``."""
     key = run_key(label_field)
     samples.save_run_results(key, samples.init_run_results(key, **summary), overwrite=True)
-
-
-def finish_run(samples, label_field: str, settings: Sam3Settings, summary: dict) -> None:
-    """Stores the summary of the run of ``label_field``, recording the run again if a concurrent
-    write to the dataset lost its record meanwhile."""
-    if root_dataset(samples).has_run(run_key(label_field)):
-        save_summary(samples, label_field, summary)
-    else:
-        record_run(samples, label_field, settings, summary=summary)
 
 
 def get_run(samples, label_field: str) -> RunRecord | None:

@@ -203,21 +203,9 @@ def segment(
         progress=progress,
     )
     if run.shards is not None:  # queued, one delegated operation per shard
-        return segment_sharded(samples, label_field, run, model=model, **settings)
-    if samples.media_type == "video":  # tracking, streamed per video
-        return segment_videos(
-            samples,
-            label_field,
-            token=run.token,
-            reuse=run.reuse,
-            progress=run.progress,
-            only_missing=run.only_missing,
-            output_dir=run.output_dir,
-            record=run.record,
-            model=model,
-            batch_size=run.batch_size,
-            num_workers=run.num_workers,
-            skip_failures=run.skip_failures,
-            **settings,
-        )
-    return segment_images(samples, label_field, run, model=model, **settings)
+        route = segment_sharded
+    elif samples.media_type == "video":  # tracking, streamed per video
+        route = segment_videos
+    else:
+        route = segment_images
+    return route(samples, label_field, run, model=model, **settings)

@@ -69,7 +69,7 @@ from fiftyone import ViewField as F
 
 from .fields import ensure_detections_field, root_dataset
 from .images import check_image_run, segment_images, without_image_results
-from .runs import active_run_problem, finish_run, get_run, record_run
+from .runs import Run, RunSummary, active_run_problem, get_run
 from .settings import DEFAULT_BATCH_SIZE, RunOptions, Sam3Settings, check_shards
 from .settings import MAX_SHARDS as MAX_SHARDS  # re-exported: the operators' shard input reads it here
 from .shardstore import (
@@ -98,7 +98,6 @@ CHECK_INTERVAL = 1.0
 #: how long :meth:`ShardedRun.wait` waits for a done shard's operation to be marked completed (seconds)
 _CLOSE_WAIT = 30.0
 #: a shard's summary counts, summed into the run's
-_COUNTS = ("samples_processed", "detections", "samples_skipped")
 
 
 class ShardSuperseded(RuntimeError):
@@ -274,7 +273,7 @@ def queue_shards(
     ensure_detections_field(samples, label_field)  # declared once, before any shard can run
     run_id = uuid.uuid4().hex
     edges = shard_edges(samples, count)
-    record_run(samples, label_field, settings, shards=_shard_info(run_id, count, edges))
+    Run(samples, label_field, settings).start(shards=_shard_info(run_id, count, edges))
 
     operation_ids = []
     for shard in range(count):
@@ -445,7 +444,7 @@ def run_shard(samples, params: dict, token: str | None = None, set_progress=None
             result = _segment_shard(job, heartbeat)
     finally:  # after the last writes were flushed: a cancelled run's next run may start now
         store.mark_stopped(index, attempt, worker)
-    summary = {key: value for key, value in result.to_dict().items() if key in (*_COUNTS, "skipped")}
+    summary = result.counts().to_dict()
     store.set_done(index, {**summary, "attempt": attempt, "worker": worker, "at": time.time()})
     _check_current(dataset, label_field, run_id, name)
     finalized = _finalize(samples, label_field, settings, store, count, by=worker)
@@ -558,15 +557,15 @@ def _finalize(samples, label_field: str, settings: Sam3Settings, store: ShardSto
     """Completes the run once every shard is done; exactly one caller does (an atomic claim)."""
     if len(store.done_shards()) < count or not store.claim_finalize(by):
         return False
-    summaries = [store.done(k) or {} for k in range(count)]
-    summary = {key: sum(int(s.get(key) or 0) for s in summaries) for key in _COUNTS}
-    summary["skipped"] = [entry for s in summaries for entry in s.get("skipped") or []]
-    summary["shards"] = count
-    summary["samples_with_results"] = samples.count(label_field)
+    run = Run(samples, label_field, settings)  # recorded when queued; finished here
+    for shard in range(count):
+        run.add(RunSummary.from_dict(store.done(shard)))
     ensure_detections_field(samples, label_field)  # lost meanwhile by somebody else's schema write? declare it
-    finish_run(samples, label_field, settings, summary)
-    store.set_summary(summary)
-    logger.info("Sharded run of %s complete: %s", label_field, {k: summary[k] for k in _COUNTS})
+    extra = {"shards": count, "samples_with_results": samples.count(label_field)}
+    run.finish(**extra)
+    store.set_summary(run.summary.to_dict() | extra)
+    counts = {k: v for k, v in run.summary.to_dict().items() if k != "skipped"}
+    logger.info("Sharded run of %s complete: %s", label_field, counts)
     return True
 
 

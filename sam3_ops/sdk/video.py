@@ -78,8 +78,9 @@ from .fields import (
     tracks_field,
 )
 from .model import MAX_LABEL_BYTES, RunCounts, stored_mask_bytes
-from .runs import SegmentResult, finish_run, record_run, run_key
-from .settings import VIDEO_MODES, Sam3Settings, SettingsError, media_problem
+from .media import Media, segment_in_process
+from .runs import SegmentResult
+from .settings import VIDEO_MODES, RunOptions, Sam3Settings, SettingsError, media_problem
 
 logger = logging.getLogger(__name__)
 
@@ -617,109 +618,108 @@ def check_video_prompt_field(samples, settings: Sam3Settings) -> str | None:
     return name
 
 
-def segment_videos(
-    samples,
-    label_field: str = "sam3",
-    *,
-    token: str | None = None,
-    reuse: bool = True,
-    progress=None,
-    only_missing: bool = False,
-    output_dir: str | None = None,
-    record: bool = True,
-    model: Sam3VideoModel | None = None,
-    batch_size=None,
-    num_workers=None,
-    skip_failures: bool = True,
-    **settings,
-) -> SegmentResult:
-    """``sam3_ops.segment`` on a video collection: tracks through each video and writes
-    ``frames.<label_field>``, streaming (see the module docstring), and records the run.
+class VideoMedia(Media):
+    """Videos: each tracked and written frame chunk by frame chunk, then marked done (see the module
+    docstring). The frames of a video go through the tracker one at a time, in order, decoded by the
+    core's reader: ``batch_size`` does not apply, and ``num_workers`` (decoding processes) is refused."""
 
-    Args:
-        samples: a video dataset or view (not a clips view)
-        label_field ("sam3"): the frame-level ``Detections`` field to write (``"frames."`` optional);
-            replaced on each video of ``samples``; ``<label_field>_tracks`` marks the videos done
-        token (None), reuse (True), progress (None), only_missing (False), record (True): as for
-            ``segment``; ``progress`` advances per video
-        output_dir (None): write every mask as a PNG file there (``mask_path``)
-        model (None): a :class:`Sam3VideoModel` to run instead of building one from ``settings``
-            (then only ``prompt_field`` may be given)
-        batch_size, num_workers, skip_failures: accepted for ``segment``'s signature; a video's
-            frames go through the model one at a time, and a video that fails is always skipped
-            and reported
-        **settings: :class:`~sam3_ops.sdk.settings.Sam3Settings`; modes ``text``, ``boxes``
-            (``prompt_field``: frame-level ``Detections``), ``points`` (frame-level ``Keypoints``);
-            ``direction`` and ``max_objects`` apply
+    name = "video"
+    model_fields = ("prompt_field",)
 
-    Returns:
-        a :class:`~sam3_ops.sdk.segment.SegmentResult` (``samples_processed``: videos)
+    def output_field(self, label_field: str) -> str:
+        return frame_field_name(label_field)  # "frames." optional
 
-    Raises:
-        ValueError: a bad setting, output field or prompt field, or a clips view
-        ModelLoadError: the checkpoint cannot be loaded
-    """
-    if getattr(samples, "_is_clips", False) or getattr(root_dataset(samples), "_is_clips", False):
-        raise ValueError("clip views are not supported: segment the videos themselves (e.g. the clips' dataset)")
-    label_field = frame_field_name(label_field)
-    fields = {"prompt_field": settings.pop("prompt_field")} if model is not None and "prompt_field" in settings else {}
-    if model is not None and settings:
-        raise ValueError(f"give either a model or settings ({', '.join(sorted(settings))}), not both")
-    resolved = model.settings.replace(**fields) if model is not None else Sam3Settings(**settings)
-    if resolved.prompt_field:
-        resolved = resolved.replace(prompt_field=frame_field_name(resolved.prompt_field))
-    problem = video_settings_problem(resolved)
-    if problem:
-        raise problem
-    prompt_field = check_video_prompt_field(samples, resolved)
-    problem = output_field_problem(
-        samples, label_field, overwrite=True, reserved=(prompt_field,) if prompt_field else ()
-    )
-    if problem:
-        raise ValueError(problem)
-    model = model or Sam3VideoModel(resolved, engine=build_video_engine(resolved, token, reuse))
-    dataset = root_dataset(samples)
-    ensure_video_fields(dataset, label_field)
-    if record:  # before the run: an interrupted run leaves its provenance, and resumes with it
-        record_run(samples, label_field, resolved)
-    target = without_video_results(samples, label_field) if only_missing else samples
-    ids, paths = target.values(["id", "filepath"])
-    prompts_view = target.select_fields(f"frames.{prompt_field}") if prompt_field else None
-    start = model.mark()  # a model that ran before reports this call's counts only
-    with fou.ProgressBar(total=len(ids), progress=progress, iters_str="videos") as bar:
-        for sample_id, filepath in zip(ids, paths):
-            _segment_video(model, dataset, sample_id, filepath, label_field, prompts_view, prompt_field, output_dir)
-            bar.update()
-    ensure_video_fields(dataset, label_field)
-    summary = model.summary(since=start)
-    if record:
-        finish_run(samples, label_field, resolved, summary)
-    return SegmentResult(label_field, run_key(label_field) if record else None, **summary)
+    def prepare(self, samples, label_field: str, settings: Sam3Settings, run: RunOptions) -> Sam3Settings:
+        if getattr(samples, "_is_clips", False) or getattr(root_dataset(samples), "_is_clips", False):
+            raise ValueError("clip views are not supported: segment the videos themselves (e.g. the clips' dataset)")
+        if run.num_workers:
+            raise SettingsError("num_workers", "a video's frames are decoded by the tracker itself: images only")
+        if settings.prompt_field:
+            settings = settings.replace(prompt_field=frame_field_name(settings.prompt_field))
+        problem = video_settings_problem(settings)
+        if problem:
+            raise problem
+        prompt_field = check_video_prompt_field(samples, settings)
+        reserved = (prompt_field,) if prompt_field else ()
+        problem = output_field_problem(samples, label_field, overwrite=True, reserved=reserved)
+        if problem:
+            raise ValueError(problem)
+        return settings
+
+    def load(self, settings: Sam3Settings, run: RunOptions) -> Sam3VideoModel:
+        return Sam3VideoModel(settings, engine=build_video_engine(settings, run.token, run.reuse))
+
+    def pending(self, samples, label_field: str):
+        return without_video_results(samples, label_field)
+
+    def segment(self, target, label_field: str, model, settings: Sam3Settings, run: RunOptions) -> None:
+        dataset = root_dataset(target)
+        prompt_field = settings.prompt_field if settings.mode != "text" else None
+        prompts_view = target.select_fields(f"frames.{prompt_field}") if prompt_field else None
+        video = _VideoJob(dataset, label_field, prompts_view, prompt_field, run.output_dir)
+        ids, paths = target.values(["id", "filepath"])
+        with fou.ProgressBar(total=len(ids), progress=run.progress, iters_str="videos") as bar:
+            for sample_id, filepath in zip(ids, paths):
+                error = video.run(model, sample_id, filepath)
+                if error is not None and not run.skip_failures:
+                    raise error
+                bar.update()
+
+    def declare(self, samples, label_field: str) -> None:
+        ensure_video_fields(root_dataset(samples), label_field)
 
 
-def _segment_video(model, dataset, sample_id, filepath, label_field, prompts_view, prompt_field, output_dir) -> None:
-    """One video: prompts read, tracked, written frame chunk by frame chunk, marked done; or skipped."""
-    try:
-        prompt_frames = None
-        if prompts_view is not None:
-            prompt_frames = list(sample_prompt_frames(prompts_view.select(sample_id).first(), prompt_field))
-        track = model.track(filepath, prompt_frames)
-    except Exception as error:  # before anything is written: the video keeps what it had
-        model.fail(filepath, _reason(error))
-        return
-    writer = _FrameWriter(dataset, sample_id, label_field, output_dir)
-    try:
-        writer.start()
-        for frame_number, labels in track:
-            writer.write(frame_number, fit_in_document(labels, model.settings.mask_dir, filepath, frame_number))
-        writer.finish(len(track.instances))
-    except Exception as error:  # a decoding failure half-way: nothing of this video is kept
+#: the video medium of :func:`~sam3_ops.sdk.media.segment_in_process`
+VIDEOS = VideoMedia()
+
+
+def segment_videos(samples, label_field: str, run: RunOptions, model=None, **settings) -> SegmentResult:
+    """``sam3_ops.segment`` on a video collection (a dataset or view, not a clips view):
+    :func:`~sam3_ops.sdk.media.segment_in_process` with :data:`VIDEOS`. Each video is tracked and
+    ``frames.<label_field>`` written, streamed (see the module docstring); ``<label_field>_tracks``
+    marks the videos done; ``samples_processed`` counts videos. Modes ``text``, ``boxes``
+    (``prompt_field``: frame-level ``Detections``), ``points`` (frame-level ``Keypoints``);
+    ``direction`` and ``max_objects`` apply. A video that fails is skipped and reported
+    (``run.skip_failures``), or stops the run."""
+    return segment_in_process(VIDEOS, samples, label_field, run, model, **settings)
+
+
+@dataclass
+class _VideoJob:
+    """Where and how a run writes each of its videos."""
+
+    dataset: object
+    label_field: str
+    prompts_view: object
+    prompt_field: str | None
+    output_dir: str | None
+
+    def run(self, model, sample_id: str, filepath: str) -> Exception | None:
+        """One video: prompts read, tracked, written frame chunk by frame chunk, marked done; or
+        skipped (returns the error, after the model recorded it)."""
         try:
-            writer.discard()
-        finally:
+            prompt_frames = None
+            if self.prompts_view is not None:
+                sample = self.prompts_view.select(sample_id).first()
+                prompt_frames = list(sample_prompt_frames(sample, self.prompt_field))
+            track = model.track(filepath, prompt_frames)
+        except Exception as error:  # before anything is written: the video keeps what it had
             model.fail(filepath, _reason(error))
-        return
-    model.count(track)
+            return error
+        writer = _FrameWriter(self.dataset, sample_id, self.label_field, self.output_dir)
+        try:
+            writer.start()
+            for frame_number, labels in track:
+                writer.write(frame_number, fit_in_document(labels, model.settings.mask_dir, filepath, frame_number))
+            writer.finish(len(track.instances))
+        except Exception as error:  # a decoding failure half-way: nothing of this video is kept
+            try:
+                writer.discard()
+            finally:
+                model.fail(filepath, _reason(error))
+            return error
+        model.count(track)
+        return None
 
 
 def ensure_video_fields(dataset, label_field: str) -> None:

@@ -1,0 +1,91 @@
+"""One in-process run for every medium: images and videos are two implementations of :class:`Media`
+(:data:`~sam3_ops.sdk.images.IMAGES`, :data:`~sam3_ops.sdk.video.VIDEOS`), and
+:func:`segment_in_process` is the one flow that runs either: settings resolved and checked, the
+model loaded, the run recorded (:class:`~sam3_ops.sdk.runs.Run`), the samples segmented and
+written, the summary stored. :func:`~sam3_ops.sdk.segment.segment` dispatches here, and each shard
+of a sharded run (:mod:`~sam3_ops.sdk.shards`) runs here too.
+"""
+
+from __future__ import annotations
+
+from .runs import Run, SegmentResult
+from .settings import RunOptions, Sam3Settings
+
+
+class Media:
+    """What differs between media in a run; everything else is :func:`segment_in_process`'s.
+
+    Attributes:
+        name: ``"image"`` or ``"video"`` (the media type of the collections it runs on)
+        model_fields: the prompt fields a run given a ready model may still choose
+    """
+
+    name = ""
+    model_fields: tuple[str, ...] = ()
+
+    def output_field(self, label_field: str) -> str:
+        """``label_field`` as this medium writes it."""
+        return label_field
+
+    def prepare(self, samples, label_field: str, settings: Sam3Settings, run: RunOptions) -> Sam3Settings:
+        """Checks everything before anything is written; returns the settings as the run records them.
+
+        Raises:
+            ValueError: a setting or run option that does not apply here, a bad output or prompt field
+        """
+        raise NotImplementedError
+
+    def load(self, settings: Sam3Settings, run: RunOptions):
+        """The model for ``settings``, its weights loaded now (a clear error before a long run)."""
+        raise NotImplementedError
+
+    def pending(self, samples, label_field: str):
+        """The samples of ``samples`` with no result in ``label_field`` yet (resume)."""
+        raise NotImplementedError
+
+    def segment(self, target, label_field: str, model, settings: Sam3Settings, run: RunOptions) -> None:
+        """Segments and writes ``target``; the model counts what it processed and skipped."""
+        raise NotImplementedError
+
+    def declare(self, samples, label_field: str) -> None:
+        """Declares the fields the run writes, if the schema lacks them."""
+        raise NotImplementedError
+
+
+def segment_in_process(
+    media: Media, samples, label_field: str, run: RunOptions, model=None, **settings
+) -> SegmentResult:
+    """Segments ``samples`` into ``label_field`` in this process: every check first, then the run
+    record (an interrupted run leaves its provenance, and resumes with it), then the segmentation,
+    then the summary (of this call: a given model that ran before counts only what this call
+    segmented). ``run.shards`` is ignored (the caller dispatched).
+
+    Args:
+        media: :data:`~sam3_ops.sdk.images.IMAGES` or :data:`~sam3_ops.sdk.video.VIDEOS`
+        samples: a dataset or view of that medium
+        label_field: the ``Detections`` field to write
+        run: the run options, validated
+        model (None): a model from :func:`~sam3_ops.sdk.segment.load_model`, instead of ``settings``
+            (then only ``media.model_fields`` may be given)
+        **settings: :class:`~sam3_ops.sdk.settings.Sam3Settings`
+
+    Raises:
+        ValueError: a bad setting, output field or prompt field; both a model and settings
+        ModelLoadError: the checkpoint cannot be loaded
+    """
+    label_field = media.output_field(label_field)
+    fields = {k: settings.pop(k) for k in media.model_fields if k in settings} if model is not None else {}
+    if model is not None and settings:
+        raise ValueError(f"give either a model or settings ({', '.join(sorted(settings))}), not both")
+    resolved = model.settings.replace(**fields) if model is not None else Sam3Settings(**settings)
+    resolved = media.prepare(samples, label_field, resolved, run)
+    model = model or media.load(resolved, run)
+    media.declare(samples, label_field)
+    recorded = Run(samples, label_field, resolved, record=run.record).start()
+    target = media.pending(samples, label_field) if run.only_missing else samples
+    start = model.mark()  # a model that ran before reports this call's counts only
+    if len(target):
+        media.segment(target, label_field, model, resolved, run)
+    media.declare(samples, label_field)
+    recorded.add(model.counts(since=start))
+    return recorded.finish()
