@@ -76,6 +76,7 @@ class ReviewAnnotations(foo.Operator):
             missing_confidence=values["missing_confidence"],
             loose_iou=values["loose_iou"],
             overwrite=bool(params.get("overwrite")),
+            calibration=values["calibration"],
             num_workers=num_workers(ctx),
             device=params.get("device") or None,
             token=hf_token(ctx),
@@ -86,6 +87,7 @@ class ReviewAnnotations(foo.Operator):
                 f"Reviewed {result.num_reviewed} samples ({result.num_skipped} skipped): "
                 + ", ".join(f"{n} {tag}" for tag, n in result.tag_counts.items())
                 + f". Saved view '{result.view_name}'; evaluation '{result.eval_key}' is in the Model Evaluation panel."
+                + _calibration_note(result)
             ),
             "table": result.table,
             "plot": agreement_plot(result.table),
@@ -234,7 +236,14 @@ def _review_inputs(ctx, inputs):
         "eval_key": inputs.str("eval_key", default="sam3_review", required=True, label="Evaluation key"),
     }
     inputs.bool("check_boxes", default=True, label="Look for loose boxes", description="Also prompt SAM3 with each box")
-    props["threshold"] = inputs.float("threshold", default=0.5, label="SAM3 score threshold", view=slider())
+    props["calibration"] = _calibration_choice(ctx, inputs)
+    props["threshold"] = inputs.float(
+        "threshold",
+        default=0.5,
+        label="SAM3 score threshold",
+        description="For the classes no calibration covers" if ctx.params.get("calibration") else None,
+        view=slider(),
+    )
     props["missing_confidence"] = inputs.float(
         "missing_confidence", default=0.5, label="Flag unmatched SAM3 hits from confidence", view=slider()
     )
@@ -248,7 +257,7 @@ def _review_inputs(ctx, inputs):
     )
     problems |= Sam3Settings.problems({"threshold": values["threshold"], "mode": "exemplars"})
     for name, message in problems.items():
-        flag(props.get(name, props["pred_field"] if name == "box_field" else props["classes"]), message)
+        flag(props.get(name) or (props["pred_field"] if name == "box_field" else props["classes"]), message)
     _execution_note(ctx, inputs)
 
 
@@ -261,11 +270,38 @@ def _review_values(params) -> dict:
         "box_field": f"{pred_field}_boxes" if params.get("check_boxes", True) else None,
         "eval_key": params.get("eval_key") or "sam3_review",
         "classes": [c.strip() if isinstance(c, str) else c for c in params.get("classes") or []] or None,
+        "calibration": params.get("calibration") or None,
         "threshold": params.get("threshold", 0.5),
         "iou": 0.5,
         "missing_confidence": params.get("missing_confidence", 0.5),
         "loose_iou": params.get("loose_iou", 0.75),
     }
+
+
+def _calibration_choice(ctx, inputs):
+    """A dropdown of the dataset's stored calibrations (``sam3_ops.calibrate`` runs); ``None`` (no
+    input) when there is none and none was chosen."""
+    stored = review.stored_calibrations(ctx.dataset)
+    if not stored and not ctx.params.get("calibration"):
+        return None
+    choices = types.Dropdown()
+    for key, gt_field in stored.items():
+        choices.add_choice(key, label=f"{key} (calibrated on {gt_field})")
+    return inputs.enum(
+        "calibration",
+        choices.values(),
+        label="Calibration (optional)",
+        description="Prompt each class it covers with its calibrated words and threshold; empty for none",
+        view=choices,
+    )
+
+
+def _calibration_note(result) -> str:
+    """The summary's sentence on the calibration the review used (empty without one)."""
+    if result.calibration is None:
+        return ""
+    flagged = "; ".join(f"{label}: {flag}" for label, flag in result.calibration_flags.items())
+    return f" Prompts from calibration '{result.calibration}'" + (f" (flagged: {flagged})." if flagged else ".")
 
 
 def _upgrade_inputs(ctx, inputs):

@@ -30,7 +30,7 @@ from ..sdk.fields import check_label_field, root_dataset
 from ..sdk.runs import calibration_run_key, load_calibration, record_calibration
 from ..sdk.segment import segment
 from ..sdk.settings import DEFAULT_BATCH_SIZE, normalize_prompts, unit_interval_problem
-from .review import review_classes
+from .classes import review_classes
 
 #: the note on a class whose best F1 is below ``min_f1``
 NOT_FOUND_NOTE = "SAM3 does not find this concept with these words"

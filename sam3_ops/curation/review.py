@@ -4,12 +4,13 @@
 boxes as box prompts) through :func:`sam3_ops.segment` (so both fields get run records), compares
 with :meth:`evaluate_detections` under an eval key (so the Model Evaluation panel shows it), tags
 the samples to look at and saves the view :data:`NEEDS_REVIEW_VIEW`. It can also review recorded
-prediction fields without running SAM3.
+prediction fields without running SAM3. With a calibration (:func:`sam3_ops.calibrate`), each
+class is prompted with its calibrated wording at its calibrated threshold.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import fiftyone.core.labels as fol
@@ -18,9 +19,11 @@ from fiftyone import ViewField as F
 
 from ..core.checkpoint import DEFAULT_MODEL
 from ..sdk.fields import check_label_field, output_field_problem, root_dataset
-from ..sdk.runs import record_run
+from ..sdk.runs import CALIBRATION_METHOD, calibration_run_key, get_run, record_run, save_summary
 from ..sdk.segment import segment, split_options
 from ..sdk.settings import Sam3Settings, unit_interval_problem
+from .calibrate import CalibrationResult, get_calibration
+from .classes import review_classes
 
 MISSING_TAG = "sam3:possible_missing"
 SPURIOUS_TAG = "sam3:possible_spurious"
@@ -47,6 +50,11 @@ class ReviewResult:
         table: one row per class: ``class``, ``ground_truth``, ``sam3``, ``matched``,
             ``possible_missing``, ``possible_spurious``, ``loose_boxes``, ``precision``, ``recall``
         model_summary: the runs' summaries, merged, when SAM3 ran
+        calibration: the key of the calibration the prompts came from, ``None`` without one
+        prompts: per class, what SAM3 was prompted with: ``text``, ``label`` (the class) and
+            ``threshold`` (``None``: the run's threshold)
+        calibration_flags: ``{class: flag}`` of the reviewed classes the calibration flagged
+            (prompted all the same)
     """
 
     eval_key: str
@@ -59,6 +67,9 @@ class ReviewResult:
     tag_counts: dict[str, int]
     table: list[dict]
     model_summary: dict = field(default_factory=dict)
+    calibration: str | None = None
+    prompts: list[dict] = field(default_factory=list)
+    calibration_flags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -73,43 +84,9 @@ class _Review:
     iou: float
     missing_confidence: float
     loose_iou: float
-
-
-def validate_classes(classes: Iterable[str]) -> list[str]:
-    """Classes as text prompts: strings with words, duplicates dropped (first kept).
-
-    Raises:
-        ValueError: a class that is not a string or is blank (an empty-string label cannot be a prompt)
-    """
-    if isinstance(classes, str):
-        classes = [classes]
-    cleaned: list[str] = []
-    for i, name in enumerate(classes):
-        if not isinstance(name, str):
-            raise ValueError(f"class {i} is a {type(name).__name__} ({name!r}); classes must be strings")
-        if not name.strip():
-            raise ValueError(
-                f"class {i} is {name!r}: blank classes cannot be text prompts; relabel those detections "
-                "or pass classes= without it"
-            )
-        if name not in cleaned:
-            cleaned.append(name)
-    if not cleaned:
-        raise ValueError("there are no classes to review")
-    return cleaned
-
-
-def review_classes(samples, gt_field: str, classes: Sequence[str] | None) -> list[str]:
-    """The classes to review: ``classes``, or every label of ``gt_field`` (none of them blank)."""
-    if classes is None:
-        classes = samples.distinct(f"{gt_field}.detections.label")
-        blank = [label for label in classes if not isinstance(label, str) or not label.strip()]
-        if blank:
-            raise ValueError(
-                f"gt_field {gt_field!r} has detections labelled {blank[0]!r}: blank labels cannot be text prompts; "
-                "relabel them, or pass classes= to review the others"
-            )
-    return validate_classes(classes)
+    #: ``{class: its text prompt}``: the class name, or its calibrated ``{"text", "label", "threshold"}``
+    prompts: dict = field(default_factory=dict)
+    calibration: CalibrationResult | None = None
 
 
 def review_problems(samples, values: dict, overwrite: bool = False, check_outputs: bool = True) -> dict[str, str]:
@@ -119,8 +96,9 @@ def review_problems(samples, values: dict, overwrite: bool = False, check_output
     Args:
         samples: the samples to review
         values: ``gt_field``, ``pred_field``, ``box_field`` (``None``: no loose-box check),
-            ``eval_key``, ``classes`` (``None``: every class of ``gt_field``) and the criteria
-            ``iou``, ``missing_confidence``, ``loose_iou``
+            ``eval_key``, ``classes`` (``None``: every class of ``gt_field``), ``calibration``
+            (optional: see :func:`resolve_calibration`) and the criteria ``iou``,
+            ``missing_confidence``, ``loose_iou``
         overwrite (False): whether an existing evaluation and output fields may be replaced
         check_outputs (True): whether SAM3 will write ``pred_field`` / ``box_field``
     """
@@ -133,6 +111,12 @@ def review_problems(samples, values: dict, overwrite: bool = False, check_output
         review_classes(samples, gt_field, values.get("classes"))
     except ValueError as error:
         problems["gt_field" if "gt_field" in str(error) else "classes"] = str(error)
+    if values.get("calibration") is not None and not problems:
+        try:
+            calibration = resolve_calibration(samples, values["calibration"], gt_field)
+            review_prompts(review_classes(samples, gt_field, values.get("classes")), calibration)
+        except ValueError as error:
+            problems["calibration"] = str(error)
     for name in ("iou", "missing_confidence", "loose_iou"):
         problem = unit_interval_problem(values.get(name), name)
         if problem:
@@ -155,6 +139,79 @@ def review_problems(samples, values: dict, overwrite: bool = False, check_output
     return problems
 
 
+def stored_calibrations(samples) -> dict[str, str | None]:
+    """The calibrations stored on ``samples``' dataset (runs of ``sam3_ops.calibrate``):
+    ``{key: the gt_field it was calibrated on}``."""
+    dataset = root_dataset(samples)
+    prefix = calibration_run_key("_")[:-1]
+    return {
+        run[len(prefix) :]: getattr(dataset.get_run_info(run).config, "gt_field", None)
+        for run in sorted(dataset.list_runs(method=CALIBRATION_METHOD))
+        if run.startswith(prefix)
+    }
+
+
+def resolve_calibration(samples, calibration, gt_field: str) -> CalibrationResult | None:
+    """The calibration a review of ``gt_field`` uses: ``calibration`` itself, or the one stored on
+    ``samples``' dataset under that key; ``None`` for ``None``.
+
+    A calibration made on another ground-truth field is refused: its thresholds fit those labels.
+    To use it all the same (a copy of the field, say), pass
+    ``dataclasses.replace(result, gt_field=gt_field)``.
+
+    Raises:
+        ValueError: ``calibration`` is neither a :class:`~sam3_ops.curation.calibrate.CalibrationResult`
+            nor a key, no calibration is stored under the key, or it was made on another field
+    """
+    if calibration is None:
+        return None
+    if isinstance(calibration, str):
+        key = calibration
+        try:
+            calibration = get_calibration(samples, key)
+        except ValueError as error:  # not a key at all
+            raise ValueError(f"calibration: {error}") from error
+        if calibration is None:
+            stored = ", ".join(repr(k) for k in stored_calibrations(samples)) or "none"
+            raise ValueError(
+                f"there is no calibration {key!r} on this dataset (stored: {stored}); run "
+                f"sam3_ops.calibrate(..., key={key!r}) first"
+            )
+    elif not isinstance(calibration, CalibrationResult):
+        raise ValueError(
+            "calibration must be a CalibrationResult (sam3_ops.calibrate) or the key of a stored one, "
+            f"not a {type(calibration).__name__}"
+        )
+    if calibration.gt_field != gt_field:
+        raise ValueError(
+            f"calibration {calibration.key!r} was made on gt_field {calibration.gt_field!r}, not {gt_field!r}: its "
+            f"thresholds fit those labels; calibrate on {gt_field!r}, or pass "
+            f"dataclasses.replace(calibration, gt_field={gt_field!r}) to use it all the same"
+        )
+    return calibration
+
+
+def review_prompts(classes: Sequence[str], calibration: CalibrationResult | None = None) -> dict:
+    """``{class: its text prompt}``: the calibrated ``{"text", "label", "threshold"}`` of a class
+    the calibration covers (its hits labelled with the class), else the class name (the run's threshold).
+
+    Raises:
+        ValueError: two classes would be prompted with the same words (one text prompt writes one label)
+    """
+    calibrated = {prompt["label"]: prompt for prompt in (calibration.prompts if calibration else [])}
+    prompts = {name: calibrated.get(name, name) for name in classes}
+    seen: dict[str, str] = {}
+    for name, prompt in prompts.items():
+        text = " ".join((prompt["text"] if isinstance(prompt, dict) else prompt).split())
+        if text in seen:
+            raise ValueError(
+                f"classes {seen[text]!r} and {name!r} would both be prompted with {text!r} (one text prompt writes "
+                "one label): review them separately (classes=) or calibrate one of them with other words"
+            )
+        seen[text] = name
+    return prompts
+
+
 # A public function in FiftyOne's style (compare evaluate_detections): every option a documented
 # keyword; SAM3's own settings and the run options pass through to sam3_ops.segment.
 def review_annotations(
@@ -173,6 +230,7 @@ def review_annotations(
     loose_iou: float = 0.75,
     view_name: str = NEEDS_REVIEW_VIEW,
     overwrite: bool = False,
+    calibration: CalibrationResult | str | None = None,
     **segment_options,
 ) -> ReviewResult:
     """Reviews a ground-truth ``Detections`` field with SAM3 and tags the samples to look at.
@@ -192,6 +250,16 @@ def review_annotations(
     Earlier review tags on these samples are removed first; the saved view ``view_name`` holds
     every sample with a review tag. Samples without SAM3 predictions (failed) are not reviewed.
 
+    With a ``calibration`` (:func:`sam3_ops.calibrate` on this ``gt_field``), each class it covers
+    is prompted with its calibrated wording at its calibrated threshold, its hits labelled with
+    the class (so the evaluation matches them to the class's ground truth); a class it does not
+    cover is prompted with its name at the run's ``threshold``. A class the calibration flagged is
+    prompted all the same, with what the calibration holds for it (too few objects: its first
+    wording at the calibration's default threshold, or the run's when it had none; not found: its
+    best wording at that wording's best threshold, so expect possible-spurious flags there): the
+    :class:`ReviewResult` lists those flags. The key is recorded in ``pred_field``'s run results
+    (``sam3_ops.get_run(dataset, pred_field).summary["calibration"]``) and in the result.
+
     Args:
         samples: a dataset or view
         gt_field ("ground_truth"): the ``Detections`` field to review
@@ -209,6 +277,8 @@ def review_annotations(
         loose_iou (0.75): the tight-box IoU below which a box is loose
         view_name ("sam3_needs_review"): the saved view to write
         overwrite (False): replace an existing ``pred_field``/``box_field`` and ``eval_key``
+        calibration (None): a :class:`~sam3_ops.curation.calibrate.CalibrationResult`, or the key of
+            one stored on the dataset (:func:`stored_calibrations`); only when SAM3 runs
         **segment_options: for :func:`sam3_ops.segment`: SAM3 settings (``threshold`` (0.5),
             ``mask_threshold``, ``device``, ...) and run options (``batch_size``, ``num_workers``,
             ``token``, ``progress``)
@@ -219,7 +289,8 @@ def review_annotations(
     Raises:
         ValueError: ``gt_field`` is not a ``Detections`` field or has no labels, a class is blank,
             ``eval_key`` or an output field is in use (without ``overwrite``), a threshold is out
-            of range, or recorded predictions are missing
+            of range, recorded predictions are missing, or the calibration is unknown, made on
+            another ground-truth field or given with ``run_model=False`` (all before anything is written)
     """
     box_field = (box_field or f"{pred_field}_boxes") if check_boxes else None
     values = {
@@ -228,26 +299,39 @@ def review_annotations(
         "box_field": box_field,
         "eval_key": eval_key,
         "classes": classes,
+        "calibration": calibration,
     }
+    if calibration is not None and not run_model:
+        raise ValueError(
+            "calibration= sets the prompts SAM3 runs with; run_model=False reviews the recorded predictions as "
+            "they are: leave calibration out"
+        )
     values |= {"iou": iou, "missing_confidence": missing_confidence, "loose_iou": loose_iou}
     for problem in review_problems(samples, values, overwrite, check_outputs=run_model).values():
         raise ValueError(problem)
+    calibration = resolve_calibration(samples, calibration, gt_field)
+    reviewed_classes = review_classes(samples, gt_field, classes)
     review = _Review(
         gt_field,
         pred_field,
         box_field,
         eval_key,
-        review_classes(samples, gt_field, classes),
+        reviewed_classes,
         iou,
         missing_confidence,
         loose_iou,
+        prompts=review_prompts(reviewed_classes, calibration),
+        calibration=calibration,
     )
     settings, run = split_options(segment_options)
-    text = Sam3Settings(model_path=model_path, mode="text", prompts=review.classes, **settings)  # checked even unused
+    prompts = list(review.prompts.values())
+    text = Sam3Settings(model_path=model_path, mode="text", prompts=prompts, **settings)  # checked even unused
 
     summary: dict = {}
     if run_model:
         summary = _run_review_models(samples, review, text, per_sample_classes, run)
+        if calibration is not None:
+            _record_calibration_key(samples, pred_field, calibration.key)
     else:
         for name in (pred_field, box_field):
             if name:
@@ -255,7 +339,29 @@ def review_annotations(
     dataset = root_dataset(samples)
     if dataset.has_evaluation(eval_key):
         dataset.delete_evaluation(eval_key)
-    return _evaluate_and_tag(samples, review, view_name, summary, segment_options.get("progress"))
+    result = _evaluate_and_tag(samples, review, view_name, summary, segment_options.get("progress"))
+    if run_model:
+        _note_prompts(result, review, text)
+    return result
+
+
+def _record_calibration_key(samples, pred_field: str, key: str) -> None:
+    """Adds the calibration's key to the results of the run that wrote ``pred_field``."""
+    record = get_run(samples, pred_field)
+    save_summary(samples, pred_field, {**((record.summary if record else None) or {}), "calibration": key})
+
+
+def _note_prompts(result: ReviewResult, review: _Review, text: Sam3Settings) -> None:
+    """Says on ``result`` what SAM3 was prompted with, and from which calibration."""
+    result.prompts = [
+        {"text": p.text, "label": p.name, "threshold": p.threshold if p.threshold is not None else text.threshold}
+        for p in text.prompts
+    ]
+    if review.calibration is not None:
+        result.calibration = review.calibration.key
+        result.calibration_flags = {
+            row.label: row.flag for row in review.calibration.classes if row.flag and row.label in review.prompts
+        }
 
 
 def _evaluate_and_tag(samples, review: _Review, view_name: str, summary: dict, progress) -> ReviewResult:
@@ -325,7 +431,8 @@ def _run_review_models(samples, review: _Review, text: Sam3Settings, per_sample_
             if not classes:  # nothing to prompt for: no hits, by definition
                 group.set_values(review.pred_field, [fol.Detections() for _ in range(len(group))])
                 continue
-            ran = segment(group, review.pred_field, record=False, **run, **text.replace(prompts=classes).to_dict())
+            prompts = [review.prompts[name] for name in classes]  # each class's own prompt, calibrated or not
+            ran = segment(group, review.pred_field, record=False, **run, **text.replace(prompts=prompts).to_dict())
             summaries.append(ran.to_dict())
         # recorded with every class: one settings object cannot hold per-sample prompts
         record_run(samples, review.pred_field, text)
