@@ -512,3 +512,16 @@ def test_a_video_setting_given_to_an_image_run_is_named_and_nothing_is_written(
         sam3_ops.load_model(**{k: v for k, v in options.items() if k != "shards"})
     after = _state(segmented)
     assert after == before and after["detections"] > 0 and all(after["values"])
+
+
+def test_run_summaries_add_up_and_a_segment_result_is_one():
+    """Every door sums its parts with ``+`` (chunks of an operator run, shards, review groups)."""
+    from sam3_ops.sdk.runs import RunSummary, SegmentResult
+
+    first = SegmentResult(2, 5, 1, [{"filepath": "a.jpg", "reason": "x"}], label_field="sam3", run_key="sam3_sam3")
+    second = RunSummary.from_dict({"samples_processed": 3, "detections": 1, "samples_skipped": 1,
+                                   "skipped": [{"filepath": "b.jpg", "reason": "y"}], "shards": 2})
+    total = RunSummary() + first + second
+    assert total == RunSummary(5, 6, 2, [{"filepath": "a.jpg", "reason": "x"}, {"filepath": "b.jpg", "reason": "y"}])
+    assert first.counts() == RunSummary(2, 5, 1, [{"filepath": "a.jpg", "reason": "x"}])
+    assert first.to_dict()["label_field"] == "sam3" and "label_field" not in total.to_dict()

@@ -409,6 +409,23 @@ def test_corrupt_and_missing_videos_are_skipped_and_reported(video_dataset, chec
     assert get_run(video_dataset, "masks").summary["samples_skipped"] == 2
 
 
+def test_skip_failures_false_stops_at_a_corrupt_video_and_num_workers_is_refused(video_dataset, checkpoint, tmp_path):
+    """The run options mean on videos what they mean on images: ``skip_failures=False`` stops the run
+    at the first video that fails (the videos before it are written), and ``num_workers`` (decoding
+    processes, which the tracker does not use) is refused by name before anything is written."""
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(os.urandom(4096))
+    video_dataset.add_sample(fo.Sample(filepath=str(garbage)))
+
+    with pytest.raises(SettingsError, match="num_workers"):
+        sam3_ops.segment(video_dataset, "masks", model_path=checkpoint, mode="boxes", prompt_field="boxes", num_workers=2)
+    assert not video_dataset.has_frame_field("masks")
+
+    with pytest.raises(Exception, match="cannot read video"):
+        sam3_ops.segment(video_dataset, "masks", model_path=checkpoint, mode="boxes", prompt_field="boxes", skip_failures=False)
+    assert video_dataset.values(tracks_field("masks")) == [2, 1, None]  # the videos before it were written
+
+
 def test_an_interrupted_run_resumes_per_video(video_dataset, checkpoint, engine, monkeypatch):
     """Interrupted after 2 of the short video's 4 frames were written: the long video is done (its
     marker), the short one half-written and not done; resuming redoes only the short one, cleanly."""

@@ -633,7 +633,7 @@ class VideoMedia(Media):
         if getattr(samples, "_is_clips", False) or getattr(root_dataset(samples), "_is_clips", False):
             raise ValueError("clip views are not supported: segment the videos themselves (e.g. the clips' dataset)")
         if run.num_workers:
-            raise SettingsError("num_workers", "a video's frames are decoded by the tracker itself: images only")
+            raise SettingsError("num_workers", "num_workers (decoding processes) applies to images: a video is decoded by its tracker")
         if settings.prompt_field:
             settings = settings.replace(prompt_field=frame_field_name(settings.prompt_field))
         problem = video_settings_problem(settings)
