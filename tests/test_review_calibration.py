@@ -238,6 +238,12 @@ def test_unknown_keys_and_calibrations_of_another_field_are_refused_before_anyth
         assert _state(dataset) == before, calibration
     with pytest.raises(ValueError, match="run_model=False"):
         review.review_annotations(dataset, "gt", pred_field="cat_hits", run_model=False, calibration="on_gt")
+    # "animal" calibrated to the words "cat" while "cat" is a class too: one text prompt writes one label
+    with pytest.raises(ValueError, match="'animal' and 'cat' would both be prompted with 'cat'"):
+        review.review_annotations(
+            dataset, "gt", classes=["animal", "cat"], model_path=grid_checkpoint, pred_field="refused",
+            eval_key="refused", calibration="on_gt",
+        )  # fmt: skip
     assert _state(dataset) == before
 
     # the documented override: the same calibration, declared for the copy
