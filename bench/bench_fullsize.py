@@ -119,7 +119,7 @@ def run_one(mode: str, checkpoint: str, images: int, workdir: str) -> dict:
     import transformers
 
     import sam3_ops
-    from sam3_ops.sdk.video import get_video_engine
+    from sam3_ops.core.pool import get_video_engine
 
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(max(1, os.cpu_count() or 1))

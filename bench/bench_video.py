@@ -119,8 +119,8 @@ def _run_sdk(mode: str, video: str, checkpoint: str) -> dict:
     import fiftyone as fo
 
     import sam3_ops
+    from sam3_ops.core.pool import get_video_engine
     from sam3_ops.core.video_io import probe_video
-    from sam3_ops.sdk.video import get_video_engine
 
     info = probe_video(video)
     dataset = fo.Dataset()

@@ -494,8 +494,11 @@ def test_load_model_names_a_model_path_of_the_wrong_type(media_type):
     assert raised.value.field == "model_path"
 
 
-VIDEO_ONLY = [({"direction": "both"}, "direction"), ({"max_objects": 5}, "max_objects"),
-              ({"direction": "both", "shards": 2}, "direction")]
+VIDEO_ONLY = [
+    ({"direction": "both"}, "direction"),
+    ({"max_objects": 5}, "max_objects"),
+    ({"direction": "both", "shards": 2}, "direction"),
+]
 
 
 @pytest.mark.parametrize("label_field", ["sam3", "fresh"])
@@ -519,8 +522,15 @@ def test_run_summaries_add_up_and_a_segment_result_is_one():
     from sam3_ops.sdk.runs import RunSummary, SegmentResult
 
     first = SegmentResult(2, 5, 1, [{"filepath": "a.jpg", "reason": "x"}], label_field="sam3", run_key="sam3_sam3")
-    second = RunSummary.from_dict({"samples_processed": 3, "detections": 1, "samples_skipped": 1,
-                                   "skipped": [{"filepath": "b.jpg", "reason": "y"}], "shards": 2})
+    second = RunSummary.from_dict(
+        {
+            "samples_processed": 3,
+            "detections": 1,
+            "samples_skipped": 1,
+            "skipped": [{"filepath": "b.jpg", "reason": "y"}],
+            "shards": 2,
+        }
+    )
     total = RunSummary() + first + second
     assert total == RunSummary(5, 6, 2, [{"filepath": "a.jpg", "reason": "x"}, {"filepath": "b.jpg", "reason": "y"}])
     assert first.counts() == RunSummary(2, 5, 1, [{"filepath": "a.jpg", "reason": "x"}])

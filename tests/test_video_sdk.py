@@ -39,6 +39,7 @@ from sam3_ops.app.operators import (
     SegmentWithTextPrompts,
 )
 from sam3_ops.app.panel import VIDEO_REFUSAL, RefineWithNegativeBoxes
+from sam3_ops.core.pool import get_video_engine
 from sam3_ops.core.video import VideoPrompt
 from sam3_ops.core.video_io import VideoReader
 from sam3_ops.sdk.fields import tracks_field
@@ -76,7 +77,7 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def engine(checkpoint):
     """The pooled engine ``segment`` runs on (``reuse=True``): the weights load once per module."""
-    return sdk_video.get_video_engine(checkpoint, "cpu")
+    return get_video_engine(checkpoint, "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -418,11 +419,15 @@ def test_skip_failures_false_stops_at_a_corrupt_video_and_num_workers_is_refused
     video_dataset.add_sample(fo.Sample(filepath=str(garbage)))
 
     with pytest.raises(SettingsError, match="num_workers"):
-        sam3_ops.segment(video_dataset, "masks", model_path=checkpoint, mode="boxes", prompt_field="boxes", num_workers=2)
+        sam3_ops.segment(
+            video_dataset, "masks", model_path=checkpoint, mode="boxes", prompt_field="boxes", num_workers=2
+        )
     assert not video_dataset.has_frame_field("masks")
 
     with pytest.raises(Exception, match="cannot read video"):
-        sam3_ops.segment(video_dataset, "masks", model_path=checkpoint, mode="boxes", prompt_field="boxes", skip_failures=False)
+        sam3_ops.segment(
+            video_dataset, "masks", model_path=checkpoint, mode="boxes", prompt_field="boxes", skip_failures=False
+        )
     assert video_dataset.values(tracks_field("masks")) == [2, 1, None]  # the videos before it were written
 
 

@@ -1,47 +1,16 @@
 """Images as a :class:`~sam3_ops.sdk.media.Media`: :data:`IMAGES` segments an image collection in this
 process through ``apply_model``; :func:`~sam3_ops.sdk.segment.segment` dispatches here for images
 (videos: :mod:`~sam3_ops.sdk.video`; sharded runs: :mod:`~sam3_ops.sdk.shards`, whose shards run this).
-Also the checks an image run makes (:func:`check_image_run`) and its engine (:func:`build_engine`).
+Also the checks an image run makes (:func:`check_image_run`).
 """
 
 from __future__ import annotations
 
-from ..core.checkpoint import device_problem
-from ..core.engine import Sam3Engine
-from ..core.pool import POOLED_FEATURE_CACHE_SIZE, POOLED_MASK_CACHE_SIZE, get_engine
 from .fields import check_label_field, ensure_detections_field, output_field_problem, prompt_label_type
+from .media import Media, build_engine, segment_in_process
 from .model import Sam3Model
-from .media import Media, segment_in_process
 from .runs import SegmentResult
-from .settings import RunOptions, Sam3Settings, SettingsError, media_problem
-
-
-def build_engine(
-    settings: Sam3Settings, token: str | None = None, reuse: bool = True, cache_features: bool = False
-) -> Sam3Engine:
-    """The engine for ``settings`` (the pooled one with ``reuse``), its heads for the mode loaded now
-    (a clear error before a long run rather than on every batch). ``token`` is used to load only.
-    A new engine gets the pool's feature and mask caches with ``cache_features`` (pooled ones have them).
-
-    Raises:
-        SettingsError: the settings' device is not on this machine
-        ModelLoadError: the checkpoint cannot be loaded
-    """
-    problem = device_problem(settings.device)
-    if problem:
-        raise SettingsError("device", problem)
-    if reuse:
-        engine = get_engine(settings.model_path, settings.device, settings.compile)
-    else:
-        sizes = (POOLED_FEATURE_CACHE_SIZE, POOLED_MASK_CACHE_SIZE) if cache_features else (0, 0)
-        engine = Sam3Engine(
-            settings.model_path,
-            device=settings.device,
-            compile=settings.compile,
-            feature_cache_size=sizes[0],
-            mask_cache_size=sizes[1],
-        )
-    return engine.load(settings.mode, token)
+from .settings import RunOptions, Sam3Settings, media_problem
 
 
 def without_image_results(samples, label_field: str):
@@ -125,6 +94,8 @@ class ImageMedia(Media):
 IMAGES = ImageMedia()
 
 
-def segment_images(samples, label_field: str, run: RunOptions, model: Sam3Model | None = None, **settings) -> SegmentResult:
+def segment_images(
+    samples, label_field: str, run: RunOptions, model: Sam3Model | None = None, **settings
+) -> SegmentResult:
     """:func:`~sam3_ops.sdk.media.segment_in_process` on images (a shard runs this)."""
     return segment_in_process(IMAGES, samples, label_field, run, model, **settings)

@@ -1,5 +1,6 @@
 """One in-process run for every medium: images and videos are two implementations of :class:`Media`
-(:data:`~sam3_ops.sdk.images.IMAGES`, :data:`~sam3_ops.sdk.video.VIDEOS`), and
+(:data:`~sam3_ops.sdk.images.IMAGES`, :data:`~sam3_ops.sdk.video.VIDEOS`) on one engine pool
+(:func:`build_engine`), and
 :func:`segment_in_process` is the one flow that runs either: settings resolved and checked, the
 model loaded, the run recorded (:class:`~sam3_ops.sdk.runs.Run`), the samples segmented and
 written, the summary stored. :func:`~sam3_ops.sdk.segment.segment` dispatches here, and each shard
@@ -8,8 +9,49 @@ of a sharded run (:mod:`~sam3_ops.sdk.shards`) runs here too.
 
 from __future__ import annotations
 
+from ..core.checkpoint import device_problem
+from ..core.engine import Sam3Engine
+from ..core.pool import POOLED_FEATURE_CACHE_SIZE, POOLED_MASK_CACHE_SIZE, get_engine, get_video_engine
+from ..core.video import Sam3VideoEngine
 from .runs import Run, SegmentResult
-from .settings import RunOptions, Sam3Settings
+from .settings import RunOptions, Sam3Settings, SettingsError
+
+
+def build_engine(
+    settings: Sam3Settings,
+    token: str | None = None,
+    reuse: bool = True,
+    cache_features: bool = False,
+    media_type: str = "image",
+) -> Sam3Engine | Sam3VideoEngine:
+    """The engine for ``settings`` and ``media_type`` (``"image"`` or ``"video"``; the pooled one with
+    ``reuse``, :mod:`~sam3_ops.core.pool`), the weights its mode needs loaded now (a clear error before
+    a long run rather than on every batch). ``token`` is used to load only. A new image engine gets
+    the pool's feature and mask caches with ``cache_features`` (pooled ones have them).
+
+    Raises:
+        SettingsError: the settings' device is not on this machine
+        ModelLoadError: the checkpoint cannot be loaded
+    """
+    problem = device_problem(settings.device)
+    if problem:
+        raise SettingsError("device", problem)
+    if media_type == "video":
+        engine = get_video_engine(settings.model_path, settings.device) if reuse else None
+        engine = engine or Sam3VideoEngine(settings.model_path, device=settings.device)
+        return engine.load("text" if settings.mode == "text" else "prompts", token)
+    if reuse:
+        engine = get_engine(settings.model_path, settings.device, settings.compile)
+    else:
+        sizes = (POOLED_FEATURE_CACHE_SIZE, POOLED_MASK_CACHE_SIZE) if cache_features else (0, 0)
+        engine = Sam3Engine(
+            settings.model_path,
+            device=settings.device,
+            compile=settings.compile,
+            feature_cache_size=sizes[0],
+            mask_cache_size=sizes[1],
+        )
+    return engine.load(settings.mode, token)
 
 
 class Media:

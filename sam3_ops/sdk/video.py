@@ -63,8 +63,7 @@ import fiftyone.core.models as fom
 import fiftyone.core.utils as fou
 import numpy as np
 
-from ..core.checkpoint import DEFAULT_MODEL, device_problem
-from ..core.pool import engine_key
+from ..core.checkpoint import DEFAULT_MODEL
 from ..core.queries import describe_box_problems, sanitize_boxes
 from ..core.video import FrameResult, Sam3VideoEngine, VideoPrompt
 from ..core.video_io import VideoLoadError, VideoReader
@@ -77,8 +76,8 @@ from .fields import (
     root_dataset,
     tracks_field,
 )
+from .media import Media, build_engine, segment_in_process
 from .model import MAX_LABEL_BYTES, RunCounts, stored_mask_bytes
-from .media import Media, segment_in_process
 from .runs import SegmentResult
 from .settings import VIDEO_MODES, RunOptions, Sam3Settings, SettingsError, media_problem
 
@@ -95,40 +94,6 @@ def video_settings_problem(settings: Sam3Settings) -> SettingsError | None:
     """Why ``settings`` cannot run on videos (naming the setting), or ``None``: the settings'
     table of what applies where (:data:`~sam3_ops.sdk.settings.APPLIES`)."""
     return media_problem(settings, "video")
-
-
-# -- engines ----------------------------------------------------------------------------------------
-
-_engines: dict[tuple, Sam3VideoEngine] = {}
-_engines_lock = threading.Lock()
-
-
-def get_video_engine(model_path=DEFAULT_MODEL, device=None) -> Sam3VideoEngine:
-    """The process-wide :class:`~sam3_ops.core.video.Sam3VideoEngine` for ``(model_path, device)``,
-    created on first use (its models load lazily). Runs never change it: every option is an
-    argument of its calls."""
-    key = engine_key(model_path, device, False)[:2]
-    with _engines_lock:
-        engine = _engines.get(key)
-        if engine is None:
-            engine = _engines[key] = Sam3VideoEngine(key[0], device=key[1])
-        return engine
-
-
-def build_video_engine(settings: Sam3Settings, token: str | None = None, reuse: bool = True) -> Sam3VideoEngine:
-    """The video engine for ``settings`` (the pooled one with ``reuse``), with the model its mode
-    needs loaded now. ``token`` is used to load only.
-
-    Raises:
-        SettingsError: the settings' device is not on this machine
-        ModelLoadError: the checkpoint cannot be loaded
-    """
-    problem = device_problem(settings.device)
-    if problem:
-        raise SettingsError("device", problem)
-    engine = get_video_engine(settings.model_path, settings.device) if reuse else None
-    engine = engine or Sam3VideoEngine(settings.model_path, device=settings.device)
-    return engine.load("text" if settings.mode == "text" else "prompts", token)
 
 
 # -- prompts ----------------------------------------------------------------------------------------
@@ -633,7 +598,9 @@ class VideoMedia(Media):
         if getattr(samples, "_is_clips", False) or getattr(root_dataset(samples), "_is_clips", False):
             raise ValueError("clip views are not supported: segment the videos themselves (e.g. the clips' dataset)")
         if run.num_workers:
-            raise SettingsError("num_workers", "num_workers (decoding processes) applies to images: a video is decoded by its tracker")
+            raise SettingsError(
+                "num_workers", "num_workers (decoding processes) applies to images: a video is decoded by its tracker"
+            )
         if settings.prompt_field:
             settings = settings.replace(prompt_field=frame_field_name(settings.prompt_field))
         problem = video_settings_problem(settings)
@@ -647,7 +614,7 @@ class VideoMedia(Media):
         return settings
 
     def load(self, settings: Sam3Settings, run: RunOptions) -> Sam3VideoModel:
-        return Sam3VideoModel(settings, engine=build_video_engine(settings, run.token, run.reuse))
+        return Sam3VideoModel(settings, engine=build_engine(settings, run.token, run.reuse, media_type="video"))
 
     def pending(self, samples, label_field: str):
         return without_video_results(samples, label_field)
@@ -748,7 +715,7 @@ def load_video_model(
     problem = video_settings_problem(resolved)
     if problem:
         raise problem
-    return Sam3VideoModel(resolved, engine=build_video_engine(resolved, token, reuse))
+    return Sam3VideoModel(resolved, engine=build_engine(resolved, token, reuse, media_type="video"))
 
 
 __all__ = [
@@ -756,9 +723,7 @@ __all__ = [
     "Sam3VideoModel",
     "VIDEO_MODES",
     "VideoTrack",
-    "build_video_engine",
     "frame_detections",
-    "get_video_engine",
     "load_video_model",
     "segment_videos",
     "video_prompts",
