@@ -309,14 +309,7 @@ class Sam3VideoEngine:
         for index, frame, known in _with_known_count(frames, tracker_config.max_object_pointers_in_encoder):
             frame = _check_frame(frame, None if session is None else (session.video_height, session.video_width))
             if session is None:
-                session = _streaming(Sam3VideoInferenceSession)(
-                    video_height=frame.shape[0],
-                    video_width=frame.shape[1],
-                    inference_device=self.device,
-                    inference_state_device=self.device,
-                    video_storage_device=self.device,
-                    dtype=torch.float32,
-                )
+                session = _streaming_session(Sam3VideoInferenceSession, frame.shape[:2], self.device)
                 self._add_text_prompts(session, [p.text for p in prompts])
             session.frames_known = known
             pixels = self._preprocess(frame)
@@ -465,15 +458,7 @@ class Sam3VideoEngine:
         )
 
         model = self.tracker_model
-        height, width = reader.image_size
-        session = _streaming(Sam3TrackerVideoInferenceSession)(
-            video_height=height,
-            video_width=width,
-            inference_device=self.device,
-            inference_state_device=self.device,
-            video_storage_device=self.device,
-            dtype=torch.float32,
-        )
+        session = _streaming_session(Sam3TrackerVideoInferenceSession, reader.image_size, self.device)
         session.frames_known = reader.frame_count  # only min(count, max_object_pointers) is read
         by_frame: dict[int, list[VideoPrompt]] = {}
         for prompt in prompts:
@@ -494,7 +479,7 @@ class Sam3VideoEngine:
             prune_session(session, index, reverse=reverse, model=model)
             ids = [prompt_ids[obj_id] for obj_id in output.object_ids]
             scores = torch.sigmoid(output.object_score_logits.float().reshape(len(ids), -1)[:, 0])
-            yield _prompt_result(index, (height, width), output.pred_masks[:, 0], ids, labels, scores, options)
+            yield _prompt_result(index, reader.image_size, output.pred_masks[:, 0], ids, labels, scores, options)
 
     def _add_box_point_inputs(self, session, frame_idx: int, prompts: list[VideoPrompt], object_index: dict) -> None:
         """``Sam3TrackerVideoProcessor.add_inputs_to_inference_session``, one object at a time (so
@@ -550,12 +535,20 @@ class _StreamingFrames:
 _STREAMING_CLASSES: dict = {}
 
 
-def _streaming(session_class):
-    """``session_class`` with :class:`_StreamingFrames` mixed in (one class per session class)."""
+def _streaming_session(session_class, size: tuple[int, int], device):
+    """A new ``session_class`` (with :class:`_StreamingFrames` mixed in: one class per session
+    class) for frames of ``size`` ``(height, width)``, everything on ``device``."""
     if session_class not in _STREAMING_CLASSES:
         name = f"Streaming{session_class.__name__}"
         _STREAMING_CLASSES[session_class] = type(name, (_StreamingFrames, session_class), {})
-    return _STREAMING_CLASSES[session_class]
+    return _STREAMING_CLASSES[session_class](
+        video_height=size[0],
+        video_width=size[1],
+        inference_device=device,
+        inference_state_device=device,
+        video_storage_device=device,
+        dtype=torch.float32,
+    )
 
 
 def prune_session(session, frame_idx: int, reverse: bool, model) -> None:
