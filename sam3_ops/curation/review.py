@@ -19,7 +19,7 @@ from fiftyone import ViewField as F
 
 from ..core.checkpoint import DEFAULT_MODEL
 from ..sdk.fields import check_label_field, output_field_problem, root_dataset
-from ..sdk.runs import CALIBRATION_METHOD, calibration_run_key, get_run, record_run, save_summary
+from ..sdk.runs import CALIBRATION_METHOD, Run, RunSummary, calibration_run_key, get_run, save_summary
 from ..sdk.segment import segment, split_options
 from ..sdk.settings import Sam3Settings, unit_interval_problem
 from .calibrate import CalibrationResult, get_calibration
@@ -425,22 +425,25 @@ def _run_review_models(samples, review: _Review, text: Sam3Settings, per_sample_
         if name and dataset.get_field(name) is not None:
             samples.clear_sample_field(name)
 
-    summaries = []
+    total = RunSummary()
     if per_sample_classes:
+        # one run of pred_field, recorded with every class (one settings object cannot hold
+        # per-sample prompts), its groups' counts added up
+        recorded = Run(samples, review.pred_field, text).start()
         for classes, group in _groups_by_classes(samples, review):
             if not classes:  # nothing to prompt for: no hits, by definition
                 group.set_values(review.pred_field, [fol.Detections() for _ in range(len(group))])
                 continue
             prompts = [review.prompts[name] for name in classes]  # each class's own prompt, calibrated or not
-            ran = segment(group, review.pred_field, record=False, **run, **text.replace(prompts=prompts).to_dict())
-            summaries.append(ran.to_dict())
-        # recorded with every class: one settings object cannot hold per-sample prompts
-        record_run(samples, review.pred_field, text)
+            recorded.add(
+                segment(group, review.pred_field, record=False, **run, **text.replace(prompts=prompts).to_dict())
+            )
+        total += recorded.finish()
     else:
-        summaries.append(segment(samples, review.pred_field, **run, **text.to_dict()).to_dict())
+        total += segment(samples, review.pred_field, **run, **text.to_dict())
     if review.box_field:
-        summaries.append(segment(samples, review.box_field, **run, **boxes.to_dict()).to_dict())
-    return _merge_summaries(summaries)
+        total += segment(samples, review.box_field, **run, **boxes.to_dict())
+    return total.counts().to_dict()
 
 
 def _groups_by_classes(samples, review: _Review):
@@ -450,14 +453,6 @@ def _groups_by_classes(samples, review: _Review):
         key = tuple(c for c in review.classes if c in set(labels or ()))
         groups.setdefault(key, []).append(sample_id)
     return [(list(key), samples.select(ids)) for key, ids in groups.items()]
-
-
-def _merge_summaries(summaries: list[dict]) -> dict:
-    merged = {"samples_processed": 0, "detections": 0, "samples_skipped": 0, "skipped": []}
-    for summary in summaries:
-        for key in merged:
-            merged[key] += summary.get(key, 0 if key != "skipped" else [])
-    return merged
 
 
 def tight_box(detection) -> list[float] | None:
