@@ -26,13 +26,13 @@ import math
 import numbers
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..core.checkpoint import DEFAULT_MODEL, ModelLoadError, validate_model_path
 from ..core.engine import SegmentOptions
 from ..core.images import DEFAULT_MAX_PIXELS
-from ..core.queries import FIELD_MODES, MODES, MULTIMASK, TRACKER_MODES, TextPrompt
+from ..core.queries import FIELD_MODES, MODES, MULTIMASK, TRACKER_MODES, TextPrompt, normalize_text_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -65,41 +65,6 @@ def unit_interval_problem(value, name: str) -> str | None:
     return None
 
 
-def _prompt_entry(entry, i: int) -> TextPrompt:
-    """One entry of ``prompts`` as a :class:`TextPrompt`; raises :class:`SettingsError` naming it."""
-    if isinstance(entry, TextPrompt):
-        entry = dataclasses.asdict(entry)
-    if isinstance(entry, str):
-        entry = {"text": entry}
-    if not isinstance(entry, Mapping):
-        raise SettingsError(
-            "prompts", f"prompt {i} is a {type(entry).__name__} ({entry!r}); prompts are strings or dicts with a 'text'"
-        )
-    unknown = set(entry) - {"text", "label", "threshold"}
-    if unknown:
-        raise SettingsError(
-            "prompts", f"prompt {i} has unknown keys {sorted(unknown)}; allowed: text, label, threshold"
-        )
-    text = entry.get("text")
-    if not isinstance(text, str):
-        raise SettingsError("prompts", f"prompt {i} has no text ({text!r}); prompts must be strings, e.g. 'cat'")
-    text = " ".join(text.split())
-    if not text:
-        raise SettingsError("prompts", f"prompt {i} is blank; every prompt must contain words, e.g. 'cat'")
-    label = entry.get("label")
-    if label is not None:
-        if not isinstance(label, str) or not label.strip():
-            raise SettingsError("prompts", f"prompt {i} ({text!r}) has label {label!r}; a label must be non-blank text")
-        label = label.strip()
-    threshold = entry.get("threshold")
-    if threshold is not None:
-        problem = unit_interval_problem(threshold, f"the threshold of prompt {i} ({text!r})")
-        if problem:
-            raise SettingsError("prompts", problem)
-        threshold = float(threshold)
-    return TextPrompt(text, label, threshold)
-
-
 def normalize_prompts(prompts, mode: str) -> tuple[TextPrompt, ...]:
     """Checks and normalises ``prompts`` for ``mode``: one :class:`TextPrompt` per distinct text.
 
@@ -110,30 +75,17 @@ def normalize_prompts(prompts, mode: str) -> tuple[TextPrompt, ...]:
     Raises:
         SettingsError: naming the entry and the problem
     """
-    if prompts is None:
-        prompts = ()
-    elif isinstance(prompts, str | Mapping | TextPrompt):
-        prompts = (prompts,)
-    elif not isinstance(prompts, Iterable):
-        raise SettingsError(
-            "prompts", f"prompts must be a string or a list of strings or dicts, not {type(prompts).__name__}"
-        )
-    cleaned: dict[str, TextPrompt] = {}
-    for i, entry in enumerate(prompts, start=1):  # counted as a person counts: "prompt 1" is the first
-        prompt = _prompt_entry(entry, i)
-        if prompt.text in cleaned:
-            logger.warning("Ignoring duplicate prompt %r", prompt.text)
-            continue
-        cleaned[prompt.text] = prompt
-    if mode == "text" and not cleaned:
-        raise SettingsError("prompts", "text mode needs at least one prompt, e.g. 'cat'")
+    try:  # the core's rules, images' and videos' alike
+        cleaned = normalize_text_prompts(prompts, at_least_one=mode == "text", drop_duplicates=True)
+    except ValueError as error:
+        raise SettingsError("prompts", str(error)) from None
     if mode in TRACKER_MODES and cleaned:
         raise SettingsError(
             "prompts",
             f"mode={mode!r} takes no text prompts (each prompt object gets its own mask); use mode='exemplars' "
             "to combine boxes with text",
         )
-    return tuple(cleaned.values())
+    return tuple(cleaned)
 
 
 @dataclass(frozen=True)
