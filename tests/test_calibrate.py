@@ -9,9 +9,11 @@ import fiftyone as fo
 import numpy as np
 import pytest
 import torch
+from fiftyone import ViewField as F
 from transformers.models.sam3.modeling_sam3 import Sam3VisionModel
 
 import sam3_ops
+import sam3_ops.curation.calibrate as calibrate_module
 from sam3_ops.curation.calibrate import NOT_FOUND_NOTE, TOO_FEW_NOTE
 
 IOU = 0.5
@@ -236,6 +238,60 @@ def test_precision_and_recall_objectives(hits, tiny_checkpoint):
         below = max([s for s in scores if s < chosen], default=0.05)
         assert below <= row.threshold < chosen
         assert getattr(row, kind) >= target and row.flag is None
+
+
+def test_each_wording_is_matched_as_evaluate_detections_does_on_filtered_views(hits, tiny_checkpoint, monkeypatch):
+    """Two classes sharing a wording, one of them absent from half the images, labels read two
+    samples at a time: every wording's curve is the one FiftyOne's ``evaluate_detections`` gives on
+    views filtered to the class's ground truth and the wording's hits (one evaluation per class and
+    wording, as calibrate once ran it)."""
+    dataset, _, high = hits
+    counter = iter(range(10**6))
+    for index, sample in enumerate(dataset.iter_samples(autosave=True)):
+        detections = []
+        for det in sample.cat_hits.detections:
+            k = next(counter)
+            if det.confidence >= high and k % 4:
+                detections.append(fo.Detection(label="animal", bounding_box=list(det.bounding_box)))
+            if index < len(dataset) // 2 and k % 3 == 0:
+                detections.append(fo.Detection(label="pet", bounding_box=list(det.bounding_box)))
+        sample["gt_two"] = fo.Detections(detections=detections)
+    assert 0 < dataset.match(F("gt_two.detections").filter(F("label") == "pet").length() == 0).count() < len(dataset)
+    monkeypatch.setattr(calibrate_module, "SWEEP_CHUNK", 2)
+    candidates = {"animal": ["cat", "dog"], "pet": ["red car", "cat"]}
+    result = sam3_ops.calibrate(dataset, "gt_two", candidates=candidates, record=False, **_options(tiny_checkpoint))
+
+    # the same hits: the same prompts in the same order at the same floor
+    sam3_ops.segment(
+        dataset,
+        "two_hits",
+        prompts=["cat", "dog", "red car"],
+        threshold=result.score_floor,
+        record=False,
+        model_path=tiny_checkpoint,
+        device="cpu",
+    )
+    matched_by_class = dict.fromkeys(candidates, 0)
+    for row in result.classes:
+        gt_view = dataset.filter_labels("gt_two", F("label") == row.label, only_matches=False)
+        assert row.ground_truth == gt_view.count("gt_two.detections") > 0
+        for text in candidates[row.label]:
+            view = gt_view.filter_labels("two_hits", F("label") == text, only_matches=False)
+            evaluation = view.evaluate_detections("two_hits", gt_field="gt_two", iou=IOU, classwise=False)
+            pairs = [
+                (conf, gt_id is not None)
+                for gt_id, pred_id, conf in zip(evaluation.ytrue_ids, evaluation.ypred_ids, evaluation.confs)
+                if pred_id is not None
+            ]
+            assert pairs  # hits to compare
+            matched_by_class[row.label] += sum(m for _, m in pairs)
+            thresholds = sorted({score for score, _ in pairs}, reverse=True)
+            kept = [[m for score, m in pairs if score >= t] for t in thresholds]
+            curve = result.curves[row.label][text]
+            assert curve["thresholds"] == thresholds
+            assert curve["precision"] == pytest.approx([sum(k) / len(k) for k in kept])
+            assert curve["recall"] == pytest.approx([sum(k) / row.ground_truth for k in kept])
+    assert all(matched_by_class.values())  # each class's ground truth was matched by some hit
 
 
 def test_one_image_encoder_pass_for_any_number_of_wordings(hits, tiny_checkpoint):

@@ -5,7 +5,8 @@ SAM3's scores are not comparable across concepts, so one threshold does not fit 
 :func:`sam3_ops.sdk.segment.segment` over a labelled view (the image encoder runs once per image
 however many candidates), keeping every hit down to a low score floor in a scratch field that is
 removed afterwards. It then matches each candidate's hits to its class's ground truth with
-FiftyOne's own ``evaluate_detections`` (COCO-style greedy matching, nothing written) and sweeps
+FiftyOne's own matching (the COCO evaluation of ``evaluate_detections``: greedy, highest score
+first; run image by image on labels read once, nothing written) and sweeps
 every distinct score: precision, recall and F1 at each threshold, no re-run. The objective picks a
 threshold per candidate and the best candidate per class; the result's :attr:`~CalibrationResult.prompts`
 go to ``sam3_ops.segment(unlabelled, "sam3", prompts=result.prompts)`` as they are.
@@ -24,7 +25,8 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from fiftyone import ViewField as F
+from fiftyone.core.labels import Detections
+from fiftyone.utils.eval.coco import COCOEvaluationConfig
 
 from ..sdk.fields import check_label_field, root_dataset
 from ..sdk.runs import calibration_run_key, load_calibration, record_calibration
@@ -40,6 +42,10 @@ TOO_FEW_NOTE = "too few ground-truth objects to calibrate; the default threshold
 IMAGE_DEFAULT_THRESHOLD = 0.5
 #: settings calibrate chooses itself
 _FIXED = ("mode", "prompts", "prompt_field", "negative_field", "max_detections")
+#: samples whose ground truth and hits the sweep reads into memory at a time
+SWEEP_CHUNK = 256
+#: the attributes FiftyOne's matching sets on the objects it matches (objects read, never saved)
+_EVAL_KEY = "sam3_calibration"
 
 
 @dataclass
@@ -233,17 +239,13 @@ def calibrate(
             **settings,
         )
         inferred = time.perf_counter()
+        matches, counts = _match_candidates(labelled_view, scratch, gt_field, candidates, iou, use_masks)
         rows, curves = [], {}
-        for label, words in candidates.items():
-            gt_view = labelled_view.filter_labels(gt_field, F("label") == label, only_matches=False)
-            ground_truth = gt_view.count(f"{gt_field}.detections")
-            sweeps = {}
-            for text in words:
-                view = gt_view.filter_labels(scratch, F("label") == text, only_matches=False)
-                sweeps[text] = _sweep(_matches(view, scratch, gt_field, iou, use_masks), ground_truth)
+        for label, by_text in matches.items():
+            sweeps = {text: _sweep(found, counts[label]) for text, found in by_text.items()}
             curves[label] = {text: sweep.curve() for text, sweep in sweeps.items()}
             rows.append(
-                _choose(label, sweeps, ground_truth, goal, (min_objects, min_f1, score_floor), default_threshold)
+                _choose(label, sweeps, counts[label], goal, (min_objects, min_f1, score_floor), default_threshold)
             )
         swept = time.perf_counter()
     finally:
@@ -342,17 +344,64 @@ def _sweep(matches: list[tuple[float, bool]], ground_truth: int) -> Sweep:
     return Sweep(scores, matched, ground_truth)
 
 
-def _matches(view, pred_field: str, gt_field: str, iou: float, use_masks: bool) -> list[tuple[float, bool]]:
-    """``(score, matched)`` of each hit in ``view``'s ``pred_field``, matched by FiftyOne's own
-    ``evaluate_detections`` (no eval key: nothing is written)."""
-    results = view.evaluate_detections(
-        pred_field, gt_field=gt_field, iou=iou, classwise=False, use_masks=use_masks, progress=False
-    )
+def _match_candidates(labelled_view, scratch: str, gt_field: str, candidates: dict, iou: float, use_masks: bool):
+    """Each wording's hits in ``scratch`` matched to its class's ground truth, image by image.
+
+    The matching is FiftyOne's own: the COCO evaluation of ``evaluate_detections`` (``classwise=False``:
+    ground truth and hits carry different labels), run on labels read once, ``SWEEP_CHUNK`` samples
+    at a time (masks are read only with ``use_masks``), rather than one ``evaluate_detections`` and
+    two filtered views per class and wording. Nothing is written.
+
+    Returns:
+        ``(matches, counts)``: ``{class: {wording: [(score, matched), ...]}}`` and the ground-truth
+        objects of each class in ``labelled_view``
+    """
+    method = COCOEvaluationConfig(scratch, gt_field, iou=iou, classwise=False, use_masks=use_masks).build()
+    method.register_samples(labelled_view, None)  # the fields it reads; no eval key: nothing registered
+    samples = labelled_view.select_fields([gt_field, scratch])
+    if not use_masks:
+        samples = samples.set_field(f"{gt_field}.detections.mask", None).set_field(f"{scratch}.detections.mask", None)
+    matches = {label: {text: [] for text in dict.fromkeys(words)} for label, words in candidates.items()}
+    counts = dict.fromkeys(candidates, 0)
+    ids = labelled_view.values("id")
+    for start in range(0, len(ids), SWEEP_CHUNK):
+        chunk = samples.select(ids[start : start + SWEEP_CHUNK])
+        for truth, hits in zip(*chunk.values([gt_field, scratch])):
+            truth, hits = _by_label(truth), _by_label(hits)
+            for label, by_text in matches.items():
+                counts[label] += len(truth.get(label, ()))
+                for text, found in by_text.items():
+                    found += _match_image(method, truth.get(label), hits.get(text))
+    return matches, counts
+
+
+def _by_label(labels) -> dict:
+    """``{label: [Detection, ...]}`` of a ``Detections`` (or ``None``)."""
+    grouped = {}
+    for detection in labels.detections if labels is not None else ():
+        grouped.setdefault(detection.label, []).append(detection)
+    return grouped
+
+
+def _match_image(method, truth: list | None, hits: list | None) -> list[tuple[float, bool]]:
+    """``(score, matched)`` of each of one image's ``hits`` against its ``truth``, by ``method``
+    (a registered COCO evaluation; the objects get its attributes, and are never saved)."""
+    if not hits:
+        return []
+    if not truth:  # nothing to match: every hit is a false positive
+        return [(float(hit.confidence), False) for hit in hits]
+    labels = {method.gt_field: _detections(truth), method.pred_field: _detections(hits)}
     return [
         (float(conf), gt_id is not None)
-        for gt_id, pred_id, conf in zip(results.ytrue_ids, results.ypred_ids, results.confs)
+        for _, _, _, conf, gt_id, pred_id in method.evaluate(labels, eval_key=_EVAL_KEY)
         if pred_id is not None
     ]
+
+
+def _detections(objects: list) -> Detections:
+    labels = Detections()
+    labels.detections = objects  # assigned, not passed: validated once already, when they were read
+    return labels
 
 
 def _pick(sweep: Sweep, goal: tuple[str, float | None]):
