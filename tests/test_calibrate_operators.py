@@ -114,17 +114,19 @@ def test_calibrate_runs_immediately_shows_the_table_and_curves_and_stores_the_ru
     result = foo.execute_operator(CALIBRATE_URI, {"dataset": dataset, "params": params})
 
     assert result.error is None, result.error
-    check_results(dataset, result.result, low, high)
+    (shown,) = triggered(result, "show_output")  # the App's output dialog
+    check_results(dataset, shown["results"], low, high)
     assert "sam3_calibration_app" in dataset.list_runs()
     assert not dataset.has_field("sam3_calibration_app_scratch")
-    schema = output_schema(dataset, params, result.result)["type"]["properties"]
+    assert shown["outputs"] == output_schema(dataset, params, shown["results"])  # as on a delegated run's page
+    schema = shown["outputs"]["type"]["properties"]
     assert [c["key"] for c in schema["table"]["view"]["columns"]] == [
         "label", "text", "threshold", "precision", "recall", "f1", "ap", "ground_truth", "flag"
     ]  # fmt: skip
     assert schema["curves"]["view"]["name"] == "PlotlyView"
     button = schema["segment"]["view"]
     assert (button["operator"], button["prompt"]) == (TEXT_OPERATOR_URI, True)
-    assert button["params"] == result.result["text_params"]
+    assert button["params"] == shown["results"]["text_params"]
 
 
 def test_calibrate_runs_delegated_with_progress(plugins_dir, hits, params):  # noqa: F811
@@ -150,8 +152,9 @@ def test_calibrate_runs_delegated_with_progress(plugins_dir, hits, params):  # n
 
 def test_the_segment_action_opens_the_text_operator_with_the_calibrated_prompts(plugins_dir, hits, params):  # noqa: F811
     dataset, _, _ = hits
-    results = foo.execute_operator(CALIBRATE_URI, {"dataset": dataset, "params": params}).result
-    text_params = output_schema(dataset, params, results)["type"]["properties"]["segment"]["view"]["params"]
+    (shown,) = triggered(foo.execute_operator(CALIBRATE_URI, {"dataset": dataset, "params": params}), "show_output")
+    results = shown["results"]
+    text_params = shown["outputs"]["type"]["properties"]["segment"]["view"]["params"]
 
     # the stored calibration, by key: the same prompts, sent to the App to open the text operator
     opened = foo.execute_operator(CALIBRATED_URI, {"dataset": dataset, "params": {"key": "app"}})
@@ -201,6 +204,20 @@ def test_the_form_flags_bad_input_on_its_input(hits, params, change, name, words
     assert name in problems, problems
     for word in words:
         assert word.lower() in problems[name].lower(), problems[name]
+
+
+def test_the_form_as_the_app_first_resolves_it_shows_the_defaults(hits, tiny_checkpoint):  # noqa: F811
+    """Nothing chosen yet (the App's first resolution): the first Detections field with labels,
+    one words input per class holding the class name, calibrate's defaults."""
+    dataset, _, _ = hits
+    properties, validation = resolve_form(CalibratePrompts(), dataset, {"model_path": str(tiny_checkpoint)})
+    assert flagged(properties, validation) == {}
+    assert properties["gt_field"].default == "cat_hits"  # no ground_truth field here: the first one
+    assert properties[words_param("cat")].default == "cat"
+    assert properties["objective"].default == "f1" and "objective_target" not in properties
+    assert (properties["iou"].default, properties["min_objects"].default, properties["key"].default) == (
+        0.5, 10, "default"
+    )  # fmt: skip
 
 
 def test_a_dataset_without_ground_truth_is_named(image_paths, params):

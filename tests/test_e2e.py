@@ -546,3 +546,121 @@ def test_click_refine_accept_and_undo_in_the_sample(page, app_url, app_dataset, 
     sample = dataset[first.id]
     assert sample["sam3"].to_dict() == original, "Undo restores the field exactly"
     assert [r["status"] for r in sample[REFINEMENTS_FIELD]] == ["undone"]
+
+
+# -- calibration --------------------------------------------------------------------------------
+
+CALIBRATE_LABEL = "Calibrate prompts"
+
+
+def _grid_checkpoint(directory) -> str:
+    """The tiny checkpoint with a box of its own for each of its 20 queries (a 5 x 4 grid), as in
+    tests/test_calibrate.py: the plain one predicts nearly one box for every query, so any hit
+    would match any ground truth and the PR curves would be flat."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from sam3_ops.testing import build_tiny_checkpoint
+
+    path = build_tiny_checkpoint(directory)
+    weights = os.path.join(path, "model.safetensors")
+    state = load_file(weights)
+    prefix = "detector_model.detr_decoder."
+    centers = [((col + 0.5) / 5, (row + 0.5) / 4) for row in range(4) for col in range(5)]
+    state[prefix + "reference_points.weight"] = torch.logit(torch.tensor([[x, y, 0.15, 0.2] for x, y in centers]))
+    for name in ("weight", "bias"):  # no refinement: each query keeps its reference box
+        state[prefix + f"box_head.layer3.{name}"] = torch.zeros_like(state[prefix + f"box_head.layer3.{name}"])
+    save_file(state, weights, metadata={"format": "pt"})
+    return str(path)
+
+
+def _ground_truth_from_hits(dataset, checkpoint: str) -> None:
+    """A ``ground_truth`` field of class "shape" the model finds imperfectly: its "circle" hits
+    scoring above their median, a quarter of them left out and a fifth moved to a corner."""
+    import fiftyone as fo
+
+    import sam3_ops
+
+    sam3_ops.segment(dataset, "hits", prompts=["circle"], threshold=0.0, model_path=checkpoint, device="cpu")
+    median = float(np.median(dataset.values("hits.detections.confidence", unwind=True)))
+    counter = iter(range(10**6))
+    for sample in dataset.iter_samples(autosave=True):
+        truth = []
+        for detection, k in ((d, next(counter)) for d in sample["hits"].detections):
+            if detection.confidence >= median and k % 4:
+                box = [0.9, 0.9, 0.05, 0.05] if k % 5 == 0 else list(detection.bounding_box)
+                truth.append(fo.Detection(label="shape", bounding_box=box))
+        sample["ground_truth"] = fo.Detections(detections=truth)
+    dataset.delete_sample_field("hits")
+    dataset.delete_run("sam3_hits")
+
+
+def test_calibrate_then_segment_with_the_calibrated_prompts(page, app_url, app_dataset, screenshots, tmp_path):
+    """Calibrate prompts from the operator browser: the table and the PR curves show; the output's
+    button opens Segment with text prompts with the calibrated prompt in its table, which runs."""
+    import fiftyone as fo
+    from playwright.sync_api import expect
+
+    import sam3_ops
+    from sam3_ops.app.calibrate_operators import CALIBRATED_FIELD
+
+    checkpoint = _grid_checkpoint(tmp_path / "grid")
+    _ground_truth_from_hits(app_dataset, checkpoint)
+    assert app_dataset.count("ground_truth.detections") > 0
+
+    answers = ServerAnswers(page)
+    _open_dataset(page, app_url, app_dataset)
+    page.locator("[data-cy=fo-grid-actions] [data-cy=action-browse-operations]").click()
+    page.locator("[data-cy=operators-browser-search]").fill("Calibrate")
+    answers.after(page.locator("[data-cy=operators-browser]").get_by_text(CALIBRATE_LABEL, exact=True).click)
+
+    form = page.locator("[data-cy=operators-prompt-modal]")
+    words = _form_input(form, "Words for 'shape'")
+    expect(words).to_have_value("shape")  # the class name, until the curator gives others
+    answers.after(lambda: words.fill("circle, blob"))
+    answers.after(lambda: _form_input(form, "Fewest ground-truth objects to calibrate a class").fill("1"))
+    model = _form_input(form, "Model")
+    answers.after(lambda: model.fill(checkpoint))
+    expect(model).to_have_value(checkpoint)
+    model.press("Tab")
+    expect(form.get_by_text("Could not load SAM3")).to_have_count(0)
+    expect(form.get_by_text("SAM3 will run 2 wording(s) of 1 class(es) on 4 samples, once")).to_be_visible()
+    execute = form.get_by_role("button", name="Execute", exact=True)
+    expect(execute).to_be_enabled()
+
+    # the output replaces the form: the per-class table, the PR curves, the segment button
+    answers.after(execute.click)
+    output = page.get_by_role("dialog").filter(has=page.get_by_text("Per class: the wording and threshold chosen"))
+    expect(output).to_be_visible()
+    dataset = fo.load_dataset(app_dataset.name)
+    dataset.reload()  # the App server wrote it: this process's cached copy is stale
+    result = sam3_ops.get_calibration(dataset, "default")
+    assert result is not None, "the run is stored"
+    (row,) = result.classes
+    assert row.label == "shape" and row.text in ("circle", "blob") and set(row.candidates) == {"circle", "blob"}
+    expect(output.get_by_role("cell", name=row.text, exact=True)).to_be_visible()
+    expect(output.get_by_role("cell", name="shape", exact=True)).to_be_visible()
+    legend = output.locator(".js-plotly-plot .legendtext")
+    expect(legend).to_have_count(2)  # a PR curve per wording
+    expect(output.locator(".js-plotly-plot").get_by_text(re.compile(rf"^shape: {row.text} \(chosen\)"))).to_be_visible()
+    page.screenshot(path=os.path.join(screenshots, "calibrate.png"))
+
+    # the button opens the text operator with the calibrated prompt in its table
+    answers.after(output.get_by_role("button", name="Segment with calibrated prompts").click)
+    text_form = page.locator("[data-cy=operators-prompt-modal]").filter(has=page.get_by_text(OPERATOR_LABEL))
+    expect(text_form).to_be_visible()
+    expect(_form_input(text_form, "Prompt")).to_have_value(row.text)
+    expect(_form_input(text_form, "Label")).to_have_value("shape")
+    expect(_form_input(text_form, "Threshold")).to_have_value(str(row.threshold))
+    expect(_form_input(text_form, "Output field")).to_have_value(CALIBRATED_FIELD)
+    expect(_form_input(text_form, "Model")).to_have_value(checkpoint)
+    execute = text_form.get_by_role("button", name="Execute", exact=True)
+    expect(execute).to_be_enabled()
+    answers.after(execute.click)
+    summary = page.get_by_role("dialog").filter(has=page.get_by_text("Detections written:"))
+    expect(summary).to_be_visible()
+
+    dataset.reload()
+    run = sam3_ops.get_run(dataset, CALIBRATED_FIELD).settings
+    assert [(p.text, p.label, p.threshold) for p in run.prompts] == [(row.text, "shape", row.threshold)]
+    assert set(dataset.distinct(f"{CALIBRATED_FIELD}.detections.label")) <= {"shape"}

@@ -8,8 +8,9 @@ then segment with them.
   operators share. Its output is the per-class table, the PR curves of every wording
   (:func:`~sam3_ops.curation.calibration_plots.plot_calibration_curves`, FiftyOne's PR-curve
   plot) and a button that opens *Segment with text prompts* with the calibrated prompts in its
-  table of prompts. Immediate runs use ``num_workers=0``; delegated runs report progress with
-  ``ctx.set_progress``, and the output is laid out on the run's page.
+  table of prompts. Immediate runs use ``num_workers=0`` and show the output with
+  ``show_output``; delegated runs report progress with ``ctx.set_progress``, and the output is
+  laid out on the run's page.
 - *Segment with calibrated prompts* (``segment_with_calibrated_prompts``) does the same from a
   calibration stored earlier (:func:`sam3_ops.get_calibration`, by key).
 
@@ -71,6 +72,8 @@ TABLE_COLUMNS = (
     ("ground_truth", "Ground truth"),
     ("flag", "Flag"),
 )
+#: the height of the PR-curve plot in the output (px)
+PLOT_HEIGHT = 480
 _RUN_PREFIX = calibration_run_key("x")[:-1]
 
 
@@ -101,7 +104,7 @@ class CalibratePrompts(foo.Operator):
 
     def execute(self, ctx):
         target = ctx.target_view()
-        values = calibration_values(ctx.params, form_classes(target, ctx.params)[0])
+        values = calibration_values(ctx.params, form_classes(target, ctx.params.get("gt_field"), ctx.params)[0])
         settings = values.pop("settings")
         progress = False
         if ctx.delegated:
@@ -110,7 +113,13 @@ class CalibratePrompts(foo.Operator):
         result = calibrate(
             target, progress=progress, num_workers=num_workers(ctx), token=hf_token(ctx), **values, **settings
         )
-        return calibration_results(result, settings)
+        results = calibration_results(result, settings)
+        if ctx.delegated:
+            return results  # laid out by resolve_output on the run's page
+        # shown in the App's output dialog, not the operator's own: a button there opens another
+        # operator's form (the operator's dialog would keep showing this output instead)
+        ctx.ops.show_output(outputs=calibration_outputs(results).to_json(), results=results)
+        return None
 
     def resolve_output(self, ctx):
         return calibration_outputs(ctx.results)
@@ -191,7 +200,7 @@ def calibration_inputs(ctx, inputs) -> None:
         label="Classes (optional)",
         description="Only these classes; empty for every class of the ground truth",
     )
-    classes, problem = form_classes(target, ctx.params)
+    classes, problem = form_classes(target, gt_field, ctx.params)
     if problem:
         flag(props["classes" if ctx.params.get("classes") else "gt_field"], problem)
         return
@@ -280,8 +289,8 @@ def _criteria_inputs(ctx, inputs) -> dict:
     return props
 
 
-def form_classes(target, params: dict) -> tuple[list[str], str | None]:
-    """The classes to calibrate: the form's ``classes``, else every label of the ground truth on
+def form_classes(target, gt_field: str, params: dict) -> tuple[list[str], str | None]:
+    """The classes to calibrate: the form's ``classes``, else every label of ``gt_field`` on
     ``target``; and ``None`` or what is wrong with them (a blank one)."""
     given = params.get("classes")
     if given:
@@ -290,11 +299,11 @@ def form_classes(target, params: dict) -> tuple[list[str], str | None]:
         if blank:
             return [], f"classes must be non-blank text, not {blank[0]!r}"
         return classes, None
-    classes = target.distinct(f"{params.get('gt_field')}.detections.label")
+    classes = target.distinct(f"{gt_field}.detections.label")
     blank = [c for c in classes if not isinstance(c, str) or not c.strip()]
     if blank:
         return [], (
-            f"{params.get('gt_field')!r} has detections labelled {blank[0]!r}: blank labels cannot be calibrated; "
+            f"{gt_field!r} has detections labelled {blank[0]!r}: blank labels cannot be calibrated; "
             "relabel them, or list the other classes under Classes"
         )
     return classes, None
@@ -446,10 +455,13 @@ def calibration_outputs(results: dict | None) -> types.Property:
     outputs.plot(
         "curves",
         label="Precision-recall curves of every wording (AP in the legend)",
+        height=PLOT_HEIGHT,  # the App's plot fills its container, which an output dialog does not size
         layout={
             "xaxis": {"title": {"text": "Recall"}, "range": [0, 1]},
             "yaxis": {"title": {"text": "Precision"}, "range": [0, 1.05]},
-            "height": 420,
+            "showlegend": True,
+            "legend": {"orientation": "h", "x": 0, "y": -0.2, "yanchor": "top"},
+            "margin": {"t": 8, "l": 50, "r": 8, "b": 40},
         },
     )
     if results and results.get("text_params"):
