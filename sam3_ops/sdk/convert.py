@@ -39,7 +39,9 @@ def _is_negative(detection) -> bool:
     return getattr(detection, "negative", None) is True
 
 
-def _box_of(detection) -> list:
+def box_of(detection) -> list:
+    """A detection's relative ``[x, y, w, h]`` box as floats, NaNs where it has none (a bad box is
+    then refused by name by :func:`~sam3_ops.core.queries.sanitize_boxes`)."""
     box = getattr(detection, "bounding_box", None)
     try:
         return [float(v) for v in box] if box is not None and len(box) == 4 else [np.nan] * 4
@@ -79,12 +81,8 @@ def prompts_from_detections(
         positives = [d for d in positives if not _is_negative(d)]
 
     warnings = []
-    pos_boxes, pos_keep = sanitize_boxes(
-        relative_to_xyxy([_box_of(d) for d in positives], width, height), width, height
-    )
-    neg_boxes, neg_keep = sanitize_boxes(
-        relative_to_xyxy([_box_of(d) for d in negatives], width, height), width, height
-    )
+    pos_boxes, pos_keep = sanitize_boxes(relative_to_xyxy([box_of(d) for d in positives], width, height), width, height)
+    neg_boxes, neg_keep = sanitize_boxes(relative_to_xyxy([box_of(d) for d in negatives], width, height), width, height)
     for given, kept, what in ((len(positives), len(pos_keep), "prompt"), (len(negatives), len(neg_keep), "negative")):
         message = describe_box_problems(given, kept, what)
         if message:
@@ -187,9 +185,7 @@ def prompts_from_keypoints(
             objects.append(obj)
             ids.append(keypoint.id)
     negatives = list(negative_detections.detections) if negative_detections is not None else []
-    neg_boxes, neg_keep = sanitize_boxes(
-        relative_to_xyxy([_box_of(d) for d in negatives], width, height), width, height
-    )
+    neg_boxes, neg_keep = sanitize_boxes(relative_to_xyxy([box_of(d) for d in negatives], width, height), width, height)
     message = describe_box_problems(len(negatives), len(neg_keep), "negative")
     if message:
         warnings.append(message)

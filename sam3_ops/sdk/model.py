@@ -147,21 +147,41 @@ def _die_with_parent() -> None:
 
 @dataclass(frozen=True)
 class CountsMark:
-    """Where a model's counts stood at some moment (:meth:`RunCounts.mark`)."""
+    """Where a model's counts stood at some moment (:meth:`Sam3ModelBase.mark`)."""
 
     processed: int = 0
     detections: int = 0
     failures: int = 0
 
 
-class RunCounts:
-    """What a SAM3 model counts for its run's summary (images and videos alike): ``failures`` (the
+class Sam3ModelBase:
+    """What the SAM3 FiftyOne models share (images and videos alike): the settings as FiftyOne's
+    ``config``, no logits or embeddings, and the counts of their runs' summaries: ``failures`` (the
     samples skipped, with reasons), ``num_processed`` and ``num_detections``.
 
     The counts add up over every run of the model (``apply_model`` calls, or an operator's chunks of
     one run); one ``segment`` call reports its own share: :meth:`summary` ``since`` a :meth:`mark`
     taken when it began.
     """
+
+    settings: Sam3Settings
+    engine: object
+
+    @property
+    def config(self) -> Sam3Settings:
+        """The settings (FiftyOne's name for a model's configuration)."""
+        return self.settings
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(mode={self.settings.mode!r}, prompts={self.settings.labels!r}, engine={self.engine!r})"
+
+    @property
+    def has_logits(self):
+        return False
+
+    @property
+    def has_embeddings(self):
+        return False
 
     def _start_counts(self) -> None:
         self.failures: list[Failure] = []
@@ -194,7 +214,7 @@ class RunCounts:
         return self.counts(since).to_dict()
 
 
-class Sam3Model(RunCounts, fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
+class Sam3Model(Sam3ModelBase, fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
     """SAM3 as a FiftyOne model for ``apply_model``; build it with :func:`sam3_ops.load_model`.
 
     Args:
@@ -226,27 +246,11 @@ class Sam3Model(RunCounts, fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
         self._preprocess = False
         self._start_counts()
 
-    @property
-    def config(self) -> Sam3Settings:
-        """The settings (FiftyOne's name for a model's configuration)."""
-        return self.settings
-
-    def __repr__(self) -> str:
-        return f"Sam3Model(mode={self.settings.mode!r}, prompts={self.settings.labels!r}, engine={self.engine!r})"
-
     # -- the Model interface --------------------------------------------------------------------
 
     @property
     def media_type(self):
         return "image"
-
-    @property
-    def has_logits(self):
-        return False
-
-    @property
-    def has_embeddings(self):
-        return False
 
     @property
     def ragged_batches(self):
@@ -321,7 +325,7 @@ class Sam3Model(RunCounts, fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
                 for item, segmentation in zip(good, segmentations):
                     labels = to_detections(segmentation, item.prompt_ids)
                     self._remember_masks(item.filepath, labels, segmentation)
-                    outputs[id(item)] = self._fit_in_document(labels, item.filepath)
+                    outputs[id(item)] = fit_in_document(labels, self.settings.mask_dir, item.filepath)
             except Exception as error:
                 # the message only: the exception's traceback would hold the failed batch's device memory
                 failure = f"{type(error).__name__}: {error}"
@@ -353,25 +357,27 @@ class Sam3Model(RunCounts, fom.Model, fom.SupportsGetItem, fom.TorchModelMixin):
         interactive run are still in the engine: refining it with points starts from its mask."""
         return self.engine.cached_mask((filepath, str(detection_id))) is not None
 
-    def _fit_in_document(self, labels, filepath: str):
-        """Moves the masks to PNG files (``mask_path``) when the labels would not fit in the
-        sample's MongoDB document (16 MB); FiftyOne's convention for on-disk masks."""
-        size = stored_mask_bytes(labels, MAX_LABEL_BYTES)
-        if size <= MAX_LABEL_BYTES:
-            return labels
-        mask_dir = self.settings.mask_dir or os.path.join(fo.config.default_dataset_dir, "sam3_masks")
-        logger.warning(
-            "%s: %d masks take %.1f MB, too much for one database document; writing them as PNG files under %s",
-            filepath,
-            len(labels.detections),
-            size / 2**20,
-            mask_dir,
-        )
-        os.makedirs(mask_dir, exist_ok=True)
-        for detection in labels.detections:
-            if detection.mask is not None:
-                detection.export_mask(os.path.join(mask_dir, f"{detection.id}.png"), update=True)
+
+def fit_in_document(labels, mask_dir: str | None, where: str):
+    """Moves the masks of ``labels`` to PNG files (``mask_path``, under ``mask_dir`` or
+    ``<default_dataset_dir>/sam3_masks``) when they would not fit in their MongoDB document (16 MB):
+    FiftyOne's convention for on-disk masks. ``where`` (a filepath, and a frame) is logged."""
+    size = stored_mask_bytes(labels, MAX_LABEL_BYTES)
+    if size <= MAX_LABEL_BYTES:
         return labels
+    mask_dir = mask_dir or os.path.join(fo.config.default_dataset_dir, "sam3_masks")
+    logger.warning(
+        "%s: %d masks take %.1f MB, too much for one database document; writing them as PNG files under %s",
+        where,
+        len(labels.detections),
+        size / 2**20,
+        mask_dir,
+    )
+    os.makedirs(mask_dir, exist_ok=True)
+    for detection in labels.detections:
+        if detection.mask is not None:
+            detection.export_mask(os.path.join(mask_dir, f"{detection.id}.png"), update=True)
+    return labels
 
 
 def stored_mask_bytes(labels, limit: int) -> int:

@@ -56,7 +56,6 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-import fiftyone as fo
 import fiftyone.core.fields as fof
 import fiftyone.core.labels as fol
 import fiftyone.core.models as fom
@@ -67,7 +66,7 @@ from ..core.checkpoint import DEFAULT_MODEL
 from ..core.queries import describe_box_problems, sanitize_boxes
 from ..core.video import FrameResult, Sam3VideoEngine, VideoPrompt
 from ..core.video_io import VideoLoadError, VideoReader
-from .convert import prompts_from_keypoints, relative_to_xyxy, xyxy_to_relative
+from .convert import box_of, prompts_from_keypoints, relative_to_xyxy, xyxy_to_relative
 from .fields import (
     ensure_detections_field,
     frame_field_name,
@@ -77,7 +76,7 @@ from .fields import (
     tracks_field,
 )
 from .media import Media, build_engine, segment_in_process
-from .model import MAX_LABEL_BYTES, RunCounts, stored_mask_bytes
+from .model import Sam3ModelBase, fit_in_document
 from .runs import SegmentResult
 from .settings import VIDEO_MODES, RunOptions, Sam3Settings, SettingsError, media_problem
 
@@ -143,7 +142,7 @@ def video_prompts(
         if mode == "boxes":
             detections = list(labels.detections)
             boxes, keep = sanitize_boxes(
-                relative_to_xyxy([_box_of(d) for d in detections], width, height), width, height
+                relative_to_xyxy([box_of(d) for d in detections], width, height), width, height
             )
             message = describe_box_problems(len(detections), len(keep), "prompt")
             if message:
@@ -192,14 +191,6 @@ def video_prompts(
 def _index(label) -> int | None:
     value = getattr(label, "index", None)
     return int(value) if isinstance(value, int | np.integer) and not isinstance(value, bool) else None
-
-
-def _box_of(detection) -> list:
-    box = getattr(detection, "bounding_box", None)
-    try:
-        return [float(v) for v in box] if box is not None and len(box) == 4 else [np.nan] * 4
-    except (TypeError, ValueError):
-        return [np.nan] * 4
 
 
 def sample_prompt_frames(sample, prompt_field: str) -> Iterator[tuple[int, object]]:
@@ -293,7 +284,7 @@ class VideoTrack:
 # -- the model --------------------------------------------------------------------------------------
 
 
-class Sam3VideoModel(RunCounts, fom.Model, fom.SamplesMixin):
+class Sam3VideoModel(Sam3ModelBase, fom.Model, fom.SamplesMixin):
     """SAM3 as a FiftyOne video model: tracks through each video; build it with
     ``sam3_ops.load_model(..., media_type="video")``.
 
@@ -324,24 +315,8 @@ class Sam3VideoModel(RunCounts, fom.Model, fom.SamplesMixin):
         self._start_counts()
 
     @property
-    def config(self) -> Sam3Settings:
-        """The settings (FiftyOne's name for a model's configuration)."""
-        return self.settings
-
-    def __repr__(self) -> str:
-        return f"Sam3VideoModel(mode={self.settings.mode!r}, prompts={self.settings.labels!r}, engine={self.engine!r})"
-
-    @property
     def media_type(self):
         return "video"
-
-    @property
-    def has_logits(self):
-        return False
-
-    @property
-    def has_embeddings(self):
-        return False
 
     @property
     def needs_fields(self):
@@ -438,7 +413,9 @@ class Sam3VideoModel(RunCounts, fom.Model, fom.SamplesMixin):
             track = self.track(filepath, prompt_frames)
             labels = {}
             for frame_number, detections in track:
-                labels[frame_number] = fit_in_document(detections, self.settings.mask_dir, filepath, frame_number)
+                labels[frame_number] = fit_in_document(
+                    detections, self.settings.mask_dir, f"{filepath}, frame {frame_number}"
+                )
         except Exception as error:  # one video must not stop the run: reported per video
             self.fail(filepath, _reason(error))
             return None
@@ -463,28 +440,6 @@ def _video_path(arg) -> str:
 
 def _reason(error: Exception) -> str:
     return str(error) if isinstance(error, VideoLoadError | ValueError) else f"{type(error).__name__}: {error}"
-
-
-def fit_in_document(labels: fol.Detections, mask_dir: str | None, filepath: str, frame_number: int):
-    """Moves a frame's masks to PNG files (``mask_path``) when they would not fit in its MongoDB
-    document (16 MB): FiftyOne's convention for on-disk masks."""
-    size = stored_mask_bytes(labels, MAX_LABEL_BYTES)
-    if size <= MAX_LABEL_BYTES:
-        return labels
-    mask_dir = mask_dir or os.path.join(fo.config.default_dataset_dir, "sam3_masks")
-    logger.warning(
-        "%s, frame %d: %d masks take %.1f MB, too much for one database document; writing them as PNG files under %s",
-        filepath,
-        frame_number,
-        len(labels.detections),
-        size / 2**20,
-        mask_dir,
-    )
-    os.makedirs(mask_dir, exist_ok=True)
-    for detection in labels.detections:
-        if detection.mask is not None:
-            detection.export_mask(os.path.join(mask_dir, f"{detection.id}.png"), update=True)
-    return labels
 
 
 # -- segment() on videos ----------------------------------------------------------------------------
@@ -677,7 +632,9 @@ class _VideoJob:
         try:
             writer.start()
             for frame_number, labels in track:
-                writer.write(frame_number, fit_in_document(labels, model.settings.mask_dir, filepath, frame_number))
+                writer.write(
+                    frame_number, fit_in_document(labels, model.settings.mask_dir, f"{filepath}, frame {frame_number}")
+                )
             writer.finish(len(track.instances))
         except Exception as error:  # a decoding failure half-way: nothing of this video is kept
             try:
