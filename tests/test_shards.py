@@ -26,16 +26,14 @@ from fiftyone.operators.executor import ExecutionContext
 
 import sam3_ops
 from sam3_ops.app.operators import OPERATORS, SegmentWithTextPrompts
-from sam3_ops.sdk import shards as sdk_shards
-from sam3_ops.sdk import shardstore
+from sam3_ops.sdk import shard_worker, shardstore
 from sam3_ops.sdk import workers as launcher
 from sam3_ops.sdk.runs import active_run_problem, get_run
+from sam3_ops.sdk.shard_worker import HEARTBEAT_ENV, run_shard
 from sam3_ops.sdk.shards import (
-    HEARTBEAT_ENV,
     MAX_SHARDS,
     SHARD_OPERATOR,
     ShardSuperseded,
-    run_shard,
     shard_counts,
     shard_view,
 )
@@ -200,7 +198,7 @@ def test_a_new_run_waits_until_a_cancelled_running_shard_stopped(
         patch.setattr(shardstore, "STOP_GRACE", 0.0)
         assert active_run_problem(dataset, "sam3") is None
 
-    monkeypatch.setattr(sdk_shards, "CHECK_INTERVAL", 0.0)  # the worker checks before its first batch
+    monkeypatch.setattr(shard_worker, "CHECK_INTERVAL", 0.0)  # the worker checks before its first batch
     with pytest.raises(ShardSuperseded, match="no longer running"):
         run_shard(dataset.view(), op.context.request_params["params"], operation_id=op.id)
     result = sam3_ops.segment(dataset, "sam3", model_path=tiny_checkpoint, **DOG)  # it stopped: go
@@ -308,7 +306,7 @@ def test_status_only_reads_and_reconcile_requeues_the_dead_and_completes_the_run
     assert status.per_shard[0]["attempt"] == 2 and status.per_shard[0]["operation_id"] != victim
 
     # every shard done, but the one that would complete the run died first: nobody completed it
-    monkeypatch.setattr(sdk_shards, "_finalize", lambda *args, **kwargs: False)
+    monkeypatch.setattr(shard_worker, "finalize", lambda *args, **kwargs: False)
     status = drain(run)
     assert (status.done, status.finished, status.finalized, status.samples_written) == (2, True, False, len(dataset))
     monkeypatch.undo()

@@ -30,7 +30,8 @@ from ..sdk.images import IMAGES
 from ..sdk.runs import Run, get_run, recorded_fields
 from ..sdk.segment import segment, without_results
 from ..sdk.settings import RunOptions, Sam3Settings
-from ..sdk.shards import DEFAULT_STALE_AFTER, check_shards, reconcile, resume_shards, run_shard, shard_status
+from ..sdk.shard_worker import run_shard
+from ..sdk.shards import DEFAULT_STALE_AFTER, check_shards, reconcile, resume_shards, shard_status
 from ..sdk.video import VIDEOS, video_settings_problem
 from .forms import flag, hf_token, operator_config
 from .segment_forms import (

@@ -31,7 +31,7 @@ after others wrote; such views are refused (``only_missing=True`` is the way to 
 ``stale``. :func:`reconcile` (which :meth:`ShardedRun.wait` and the *Sharded run status* operator
 call) marks such a shard failed (atomically, only if it is still running) and queues the same shard
 again (``attempt`` + 1). Should the "dead" worker be alive after all, it sees its operation
-failed before its next batch (a check at most every :data:`CHECK_INTERVAL` seconds) and stops.
+failed before its next batch (a check at most every :data:`~sam3_ops.sdk.shard_worker.CHECK_INTERVAL` seconds) and stops.
 
 **Cancelling, and runs over runs.** :func:`cancel_shards` marks the run's operations failed; a
 running shard stops before its next batch and says so in the run's store once its last writes are
@@ -58,20 +58,18 @@ import logging
 import os
 import re
 import socket
-import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from fiftyone import ViewExpression
 from fiftyone import ViewField as F
 
 from .fields import ensure_detections_field, root_dataset
-from .images import check_image_run, segment_images, without_image_results
+from .images import check_image_run, without_image_results
 from .runs import Run, RunSummary, active_run_problem, get_run
-from .settings import DEFAULT_BATCH_SIZE, RunOptions, Sam3Settings, check_shards
 from .settings import MAX_SHARDS as MAX_SHARDS  # re-exported: the operators' shard input reads it here
+from .settings import RunOptions, Sam3Settings, check_shards
 from .shardstore import (
     DEFAULT_STALE_AFTER,
     SHARD_OPERATOR,
@@ -88,16 +86,8 @@ from .shardstore import (
 
 logger = logging.getLogger(__name__)
 
-#: the environment variable giving a worker's heartbeat interval, in seconds (default 10)
-HEARTBEAT_ENV = "SAM3_OPS_HEARTBEAT_S"
-DEFAULT_HEARTBEAT = 10.0
-#: shards of a run report progress this often (seconds)
-PROGRESS_INTERVAL = 2.0
-#: a running shard checks that its operation is still running at most this often (seconds), between batches
-CHECK_INTERVAL = 1.0
 #: how long :meth:`ShardedRun.wait` waits for a done shard's operation to be marked completed (seconds)
 _CLOSE_WAIT = 30.0
-#: a shard's summary counts, summed into the run's
 
 
 class ShardSuperseded(RuntimeError):
@@ -233,30 +223,20 @@ def _request_params(samples, params: dict, delegation_target=None) -> dict:
 
 
 def queue_shards(
-    samples,
-    label_field: str,
-    settings: Sam3Settings,
-    shards,
-    *,
-    batch_size: int,
-    num_workers: int | None = None,
-    skip_failures: bool = True,
-    only_missing: bool = False,
-    output_dir: str | None = None,
-    delegation_target: str | None = None,
+    samples, label_field: str, settings: Sam3Settings, run: RunOptions, delegation_target: str | None = None
 ) -> ShardedRun:
     """Queues a sharded run of ``settings`` over ``samples`` into ``label_field`` (checked by the
-    caller, :func:`~sam3_ops.sdk.segment.segment`): declares the field, records the run with its
-    shards, queues one operation per shard (each clears its own range when it first starts, unless
-    ``only_missing``).
+    caller, :func:`segment_sharded`): declares the field, records the run with its shards, queues
+    one operation per shard (each clears its own range when it first starts, unless
+    ``run.only_missing``) carrying ``run``'s batch size, workers, failure policy and output directory.
 
-    ``shards`` larger than the number of samples to segment is lowered to it (a warning says so).
+    ``run.shards`` larger than the number of samples to segment is lowered to it (a warning says so).
 
     Raises:
         ValueError: a bad ``shards``; a sharded run of ``label_field`` still going; a view that
             selects samples by ``label_field``
     """
-    count = check_shards(shards)
+    count, only_missing = check_shards(run.shards), run.only_missing
     dataset = root_dataset(samples)
     dataset.reload()
     problem = active_run_problem(dataset, label_field) or view_reads_field(samples, label_field)
@@ -285,10 +265,10 @@ def queue_shards(
             "edges": edges,
             "attempt": 1,
             "settings": settings.to_dict(),
-            "batch_size": int(batch_size),
-            "num_workers": num_workers,
-            "skip_failures": bool(skip_failures),
-            "output_dir": os.fspath(output_dir) if output_dir else None,
+            "batch_size": int(run.batch_size),
+            "num_workers": run.num_workers,
+            "skip_failures": bool(run.skip_failures),
+            "output_dir": os.fspath(run.output_dir) if run.output_dir else None,
             "replace": not only_missing,  # each shard clears its range when it first starts
         }
         request = _request_params(samples, params, delegation_target)
@@ -341,219 +321,14 @@ def segment_sharded(
             "uses the GPU its CUDA_VISIBLE_DEVICES shows it",
             resolved.device,
         )
-    return queue_shards(
-        samples,
-        label_field,
-        resolved,
-        run.shards,
-        batch_size=run.batch_size,
-        num_workers=run.num_workers,
-        skip_failures=run.skip_failures,
-        only_missing=run.only_missing,
-        output_dir=run.output_dir,
-        delegation_target=delegation_target,
-    )
+    return queue_shards(samples, label_field, resolved, run, delegation_target)
 
 
 def _missing(samples, label_field: str) -> int:
     return len(without_image_results(samples, label_field))
 
 
-# -- running one shard (in a worker) ----------------------------------------------------------------
-
-
-class _Heartbeat:
-    """Keeps a running shard's operation fresh (``status.updated_at``) every ``interval`` seconds
-    from a thread, and notices when the operation stops being RUNNING (failed as stale, cancelled)."""
-
-    def __init__(self, operation_id, interval: float):
-        self.operation_id = operation_id
-        self.interval = interval
-        self.progress = 0.0
-        self.label = "starting"
-        self.superseded = threading.Event()
-        self._stop = threading.Event()
-        self._thread = None
-
-    def __enter__(self):
-        if self.operation_id is not None:
-            self._thread = threading.Thread(target=self._run, name="sam3-shard-heartbeat", daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _run(self):
-        from fiftyone.operators.executor import ExecutionProgress, ExecutionRunState
-
-        service = operation_service()
-        while not self._stop.wait(self.interval):
-            try:
-                if service.get(self.operation_id).run_state != ExecutionRunState.RUNNING:
-                    self.superseded.set()
-                    return
-                service.set_progress(self.operation_id, ExecutionProgress(progress=self.progress, label=self.label))
-            except Exception as error:  # a transient database error must not end the shard
-                logger.debug("shard heartbeat: %s", error)
-
-
-def _heartbeat_interval() -> float:
-    try:
-        return max(0.1, float(os.environ.get(HEARTBEAT_ENV, DEFAULT_HEARTBEAT)))
-    except ValueError:
-        return DEFAULT_HEARTBEAT
-
-
-def run_shard(samples, params: dict, token: str | None = None, set_progress=None, operation_id=None) -> dict:
-    """Segments one shard of a sharded run: what a ``segment_shard`` operation does in a worker.
-
-    Args:
-        samples: the run's view (rebuilt from the operation's serialized stages)
-        params: the operation's params (:func:`queue_shards` writes them)
-        token (None): the Hugging Face token (from the worker's environment or the plugin secret)
-        set_progress (None): ``set_progress(progress=, label=)`` of the operation
-        operation_id (None): the operation's id (for the heartbeat)
-
-    Returns:
-        the shard's summary (``samples_processed``, ``detections``, ``samples_skipped``, ``skipped``),
-        its ``shard``, ``attempt``, ``worker``, and whether it ``finalized`` the run
-
-    Raises:
-        ShardSuperseded: the operation stopped being RUNNING meanwhile
-    """
-    dataset = root_dataset(samples)
-    dataset.reload()  # a long-lived worker's dataset may predate the run
-    index, count, attempt = int(params["shard"]), int(params["shards"]), int(params.get("attempt", 1))
-    label_field, run_id = params["label_field"], params["run_id"]
-    settings = Sam3Settings.from_dict(params["settings"])
-    target = shard_view(samples, index, list(params["edges"]))
-    store = ShardStore(dataset, run_id)
-    worker = f"{socket.gethostname()}:{os.getpid()}"
-    store.set_worker(
-        index,
-        {"worker": worker, "pid": os.getpid(), "host": socket.gethostname(), "attempt": attempt, "at": time.time()},
-    )
-    name = f"shard {index + 1} of {count}"
-    _check_current(dataset, label_field, run_id, name)
-    job = _ShardJob(target, params, settings, store, name, token, set_progress, operation_id)
-    try:
-        with _Heartbeat(operation_id, _heartbeat_interval()) as heartbeat:
-            result = _segment_shard(job, heartbeat)
-    finally:  # after the last writes were flushed: a cancelled run's next run may start now
-        store.mark_stopped(index, attempt, worker)
-    summary = result.counts().to_dict()
-    store.set_done(index, {**summary, "attempt": attempt, "worker": worker, "at": time.time()})
-    _check_current(dataset, label_field, run_id, name)
-    finalized = _finalize(samples, label_field, settings, store, count, by=worker)
-    return {"shard": index, "shards": count, "attempt": attempt, "worker": worker, **summary, "finalized": finalized}
-
-
-def _check_current(dataset, label_field: str, run_id: str, name: str) -> None:
-    """Stops a shard whose run is no longer the field's recorded run (a newer run replaced it)."""
-    record = get_run(dataset, label_field)
-    current = (record.shards or {}).get("run_id") if record is not None else None
-    if current != run_id:
-        raise ShardSuperseded(f"{name} of {label_field!r}: the field's run is no longer this one ({run_id}); stopping")
-
-
-def _still_running(operation_id) -> bool:
-    from fiftyone.operators.executor import ExecutionRunState
-
-    try:
-        return operation_service().get(operation_id).run_state == ExecutionRunState.RUNNING
-    except Exception as error:  # a transient database error must not end the shard
-        logger.debug("shard check: %s", error)
-        return True
-
-
-@dataclass
-class _ShardJob:
-    """One attempt at one shard, as :func:`run_shard` hands it to :func:`_segment_shard`.
-
-    Attributes:
-        target: the shard's view
-        params: the operation's params (:func:`queue_shards` writes them)
-        settings: the run's settings
-        store: the run's store
-        name: ``shard k of N``, for messages
-        token: the Hugging Face token, or ``None``
-        set_progress: ``set_progress(progress=, label=)`` of the operation, or ``None``
-        operation_id: the operation's id, or ``None`` (run outside a delegated operation)
-    """
-
-    target: object
-    params: dict
-    settings: Sam3Settings
-    store: ShardStore
-    name: str
-    token: str | None = None
-    set_progress: Callable | None = None
-    operation_id: object = None
-
-    @property
-    def shard(self) -> int:
-        return int(self.params["shard"])
-
-    @property
-    def label_field(self) -> str:
-        return self.params["label_field"]
-
-
-class _ShardProgress:
-    """The progress callback of a running shard: reports progress (at most every
-    :data:`PROGRESS_INTERVAL` s) and stops the shard between batches once its operation is no longer
-    running (checked at most every :data:`CHECK_INTERVAL` s)."""
-
-    def __init__(self, job: _ShardJob, heartbeat: _Heartbeat):
-        self.job, self.heartbeat = job, heartbeat
-        self.checked = time.monotonic()
-        self.next_report = 0.0
-
-    def __call__(self, bar) -> None:
-        job, heartbeat, now = self.job, self.heartbeat, time.monotonic()
-        if job.operation_id is not None and now - self.checked >= CHECK_INTERVAL:
-            self.checked = now
-            if not _still_running(job.operation_id):
-                heartbeat.superseded.set()
-        if heartbeat.superseded.is_set():
-            raise ShardSuperseded(f"{job.name} of {job.label_field!r}: its operation is no longer running; stopping")
-        if now >= self.next_report or bar.complete:
-            self.next_report = now + PROGRESS_INTERVAL
-            heartbeat.progress = float(bar.progress or 0.0)
-            heartbeat.label = f"{job.name}: {bar.iteration} of {bar.total} samples"
-            if job.set_progress is not None:
-                job.set_progress(progress=heartbeat.progress, label=heartbeat.label)
-
-
-def _segment_shard(job: _ShardJob, heartbeat: _Heartbeat):
-    """Clears the shard's range on its first start (a run that replaces the field), then segments
-    what it lacks, stopping between batches once its operation is no longer running."""
-    params, label_field = job.params, job.label_field
-    if params.get("replace") and not job.store.cleared(job.shard):
-        job.target.clear_sample_field(label_field)
-        job.store.mark_cleared(job.shard)
-    if job.set_progress is not None:
-        job.set_progress(progress=0.0, label=f"{job.name}: loading the model")
-    run = RunOptions(
-        token=job.token,
-        batch_size=int(params.get("batch_size") or DEFAULT_BATCH_SIZE),
-        num_workers=params.get("num_workers"),
-        skip_failures=bool(params.get("skip_failures", True)),
-        progress=_ShardProgress(job, heartbeat),
-        only_missing=True,
-        output_dir=params.get("output_dir"),
-        record=False,
-    )
-    result = segment_images(job.target, label_field, run, **job.settings.to_dict())
-    if heartbeat.superseded.is_set():
-        raise ShardSuperseded(f"{job.name} of {label_field!r}: its operation is no longer running")
-    return result
-
-
-def _finalize(samples, label_field: str, settings: Sam3Settings, store: ShardStore, count: int, by: str) -> bool:
+def finalize(samples, label_field: str, settings: Sam3Settings, store: ShardStore, count: int, by: str) -> bool:
     """Completes the run once every shard is done; exactly one caller does (an atomic claim)."""
     if len(store.done_shards()) < count or not store.claim_finalize(by):
         return False
@@ -781,7 +556,7 @@ def reconcile(samples, label_field: str, stale_after: float | None = DEFAULT_STA
     _tally(status, reading.store)
     if status.finished and not status.finalized:
         by = f"status@{socket.gethostname()}:{os.getpid()}"
-        _finalize(reading.view, label_field, reading.record.settings, reading.store, count, by=by)
+        finalize(reading.view, label_field, reading.record.settings, reading.store, count, by=by)
         _tally(status, reading.store)
     return status
 

@@ -1,0 +1,224 @@
+"""One shard of a sharded run, in a worker (:mod:`~sam3_ops.sdk.shards` queues them and reads their
+status): the plugin's ``segment_shard`` operator calls :func:`run_shard`, which proves the worker
+alive (a heartbeat), segments the shard's range as an in-process image run
+(:func:`~sam3_ops.sdk.images.segment_images`), stops when its operation is no longer running, stores
+its summary in the run's store and, as the last shard done, completes the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .fields import root_dataset
+from .images import segment_images
+from .runs import get_run
+from .settings import DEFAULT_BATCH_SIZE, RunOptions, Sam3Settings
+from .shards import ShardSuperseded, finalize, shard_view
+from .shardstore import ShardStore, operation_service
+
+logger = logging.getLogger(__name__)
+
+#: the environment variable giving a worker's heartbeat interval, in seconds (default 10)
+HEARTBEAT_ENV = "SAM3_OPS_HEARTBEAT_S"
+DEFAULT_HEARTBEAT = 10.0
+#: shards of a run report progress this often (seconds)
+PROGRESS_INTERVAL = 2.0
+#: a running shard checks that its operation is still running at most this often (seconds), between batches
+CHECK_INTERVAL = 1.0
+
+
+class _Heartbeat:
+    """Keeps a running shard's operation fresh (``status.updated_at``) every ``interval`` seconds
+    from a thread, and notices when the operation stops being RUNNING (failed as stale, cancelled)."""
+
+    def __init__(self, operation_id, interval: float):
+        self.operation_id = operation_id
+        self.interval = interval
+        self.progress = 0.0
+        self.label = "starting"
+        self.superseded = threading.Event()
+        self._stop = threading.Event()
+        self._thread = None
+
+    def __enter__(self):
+        if self.operation_id is not None:
+            self._thread = threading.Thread(target=self._run, name="sam3-shard-heartbeat", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self):
+        from fiftyone.operators.executor import ExecutionProgress, ExecutionRunState
+
+        service = operation_service()
+        while not self._stop.wait(self.interval):
+            try:
+                if service.get(self.operation_id).run_state != ExecutionRunState.RUNNING:
+                    self.superseded.set()
+                    return
+                service.set_progress(self.operation_id, ExecutionProgress(progress=self.progress, label=self.label))
+            except Exception as error:  # a transient database error must not end the shard
+                logger.debug("shard heartbeat: %s", error)
+
+
+def _heartbeat_interval() -> float:
+    try:
+        return max(0.1, float(os.environ.get(HEARTBEAT_ENV, DEFAULT_HEARTBEAT)))
+    except ValueError:
+        return DEFAULT_HEARTBEAT
+
+
+def run_shard(samples, params: dict, token: str | None = None, set_progress=None, operation_id=None) -> dict:
+    """Segments one shard of a sharded run: what a ``segment_shard`` operation does in a worker.
+
+    Args:
+        samples: the run's view (rebuilt from the operation's serialized stages)
+        params: the operation's params (:func:`~sam3_ops.sdk.shards.queue_shards` writes them)
+        token (None): the Hugging Face token (from the worker's environment or the plugin secret)
+        set_progress (None): ``set_progress(progress=, label=)`` of the operation
+        operation_id (None): the operation's id (for the heartbeat)
+
+    Returns:
+        the shard's summary (``samples_processed``, ``detections``, ``samples_skipped``, ``skipped``),
+        its ``shard``, ``attempt``, ``worker``, and whether it ``finalized`` the run
+
+    Raises:
+        ShardSuperseded: the operation stopped being RUNNING meanwhile
+    """
+    dataset = root_dataset(samples)
+    dataset.reload()  # a long-lived worker's dataset may predate the run
+    index, count, attempt = int(params["shard"]), int(params["shards"]), int(params.get("attempt", 1))
+    label_field, run_id = params["label_field"], params["run_id"]
+    settings = Sam3Settings.from_dict(params["settings"])
+    target = shard_view(samples, index, list(params["edges"]))
+    store = ShardStore(dataset, run_id)
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    store.set_worker(
+        index,
+        {"worker": worker, "pid": os.getpid(), "host": socket.gethostname(), "attempt": attempt, "at": time.time()},
+    )
+    name = f"shard {index + 1} of {count}"
+    _check_current(dataset, label_field, run_id, name)
+    job = _ShardJob(target, params, settings, store, name, token, set_progress, operation_id)
+    try:
+        with _Heartbeat(operation_id, _heartbeat_interval()) as heartbeat:
+            result = _segment_shard(job, heartbeat)
+    finally:  # after the last writes were flushed: a cancelled run's next run may start now
+        store.mark_stopped(index, attempt, worker)
+    summary = result.counts().to_dict()
+    store.set_done(index, {**summary, "attempt": attempt, "worker": worker, "at": time.time()})
+    _check_current(dataset, label_field, run_id, name)
+    finalized = finalize(samples, label_field, settings, store, count, by=worker)
+    return {"shard": index, "shards": count, "attempt": attempt, "worker": worker, **summary, "finalized": finalized}
+
+
+def _check_current(dataset, label_field: str, run_id: str, name: str) -> None:
+    """Stops a shard whose run is no longer the field's recorded run (a newer run replaced it)."""
+    record = get_run(dataset, label_field)
+    current = (record.shards or {}).get("run_id") if record is not None else None
+    if current != run_id:
+        raise ShardSuperseded(f"{name} of {label_field!r}: the field's run is no longer this one ({run_id}); stopping")
+
+
+def _still_running(operation_id) -> bool:
+    from fiftyone.operators.executor import ExecutionRunState
+
+    try:
+        return operation_service().get(operation_id).run_state == ExecutionRunState.RUNNING
+    except Exception as error:  # a transient database error must not end the shard
+        logger.debug("shard check: %s", error)
+        return True
+
+
+@dataclass
+class _ShardJob:
+    """One attempt at one shard, as :func:`run_shard` hands it to :func:`_segment_shard`.
+
+    Attributes:
+        target: the shard's view
+        params: the operation's params (:func:`~sam3_ops.sdk.shards.queue_shards` writes them)
+        settings: the run's settings
+        store: the run's store
+        name: ``shard k of N``, for messages
+        token: the Hugging Face token, or ``None``
+        set_progress: ``set_progress(progress=, label=)`` of the operation, or ``None``
+        operation_id: the operation's id, or ``None`` (run outside a delegated operation)
+    """
+
+    target: object
+    params: dict
+    settings: Sam3Settings
+    store: ShardStore
+    name: str
+    token: str | None = None
+    set_progress: Callable | None = None
+    operation_id: object = None
+
+    @property
+    def shard(self) -> int:
+        return int(self.params["shard"])
+
+    @property
+    def label_field(self) -> str:
+        return self.params["label_field"]
+
+
+class _ShardProgress:
+    """The progress callback of a running shard: reports progress (at most every
+    :data:`PROGRESS_INTERVAL` s) and stops the shard between batches once its operation is no longer
+    running (checked at most every :data:`CHECK_INTERVAL` s)."""
+
+    def __init__(self, job: _ShardJob, heartbeat: _Heartbeat):
+        self.job, self.heartbeat = job, heartbeat
+        self.checked = time.monotonic()
+        self.next_report = 0.0
+
+    def __call__(self, bar) -> None:
+        job, heartbeat, now = self.job, self.heartbeat, time.monotonic()
+        if job.operation_id is not None and now - self.checked >= CHECK_INTERVAL:
+            self.checked = now
+            if not _still_running(job.operation_id):
+                heartbeat.superseded.set()
+        if heartbeat.superseded.is_set():
+            raise ShardSuperseded(f"{job.name} of {job.label_field!r}: its operation is no longer running; stopping")
+        if now >= self.next_report or bar.complete:
+            self.next_report = now + PROGRESS_INTERVAL
+            heartbeat.progress = float(bar.progress or 0.0)
+            heartbeat.label = f"{job.name}: {bar.iteration} of {bar.total} samples"
+            if job.set_progress is not None:
+                job.set_progress(progress=heartbeat.progress, label=heartbeat.label)
+
+
+def _segment_shard(job: _ShardJob, heartbeat: _Heartbeat):
+    """Clears the shard's range on its first start (a run that replaces the field), then segments
+    what it lacks, stopping between batches once its operation is no longer running."""
+    params, label_field = job.params, job.label_field
+    if params.get("replace") and not job.store.cleared(job.shard):
+        job.target.clear_sample_field(label_field)
+        job.store.mark_cleared(job.shard)
+    if job.set_progress is not None:
+        job.set_progress(progress=0.0, label=f"{job.name}: loading the model")
+    run = RunOptions(
+        token=job.token,
+        batch_size=int(params.get("batch_size") or DEFAULT_BATCH_SIZE),
+        num_workers=params.get("num_workers"),
+        skip_failures=bool(params.get("skip_failures", True)),
+        progress=_ShardProgress(job, heartbeat),
+        only_missing=True,
+        output_dir=params.get("output_dir"),
+        record=False,
+    )
+    result = segment_images(job.target, label_field, run, **job.settings.to_dict())
+    if heartbeat.superseded.is_set():
+        raise ShardSuperseded(f"{job.name} of {label_field!r}: its operation is no longer running")
+    return result
