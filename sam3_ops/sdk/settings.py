@@ -88,6 +88,10 @@ def normalize_prompts(prompts, mode: str) -> tuple[TextPrompt, ...]:
     return tuple(cleaned)
 
 
+#: the engine's defaults: the settings it shares with :class:`Sam3Settings` default to them (one source)
+_ENGINE = SegmentOptions()
+
+
 @dataclass(frozen=True)
 class Sam3Settings:
     """What a SAM3 run writes, and how: see :func:`sam3_ops.load_model` for each setting.
@@ -129,27 +133,27 @@ class Sam3Settings:
     """
 
     model_path: str = DEFAULT_MODEL
-    mode: str = "text"
+    mode: str = _ENGINE.mode
     prompts: tuple[TextPrompt, ...] = ()
     threshold: float | None = None
-    mask_threshold: float = 0.5
-    max_mask_size: int | None = 2048
+    mask_threshold: float = _ENGINE.mask_threshold
+    max_mask_size: int | None = _ENGINE.max_mask_size
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     device: str | None = None
     compile: bool = False
     prompt_field: str | None = None
     negative_field: str | None = None
     mask_dir: str | None = None
-    multimask: str | None = None
-    nms_iou: float | None = None
-    nms_per_label: bool = False
-    nms_containment: float | None = None
-    max_detections: int | None = None
-    min_area: float = 0.0
-    points_per_side: int = 32
-    pred_iou_threshold: float = 0.88
-    stability_threshold: float = 0.95
-    auto_label: str = "object"
+    multimask: str | None = _ENGINE.multimask
+    nms_iou: float | None = _ENGINE.nms_iou
+    nms_per_label: bool = _ENGINE.nms_per_label
+    nms_containment: float | None = _ENGINE.nms_containment
+    max_detections: int | None = _ENGINE.max_detections
+    min_area: float = _ENGINE.min_area
+    points_per_side: int = _ENGINE.points_per_side
+    pred_iou_threshold: float = _ENGINE.pred_iou_threshold
+    stability_threshold: float = _ENGINE.stability_threshold
+    auto_label: str = _ENGINE.auto_label
     direction: str = "forward"
     max_objects: int = 50
 
