@@ -101,7 +101,10 @@ class ReviewAnnotations(foo.Operator):
             table.add_column(key, label=label)
         outputs.list("table", types.Object(), label="Per-class agreement", view=table)
         outputs.plot(
-            "plot", label="Recall and precision per class", layout={"barmode": "group", "yaxis": {"range": [0, 1]}}
+            "plot",
+            label="Recall and precision per class",
+            height=400,  # the App's plot fills its container, which an output dialog does not size
+            layout={"barmode": "group", "yaxis": {"range": [0, 1]}},
         )
         return types.Property(outputs, view=types.View(label="SAM3 review"))
 
