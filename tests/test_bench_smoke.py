@@ -162,3 +162,23 @@ def test_time_guard_skips_steps_with_a_note_instead_of_overrunning(tmp_path):
     assert all("time guard" in s["reason"] for s in document["part1"]["skipped"])
     assert document["part1"]["engine"]["rows"] == []
     assert "time guard" in (tmp_path / f"gpu-cpu-{DATE}.md").read_text()
+
+
+def test_the_calibration_bench_runs_and_compares_something(tmp_path):
+    """``bench/bench_calibrate.py`` on 2 images (tiny): it exits 0 only when calibrate's curves equal
+    the per-class-and-wording ``evaluate_detections`` reference and every class matched some hits."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    run = subprocess.run(
+        [sys.executable, "bench/bench_calibrate.py", "--images", "2", "--threads", "1", "--out", str(tmp_path)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["problems"] == [] and results["images"] == 2 and results["wordings"] == 12
+    assert len(results["classes_table"]) == 4 and all(row["tp"] > 0 for row in results["classes_table"])
+    assert results["hits"] > 0 and results["inference_s"] > 0 and results["sweep_s"] > 0
+    assert "sweep =" in (tmp_path / "results.md").read_text()
