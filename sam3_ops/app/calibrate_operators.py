@@ -36,6 +36,7 @@ from ..sdk.fields import check_label_field, root_dataset
 from ..sdk.runs import CALIBRATION_METHOD, calibration_run_key
 from ..sdk.settings import DEFAULT_BATCH_SIZE, normalize_prompts, unit_interval_problem
 from .forms import (
+    FormOperator,
     device_input,
     flag,
     flag_run_options,
@@ -44,7 +45,6 @@ from .forms import (
     label_field_choice,
     model_input,
     num_workers,
-    operator_config,
     slider,
     target_input,
 )
@@ -83,21 +83,15 @@ def words_param(label: str) -> str:
     return "words_" + hashlib.sha1(label.encode()).hexdigest()[:10]
 
 
-class CalibratePrompts(foo.Operator):
+class CalibratePrompts(FormOperator):
     """Finds each class's wording and threshold on the target's ground truth (:func:`sam3_ops.calibrate`)."""
 
-    @property
-    def config(self):
-        return operator_config(
-            "calibrate_prompts",
-            "Calibrate prompts",
-            "Choose each class's words and threshold for SAM3 on labelled samples (F1, a precision or a recall)",
-        )
+    NAME = "calibrate_prompts"
+    LABEL = "Calibrate prompts"
+    DESCRIPTION = "Choose each class's words and threshold for SAM3 on labelled samples (F1, a precision or a recall)"
 
-    def resolve_input(self, ctx):
-        inputs = types.Object()
+    def form(self, ctx, inputs):
         calibration_inputs(ctx, inputs)
-        return types.Property(inputs, view=types.View(label="Calibrate prompts"))
 
     def resolve_run_name(self, ctx):
         return f"Calibrate prompts on {ctx.params.get('gt_field')} -> {ctx.params.get('key') or DEFAULTS['key']}"

@@ -37,6 +37,28 @@ def operator_config(name: str, label: str, description: str, generator: bool = F
     )
 
 
+class FormOperator(foo.Operator):
+    """An operator of this plugin: its configuration (:func:`operator_config`) from class attributes
+    and its form (:meth:`form`), titled with its label. Subclasses set them and write ``execute``."""
+
+    #: the operator's name, its label (the title of its form) and description
+    NAME: str = ""
+    LABEL: str = ""
+    DESCRIPTION: str = ""
+
+    @property
+    def config(self):
+        return operator_config(self.NAME, self.LABEL, self.DESCRIPTION)
+
+    def form(self, ctx, inputs) -> None:
+        """Adds the form's inputs to ``inputs``."""
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        self.form(ctx, inputs)
+        return types.Property(inputs, view=types.View(label=self.LABEL))
+
+
 def hf_token(ctx) -> str | None:
     """The plugin secret ``HF_TOKEN``, or ``None`` (then ``from_pretrained`` reads the environment's).
 

@@ -19,7 +19,6 @@ Bad input is flagged on the form, never raised (see :mod:`sam3_ops.app.segment_f
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import fiftyone as fo
 import fiftyone.operators as foo
@@ -33,7 +32,7 @@ from ..sdk.settings import RunOptions, Sam3Settings
 from ..sdk.shard_worker import run_shard
 from ..sdk.shards import DEFAULT_STALE_AFTER, check_shards, reconcile, resume_shards, shard_status
 from ..sdk.video import VIDEOS, video_settings_problem
-from .forms import flag, hf_token, operator_config
+from .forms import FormOperator, flag, hf_token, operator_config
 from .segment_forms import (
     VIDEO_AUTO_REFUSAL,
     box_prompt_inputs,
@@ -63,18 +62,12 @@ __all__ = [
 PROGRESS_STEPS = 10
 
 
-class SegmentOperator(foo.Operator):
+class SegmentOperator(FormOperator):
     """A segment operator: its form, its mode's settings, one :func:`sam3_ops.segment` run (or a
-    sharded one), the summary. Subclasses set the class attributes."""
+    sharded one), the summary. Subclasses set the class attributes (:class:`~sam3_ops.app.forms.FormOperator`'s and ``MODE``)."""
 
-    #: the operator's name, its label (the title of its form and of its runs) and description
-    NAME: str = ""
-    LABEL: str = ""
-    DESCRIPTION: str = ""
     #: the mode it runs; ``None``: the form's ``mode`` (default ``"boxes"``)
     MODE: str | None = None
-    #: builds the form: ``(ctx, inputs) -> None``
-    FORM: Callable = staticmethod(lambda ctx, inputs: None)
 
     @property
     def config(self):
@@ -89,11 +82,6 @@ class SegmentOperator(foo.Operator):
     def mode(self, params: dict) -> str:
         """The mode a run with the form's ``params`` uses."""
         return self.MODE or params.get("mode") or "boxes"
-
-    def resolve_input(self, ctx):
-        inputs = types.Object()
-        self.FORM(ctx, inputs)
-        return types.Property(inputs, view=types.View(label=self.LABEL))
 
     def resolve_run_name(self, ctx):
         return f"{self.LABEL} -> {ctx.params.get('label_field')}"
@@ -112,7 +100,9 @@ class SegmentWithTextPrompts(SegmentOperator):
     LABEL = "Segment with text prompts"
     DESCRIPTION = "SAM3 instance masks for every instance of each text prompt"
     MODE = "text"
-    FORM = staticmethod(text_prompt_inputs)
+
+    def form(self, ctx, inputs):
+        text_prompt_inputs(ctx, inputs)
 
 
 class SegmentWithBoxPrompts(SegmentOperator):
@@ -122,7 +112,9 @@ class SegmentWithBoxPrompts(SegmentOperator):
     NAME = "segment_with_box_prompts"
     LABEL = "Segment with box or point prompts"
     DESCRIPTION = "SAM3 instance masks from the boxes of a Detections field or the points of a Keypoints field"
-    FORM = staticmethod(box_prompt_inputs)
+
+    def form(self, ctx, inputs):
+        box_prompt_inputs(ctx, inputs)
 
     def resolve_run_name(self, ctx):
         return f"Segment with {ctx.params.get('mode', 'boxes')} prompts -> {ctx.params.get('label_field')}"
@@ -136,7 +128,9 @@ class SegmentEverything(SegmentOperator):
     LABEL = "Segment everything"
     DESCRIPTION = "SAM3 masks of every object, with no prompts (a grid of points; for datasets with no labels yet)"
     MODE = "auto"
-    FORM = staticmethod(everything_inputs)
+
+    def form(self, ctx, inputs):
+        everything_inputs(ctx, inputs)
 
 
 class SegmentShard(foo.Operator):

@@ -10,7 +10,6 @@ detection tagged as accepted. Immediate runs use ``num_workers=0`` and end with
 
 from __future__ import annotations
 
-import fiftyone.operators as foo
 import fiftyone.operators.types as types
 from fiftyone import ViewField as F
 
@@ -19,12 +18,12 @@ from ..curation import edits, review
 from ..sdk.fields import detections_fields
 from ..sdk.settings import Sam3Settings
 from .forms import (
+    FormOperator,
     flag,
     hf_token,
     markdown_output,
     model_input,
     num_workers,
-    operator_config,
     reload_after,
     report,
     slider,
@@ -43,21 +42,15 @@ TABLE_COLUMNS = (
 )
 
 
-class ReviewAnnotations(foo.Operator):
+class ReviewAnnotations(FormOperator):
     """Compares a ground-truth field with SAM3 and tags the samples a curator should look at."""
 
-    @property
-    def config(self):
-        return operator_config(
-            "review_annotations",
-            "Review annotations with SAM3",
-            "Find possibly missing, spurious and loose annotations with SAM3 and FiftyOne's evaluation",
-        )
+    NAME = "review_annotations"
+    LABEL = "Review annotations with SAM3"
+    DESCRIPTION = "Find possibly missing, spurious and loose annotations with SAM3 and FiftyOne's evaluation"
 
-    def resolve_input(self, ctx):
-        inputs = types.Object()
+    def form(self, ctx, inputs):
         _review_inputs(ctx, inputs)
-        return types.Property(inputs, view=types.View(label="Review annotations with SAM3"))
 
     def execute(self, ctx):
         params = ctx.params
@@ -109,21 +102,15 @@ class ReviewAnnotations(foo.Operator):
         return types.Property(outputs, view=types.View(label="SAM3 review"))
 
 
-class UpgradeBoxesToMasks(foo.Operator):
+class UpgradeBoxesToMasks(FormOperator):
     """Adds SAM3 masks to the existing boxes of a Detections field, after backing it up."""
 
-    @property
-    def config(self):
-        return operator_config(
-            "upgrade_boxes_to_masks",
-            "Upgrade boxes to masks",
-            "Add SAM3 instance masks to existing boxes (ids, labels, attributes kept; field backed up first)",
-        )
+    NAME = "upgrade_boxes_to_masks"
+    LABEL = "Upgrade boxes to masks"
+    DESCRIPTION = "Add SAM3 instance masks to existing boxes (ids, labels, attributes kept; field backed up first)"
 
-    def resolve_input(self, ctx):
-        inputs = types.Object()
+    def form(self, ctx, inputs):
         _upgrade_inputs(ctx, inputs)
-        return types.Property(inputs, view=types.View(label="Upgrade boxes to masks"))
 
     def execute(self, ctx):
         params = ctx.params
@@ -152,19 +139,15 @@ class UpgradeBoxesToMasks(foo.Operator):
         return markdown_output("Upgrade boxes to masks")
 
 
-class RestoreFieldBackup(foo.Operator):
+class RestoreFieldBackup(FormOperator):
     """Puts a field back exactly as its backup holds it."""
 
-    @property
-    def config(self):
-        return operator_config(
-            "restore_field_backup", "Restore field backup", "Undo a mask upgrade or an accept from its backup"
-        )
+    NAME = "restore_field_backup"
+    LABEL = "Restore field backup"
+    DESCRIPTION = "Undo a mask upgrade or an accept from its backup"
 
-    def resolve_input(self, ctx):
-        inputs = types.Object()
+    def form(self, ctx, inputs):
         _restore_inputs(ctx, inputs)
-        return types.Property(inputs, view=types.View(label="Restore field backup"))
 
     def execute(self, ctx):
         params = ctx.params
@@ -178,21 +161,15 @@ class RestoreFieldBackup(foo.Operator):
         return markdown_output("Restore field backup")
 
 
-class AcceptReviewedDetections(foo.Operator):
+class AcceptReviewedDetections(FormOperator):
     """Copies the SAM3 detections a reviewer tagged into the ground truth, after backing it up."""
 
-    @property
-    def config(self):
-        return operator_config(
-            "accept_reviewed_detections",
-            "Accept reviewed detections",
-            "Copy SAM3 detections tagged as accepted into the ground truth (field backed up first)",
-        )
+    NAME = "accept_reviewed_detections"
+    LABEL = "Accept reviewed detections"
+    DESCRIPTION = "Copy SAM3 detections tagged as accepted into the ground truth (field backed up first)"
 
-    def resolve_input(self, ctx):
-        inputs = types.Object()
+    def form(self, ctx, inputs):
         _accept_inputs(ctx, inputs)
-        return types.Property(inputs, view=types.View(label="Accept reviewed detections"))
 
     def execute(self, ctx):
         params = ctx.params
