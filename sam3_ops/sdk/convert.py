@@ -1,4 +1,5 @@
-"""Conversions between FiftyOne labels and the engine's pixel boxes and masks. Pure functions.
+"""Conversions between FiftyOne labels and the engines' pixel boxes and masks, images' and videos'
+(a video's prompt frames -> tracker prompts, a tracked frame -> ``Detections``). Pure functions.
 
 FiftyOne boxes are relative ``[x, y, width, height]`` in ``[0, 1]``; a Detection's ``mask`` is a
 2-D array covering exactly its box. The engine works in pixel ``xyxy`` on whole-pixel crops, so
@@ -7,13 +8,15 @@ these conversions are exact: a mask of ``h x w`` pixels gets a box of ``w / W`` 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import fiftyone.core.labels as fol
 import numpy as np
 
 from ..core.engine import ImageSegmentation
 from ..core.queries import ImagePrompts, ObjectPrompt, describe_box_problems, sanitize_boxes
+from ..core.video import FrameResult, VideoPrompt
 
 
 def relative_to_xyxy(boxes_xywh: np.ndarray | Sequence, width: int, height: int) -> np.ndarray:
@@ -214,5 +217,127 @@ def to_detections(segmentation: ImageSegmentation, prompt_ids: Sequence[str | No
             detection["prompt_id"] = prompt_ids[index]
         if len(segmentation.mask_rank) and segmentation.mask_rank[i] >= 0:
             detection["mask_rank"] = int(segmentation.mask_rank[i])
+        detections.append(detection)
+    return fol.Detections(detections=detections)
+
+
+# -- videos ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _PromptObject:
+    frame_number: int
+    index: int | None
+    label: str | None
+    prompt_id: str
+    box: tuple | None = None
+    points: tuple | None = None
+    point_labels: tuple | None = None
+
+
+def video_prompts(
+    prompt_frames: Iterable[tuple[int, object]], mode: str, width: int, height: int, max_objects: int
+) -> tuple[list[VideoPrompt], dict[int, str], list[str]]:
+    """The tracker prompts of one video from its prompt field's values.
+
+    Args:
+        prompt_frames: ``(frame_number, labels)`` of the frames holding prompts: ``Detections``
+            (``boxes`` mode) or ``Keypoints`` (``points`` mode)
+        mode: ``"boxes"`` or ``"points"``
+        width, height: the video's frame size in pixels
+        max_objects: the most objects to track: the first ones (by frame, then position) are kept
+
+    Returns:
+        ``(prompts, prompt_ids, warnings)``: one :class:`~sam3_ops.core.video.VideoPrompt` per
+        prompt object and frame (``prompt_id`` = the instance's index); per index, the id of its
+        prompt on its first frame; what was dropped and why
+
+    Raises:
+        ValueError: a frame's value is not of the mode's label type
+    """
+    kind, attribute = ("Detections", "detections") if mode == "boxes" else ("Keypoints", "keypoints")
+    objects: list[_PromptObject] = []
+    warnings: list[str] = []
+    for frame_number, labels in sorted(prompt_frames, key=lambda item: item[0]):
+        if labels is None:
+            continue
+        if not hasattr(labels, attribute):
+            raise ValueError(
+                f"prompt_field must hold {kind} in {mode} mode; frame {frame_number} holds {type(labels).__name__}"
+            )
+        if mode == "boxes":
+            detections = list(labels.detections)
+            boxes, keep = sanitize_boxes(
+                relative_to_xyxy([box_of(d) for d in detections], width, height), width, height
+            )
+            message = describe_box_problems(len(detections), len(keep), "prompt")
+            if message:
+                warnings.append(f"frame {frame_number}: {message}")
+            for box, i in zip(boxes, keep):
+                d = detections[i]
+                objects.append(_PromptObject(frame_number, _index(d), d.label, d.id, box=tuple(map(float, box))))
+        else:
+            image_prompts, ids, notes = prompts_from_keypoints(labels, None, width, height)
+            warnings += [f"frame {frame_number}: {note}" for note in notes]
+            by_id = {keypoint.id: keypoint for keypoint in labels.keypoints}
+            for obj, keypoint_id in zip(image_prompts.objects, ids):
+                objects.append(
+                    _PromptObject(
+                        frame_number,
+                        _index(by_id[keypoint_id]),
+                        obj.label,
+                        keypoint_id,
+                        points=tuple((float(x), float(y)) for x, y in obj.points),
+                        point_labels=tuple(int(v) for v in obj.point_labels),
+                    )
+                )
+    given = [o.index for o in objects if o.index is not None]
+    next_index = max(given, default=-1) + 1
+    for obj in objects:
+        if obj.index is None:
+            obj.index, next_index = next_index, next_index + 1
+    order = list(dict.fromkeys(o.index for o in objects))
+    if len(order) > max_objects:
+        warnings.append(
+            f"{len(order)} prompt objects but max_objects={max_objects}: tracking the first {max_objects} "
+            f"(indexes {order[:max_objects]}), not {order[max_objects:]}; raise max_objects to track them all"
+        )
+        kept = set(order[:max_objects])
+        objects = [o for o in objects if o.index in kept]
+    prompt_ids: dict[int, str] = {}
+    for obj in objects:
+        prompt_ids.setdefault(obj.index, obj.prompt_id)
+    prompts = [
+        VideoPrompt(o.frame_number, o.index, o.label, box_xyxy=o.box, points=o.points, point_labels=o.point_labels)
+        for o in objects
+    ]
+    return prompts, prompt_ids, warnings
+
+
+def _index(label) -> int | None:
+    value = getattr(label, "index", None)
+    return int(value) if isinstance(value, int | np.integer) and not isinstance(value, bool) else None
+
+
+def frame_detections(result: FrameResult, prompt_ids: dict | None = None) -> fol.Detections:
+    """One frame's tracked instances as ``fo.Detections`` (an empty one for none).
+
+    Each Detection: ``label``, relative ``bounding_box`` clipped to [0, 1], ``mask`` (bool,
+    exactly the box), ``confidence`` (for text prompts the score the instance was detected with;
+    for box / point prompts the tracker's probability that it is on this frame), ``index`` (the
+    instance's id, constant across frames) and, for box / point prompts, ``prompt_id``.
+    """
+    height, width = result.image_size
+    detections = []
+    for i, obj in enumerate(result.object_ids):
+        detection = fol.Detection(
+            label=result.labels[i],
+            bounding_box=xyxy_to_relative(result.boxes_xyxy[i], width, height),
+            mask=np.ascontiguousarray(result.masks[i], dtype=bool),
+            confidence=float(result.scores[i]),
+            index=int(obj),
+        )
+        if prompt_ids is not None:
+            detection["prompt_id"] = prompt_ids.get(obj)
         detections.append(detection)
     return fol.Detections(detections=detections)

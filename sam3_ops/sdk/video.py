@@ -60,13 +60,11 @@ import fiftyone.core.fields as fof
 import fiftyone.core.labels as fol
 import fiftyone.core.models as fom
 import fiftyone.core.utils as fou
-import numpy as np
 
 from ..core.checkpoint import DEFAULT_MODEL
-from ..core.queries import describe_box_problems, sanitize_boxes
-from ..core.video import FrameResult, Sam3VideoEngine, VideoPrompt
+from ..core.video import FrameResult, Sam3VideoEngine
 from ..core.video_io import VideoLoadError, VideoReader
-from .convert import box_of, prompts_from_keypoints, relative_to_xyxy, xyxy_to_relative
+from .convert import frame_detections, video_prompts
 from .fields import (
     ensure_detections_field,
     frame_field_name,
@@ -98,134 +96,12 @@ def video_settings_problem(settings: Sam3Settings) -> SettingsError | None:
 # -- prompts ----------------------------------------------------------------------------------------
 
 
-@dataclass
-class _PromptObject:
-    frame_number: int
-    index: int | None
-    label: str | None
-    prompt_id: str
-    box: tuple | None = None
-    points: tuple | None = None
-    point_labels: tuple | None = None
-
-
-def video_prompts(
-    prompt_frames: Iterable[tuple[int, object]], mode: str, width: int, height: int, max_objects: int
-) -> tuple[list[VideoPrompt], dict[int, str], list[str]]:
-    """The tracker prompts of one video from its prompt field's values.
-
-    Args:
-        prompt_frames: ``(frame_number, labels)`` of the frames holding prompts: ``Detections``
-            (``boxes`` mode) or ``Keypoints`` (``points`` mode)
-        mode: ``"boxes"`` or ``"points"``
-        width, height: the video's frame size in pixels
-        max_objects: the most objects to track: the first ones (by frame, then position) are kept
-
-    Returns:
-        ``(prompts, prompt_ids, warnings)``: one :class:`~sam3_ops.core.video.VideoPrompt` per
-        prompt object and frame (``prompt_id`` = the instance's index); per index, the id of its
-        prompt on its first frame; what was dropped and why
-
-    Raises:
-        ValueError: a frame's value is not of the mode's label type
-    """
-    kind, attribute = ("Detections", "detections") if mode == "boxes" else ("Keypoints", "keypoints")
-    objects: list[_PromptObject] = []
-    warnings: list[str] = []
-    for frame_number, labels in sorted(prompt_frames, key=lambda item: item[0]):
-        if labels is None:
-            continue
-        if not hasattr(labels, attribute):
-            raise ValueError(
-                f"prompt_field must hold {kind} in {mode} mode; frame {frame_number} holds {type(labels).__name__}"
-            )
-        if mode == "boxes":
-            detections = list(labels.detections)
-            boxes, keep = sanitize_boxes(
-                relative_to_xyxy([box_of(d) for d in detections], width, height), width, height
-            )
-            message = describe_box_problems(len(detections), len(keep), "prompt")
-            if message:
-                warnings.append(f"frame {frame_number}: {message}")
-            for box, i in zip(boxes, keep):
-                d = detections[i]
-                objects.append(_PromptObject(frame_number, _index(d), d.label, d.id, box=tuple(map(float, box))))
-        else:
-            image_prompts, ids, notes = prompts_from_keypoints(labels, None, width, height)
-            warnings += [f"frame {frame_number}: {note}" for note in notes]
-            by_id = {keypoint.id: keypoint for keypoint in labels.keypoints}
-            for obj, keypoint_id in zip(image_prompts.objects, ids):
-                objects.append(
-                    _PromptObject(
-                        frame_number,
-                        _index(by_id[keypoint_id]),
-                        obj.label,
-                        keypoint_id,
-                        points=tuple((float(x), float(y)) for x, y in obj.points),
-                        point_labels=tuple(int(v) for v in obj.point_labels),
-                    )
-                )
-    given = [o.index for o in objects if o.index is not None]
-    next_index = max(given, default=-1) + 1
-    for obj in objects:
-        if obj.index is None:
-            obj.index, next_index = next_index, next_index + 1
-    order = list(dict.fromkeys(o.index for o in objects))
-    if len(order) > max_objects:
-        warnings.append(
-            f"{len(order)} prompt objects but max_objects={max_objects}: tracking the first {max_objects} "
-            f"(indexes {order[:max_objects]}), not {order[max_objects:]}; raise max_objects to track them all"
-        )
-        kept = set(order[:max_objects])
-        objects = [o for o in objects if o.index in kept]
-    prompt_ids: dict[int, str] = {}
-    for obj in objects:
-        prompt_ids.setdefault(obj.index, obj.prompt_id)
-    prompts = [
-        VideoPrompt(o.frame_number, o.index, o.label, box_xyxy=o.box, points=o.points, point_labels=o.point_labels)
-        for o in objects
-    ]
-    return prompts, prompt_ids, warnings
-
-
-def _index(label) -> int | None:
-    value = getattr(label, "index", None)
-    return int(value) if isinstance(value, int | np.integer) and not isinstance(value, bool) else None
-
-
 def sample_prompt_frames(sample, prompt_field: str) -> Iterator[tuple[int, object]]:
     """``(frame_number, value)`` of the frames of ``sample`` with a value in ``prompt_field``."""
     for frame_number, frame in sample.frames.items():
         value = frame.get_field(prompt_field) if frame.has_field(prompt_field) else None
         if value is not None:
             yield frame_number, value
-
-
-# -- conversion -------------------------------------------------------------------------------------
-
-
-def frame_detections(result: FrameResult, prompt_ids: dict | None = None) -> fol.Detections:
-    """One frame's tracked instances as ``fo.Detections`` (an empty one for none).
-
-    Each Detection: ``label``, relative ``bounding_box`` clipped to [0, 1], ``mask`` (bool,
-    exactly the box), ``confidence`` (for text prompts the score the instance was detected with;
-    for box / point prompts the tracker's probability that it is on this frame), ``index`` (the
-    instance's id, constant across frames) and, for box / point prompts, ``prompt_id``.
-    """
-    height, width = result.image_size
-    detections = []
-    for i, obj in enumerate(result.object_ids):
-        detection = fol.Detection(
-            label=result.labels[i],
-            bounding_box=xyxy_to_relative(result.boxes_xyxy[i], width, height),
-            mask=np.ascontiguousarray(result.masks[i], dtype=bool),
-            confidence=float(result.scores[i]),
-            index=int(obj),
-        )
-        if prompt_ids is not None:
-            detection["prompt_id"] = prompt_ids.get(obj)
-        detections.append(detection)
-    return fol.Detections(detections=detections)
 
 
 class _PrefixVideoLogs(logging.Filter):
@@ -680,9 +556,7 @@ __all__ = [
     "Sam3VideoModel",
     "VIDEO_MODES",
     "VideoTrack",
-    "frame_detections",
     "load_video_model",
     "segment_videos",
-    "video_prompts",
     "without_video_results",
 ]
