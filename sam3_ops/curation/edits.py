@@ -108,7 +108,7 @@ def upgrade_boxes_to_masks(
         if new_paths:  # masks the model stored on disk (too large for the sample) stay there
             samples.set_label_values(f"{field}.detections.mask_path", new_paths)
     result.changed = len(new_masks) + len(new_paths)
-    result.model_summary = {k: v for k, v in ran.to_dict().items() if k not in ("label_field", "run_key")}
+    result.model_summary = ran.counts().to_dict()
     return result
 
 

@@ -329,8 +329,7 @@ def run_proposal(dataset, model: Sam3Model, sample_ids: Iterable[str], field_nam
     App's server process must not fork.
     """
     ensure_refinement_fields(dataset, field_name)
-    before = len(model.failures)
-    segment(
+    ran = segment(
         dataset.select(list(sample_ids)),
         preview_field_name(field_name),
         model=model,
@@ -338,7 +337,7 @@ def run_proposal(dataset, model: Sam3Model, sample_ids: Iterable[str], field_nam
         num_workers=0,
         progress=False,
     )
-    return [f"Skipped {failure.filepath}: {failure.reason}" for failure in model.failures[before:]]
+    return [f"Skipped {skipped['filepath']}: {skipped['reason']}" for skipped in ran.skipped]
 
 
 # -- accept, undo, discard ----------------------------------------------------------------------
