@@ -7,9 +7,8 @@ Also the checks an image run makes (:func:`check_image_run`).
 from __future__ import annotations
 
 from .fields import check_label_field, ensure_detections_field, output_field_problem, prompt_label_type
-from .media import Media, build_engine, segment_in_process
+from .media import Media, build_engine
 from .model import Sam3Model
-from .runs import SegmentResult
 from .settings import RunOptions, Sam3Settings, media_problem
 
 
@@ -92,10 +91,3 @@ class ImageMedia(Media):
 
 #: the image medium of :func:`~sam3_ops.sdk.media.segment_in_process`
 IMAGES = ImageMedia()
-
-
-def segment_images(
-    samples, label_field: str, run: RunOptions, model: Sam3Model | None = None, **settings
-) -> SegmentResult:
-    """:func:`~sam3_ops.sdk.media.segment_in_process` on images (a shard runs this)."""
-    return segment_in_process(IMAGES, samples, label_field, run, model, **settings)

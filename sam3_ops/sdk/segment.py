@@ -15,12 +15,13 @@ import os
 from fiftyone.core.collections import SampleCollection
 
 from ..core.checkpoint import DEFAULT_MODEL
-from .images import build_engine, check_prompt_fields, segment_images, without_image_results
+from .images import IMAGES, build_engine, check_prompt_fields, without_image_results
+from .media import segment_in_process
 from .model import Sam3Model
 from .runs import SegmentResult
 from .settings import DEFAULT_BATCH_SIZE, RunOptions, Sam3Settings, as_model_path, media_problem
 from .shards import segment_sharded
-from .video import Sam3VideoModel, load_video_model, segment_videos, without_video_results
+from .video import VIDEOS, Sam3VideoModel, load_video_model, without_video_results
 
 #: names other modules import from here (defined in the modules below it)
 __all__ = [
@@ -154,7 +155,7 @@ def segment(
 
     Args:
         samples: a dataset or view; on a video collection each video is tracked and
-            ``frames.<label_field>`` written, streamed, per video (:func:`~sam3_ops.sdk.video.segment_videos`)
+            ``frames.<label_field>`` written, streamed, per video (:data:`~sam3_ops.sdk.video.VIDEOS`)
         label_field ("sam3"): the ``Detections`` field to write (an existing field of another type is
             never overwritten; an existing ``Detections`` field is replaced on ``samples``)
         token (None): a Hugging Face token, used to load and not kept; ``None`` reads ``HF_TOKEN``
@@ -203,9 +204,6 @@ def segment(
         progress=progress,
     )
     if run.shards is not None:  # queued, one delegated operation per shard
-        route = segment_sharded
-    elif samples.media_type == "video":  # tracking, streamed per video
-        route = segment_videos
-    else:
-        route = segment_images
-    return route(samples, label_field, run, model=model, **settings)
+        return segment_sharded(samples, label_field, run, model=model, **settings)
+    media = VIDEOS if samples.media_type == "video" else IMAGES  # videos: tracked, streamed per video
+    return segment_in_process(media, samples, label_field, run, model, **settings)

@@ -1,7 +1,7 @@
 """One shard of a sharded run, in a worker (:mod:`~sam3_ops.sdk.shards` queues them and reads their
 status): the plugin's ``segment_shard`` operator calls :func:`run_shard`, which proves the worker
 alive (a heartbeat), segments the shard's range as an in-process image run
-(:func:`~sam3_ops.sdk.images.segment_images`), stops when its operation is no longer running, stores
+(:func:`~sam3_ops.sdk.media.segment_in_process` of :data:`~sam3_ops.sdk.images.IMAGES`), stops when its operation is no longer running, stores
 its summary in the run's store and, as the last shard done, completes the run.
 """
 
@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .fields import root_dataset
-from .images import segment_images
+from .images import IMAGES
+from .media import segment_in_process
 from .runs import get_run
 from .settings import DEFAULT_BATCH_SIZE, RunOptions, Sam3Settings
 from .shards import ShardSuperseded, finalize, shard_view
@@ -218,7 +219,7 @@ def _segment_shard(job: _ShardJob, heartbeat: _Heartbeat):
         output_dir=params.get("output_dir"),
         record=False,
     )
-    result = segment_images(job.target, label_field, run, **job.settings.to_dict())
+    result = segment_in_process(IMAGES, job.target, label_field, run, **job.settings.to_dict())
     if heartbeat.superseded.is_set():
         raise ShardSuperseded(f"{job.name} of {label_field!r}: its operation is no longer running")
     return result

@@ -6,7 +6,7 @@ the instance's id, constant across frames.
 Two doors, one inference path (:meth:`Sam3VideoModel.track`, on
 :class:`~sam3_ops.core.video.Sam3VideoEngine`):
 
-- :func:`segment_videos` (what ``sam3_ops.segment`` does with a video collection, and the App's
+- :data:`VIDEOS` (what ``sam3_ops.segment`` does with a video collection, and the App's
   operators): decodes each video with the core's :class:`~sam3_ops.core.video_io.VideoReader`
   and writes its frames as they come out, in chunks of :data:`FRAMES_PER_WRITE`, so memory holds
   a few frames' labels whatever the video's length.
@@ -73,14 +73,13 @@ from .fields import (
     root_dataset,
     tracks_field,
 )
-from .media import Media, build_engine, segment_in_process
+from .media import Media, build_engine
 from .model import Sam3ModelBase, fit_in_document
-from .runs import SegmentResult
 from .settings import VIDEO_MODES, RunOptions, Sam3Settings, SettingsError, media_problem
 
 logger = logging.getLogger(__name__)
 
-#: frames whose labels :func:`segment_videos` writes at once (one bulk write)
+#: frames whose labels :data:`VIDEOS` writes at once (one bulk write)
 FRAMES_PER_WRITE = 16
 #: ... or fewer, when their masks reach this many bytes
 BYTES_PER_WRITE = 64 * 2**20
@@ -165,7 +164,7 @@ class Sam3VideoModel(Sam3ModelBase, fom.Model, fom.SamplesMixin):
     ``sam3_ops.load_model(..., media_type="video")``.
 
     ``dataset.apply_model(model, label_field="sam3")`` (``prompt_field="boxes"`` for a frame-level
-    prompt field) writes ``frames.sam3``; :func:`segment_videos` runs the same :meth:`track` with
+    prompt field) writes ``frames.sam3``; :data:`VIDEOS` runs the same :meth:`track` with
     streamed writes and resume.
 
     Args:
@@ -323,7 +322,7 @@ def _reason(error: Exception) -> str:
 
 def without_video_results(samples, label_field: str):
     """The videos of ``samples`` not done yet for ``label_field`` (no ``<label_field>_tracks``, which
-    :func:`segment_videos` writes; after a plain ``apply_model`` run, every video)."""
+    :data:`VIDEOS` writes; after a plain ``apply_model`` run, every video)."""
     marker = tracks_field(frame_field_name(label_field))
     if not root_dataset(samples).has_sample_field(marker):
         return samples
@@ -416,8 +415,10 @@ def check_video_prompt_field(samples, settings: Sam3Settings) -> str | None:
 
 class VideoMedia(Media):
     """Videos: each tracked and written frame chunk by frame chunk, then marked done (see the module
-    docstring). The frames of a video go through the tracker one at a time, in order, decoded by the
-    core's reader: ``batch_size`` does not apply, and ``num_workers`` (decoding processes) is refused."""
+    docstring); ``<label_field>_tracks`` marks the videos done and a run's ``samples_processed`` counts
+    videos. A video that fails is skipped and reported (``skip_failures``), or stops the run. The
+    frames of a video go through the tracker one at a time, in order, decoded by the core's reader:
+    ``batch_size`` does not apply, and ``num_workers`` (decoding processes) is refused."""
 
     name = "video"
     model_fields = ("prompt_field",)
@@ -469,17 +470,6 @@ class VideoMedia(Media):
 
 #: the video medium of :func:`~sam3_ops.sdk.media.segment_in_process`
 VIDEOS = VideoMedia()
-
-
-def segment_videos(samples, label_field: str, run: RunOptions, model=None, **settings) -> SegmentResult:
-    """``sam3_ops.segment`` on a video collection (a dataset or view, not a clips view):
-    :func:`~sam3_ops.sdk.media.segment_in_process` with :data:`VIDEOS`. Each video is tracked and
-    ``frames.<label_field>`` written, streamed (see the module docstring); ``<label_field>_tracks``
-    marks the videos done; ``samples_processed`` counts videos. Modes ``text``, ``boxes``
-    (``prompt_field``: frame-level ``Detections``), ``points`` (frame-level ``Keypoints``);
-    ``direction`` and ``max_objects`` apply. A video that fails is skipped and reported
-    (``run.skip_failures``), or stops the run."""
-    return segment_in_process(VIDEOS, samples, label_field, run, model, **settings)
 
 
 @dataclass
@@ -557,6 +547,5 @@ __all__ = [
     "VIDEO_MODES",
     "VideoTrack",
     "load_video_model",
-    "segment_videos",
     "without_video_results",
 ]
