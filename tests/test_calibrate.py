@@ -361,6 +361,11 @@ def test_bad_arguments_are_named_before_anything_runs(hits, tiny_checkpoint):
         sam3_ops.calibrate(dataset, "gt", prompts=["cat"], **options)
     with pytest.raises(ValueError, match="gt_field"):
         sam3_ops.calibrate(dataset, "no_such_field", **options)
+    for option in ({"shards": 2}, {"only_missing": True}):  # run options that do not apply to calibrate
+        with pytest.raises(ValueError, match=next(iter(option))):
+            sam3_ops.calibrate(dataset, "gt", **option, **options)
+    with pytest.raises(ValueError, match="batch_size"):  # a run option goes through segment's own check
+        sam3_ops.calibrate(dataset, "gt", **{**options, "batch_size": 0})
     with pytest.raises(ValueError, match="animal"):
         sam3_ops.calibrate(dataset, "gt", candidates={"animal": ["cat", ""]}, **options)
     dataset.add_sample_field("sam3_calibration_taken_scratch", fo.StringField)

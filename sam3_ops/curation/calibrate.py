@@ -30,8 +30,8 @@ from fiftyone.utils.eval.coco import COCOEvaluationConfig
 
 from ..sdk.fields import check_label_field, root_dataset
 from ..sdk.runs import calibration_run_key, load_calibration, record_calibration
-from ..sdk.segment import segment
-from ..sdk.settings import DEFAULT_BATCH_SIZE, normalize_prompts, unit_interval_problem
+from ..sdk.segment import segment, split_options
+from ..sdk.settings import normalize_prompts, unit_interval_problem
 from .classes import review_classes
 
 #: the note on a class whose best F1 is below ``min_f1``
@@ -148,14 +148,8 @@ def calibrate(
     min_objects: int = 10,
     min_f1: float = 0.2,
     key: str = "default",
-    token: str | None = None,
-    reuse: bool = True,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    num_workers: int | None = None,
-    skip_failures: bool = True,
-    progress=None,
     record: bool = True,
-    **settings,
+    **options,
 ) -> CalibrationResult:
     """Calibrates text prompts on ``labelled_view``'s ground truth: per class, the wording and
     threshold that best meet ``objective``.
@@ -175,12 +169,13 @@ def calibrate(
         min_objects (10): classes with fewer ground-truth objects keep the default threshold
         min_f1 (0.2): a class whose best F1 is below this is flagged :data:`NOT_FOUND_NOTE`
         key ("default"): the calibration's key; its run is ``sam3_calibration_<key>``
-        token, reuse, batch_size, num_workers, skip_failures, progress: as for :func:`sam3_ops.segment`
         record (True): store the result as a run (replacing a calibration of the same key)
-        **settings: :class:`~sam3_ops.sdk.settings.Sam3Settings` as for :func:`sam3_ops.segment`
-            (``model_path``, ``device``, ``mask_threshold``, ...); ``threshold`` is the default
-            threshold of classes not calibrated (default 0.5). ``mode``, ``prompts``, the prompt
-            fields and ``max_detections`` are calibrate's own
+        **options: as for :func:`sam3_ops.segment`: run options (``token``, ``reuse``,
+            ``batch_size``, ``num_workers``, ``skip_failures``, ``progress``) and
+            :class:`~sam3_ops.sdk.settings.Sam3Settings` (``model_path``, ``device``,
+            ``mask_threshold``, ...); ``threshold`` is the default threshold of classes not
+            calibrated (default 0.5). ``mode``, ``prompts``, the prompt fields and
+            ``max_detections`` are calibrate's own; ``shards`` and ``only_missing`` do not apply
 
     Returns:
         a :class:`CalibrationResult`
@@ -190,93 +185,85 @@ def calibrate(
             ground-truth field; a scratch field that already exists
         ModelLoadError: the checkpoint cannot be loaded
     """
-    fixed = sorted(name for name in _FIXED if name in settings and not (name == "mode" and settings[name] == "text"))
-    if fixed:
-        raise ValueError(f"calibrate chooses {', '.join(fixed)} itself; do not pass {fixed[0]!r}")
-    settings.pop("mode", None)
-    if getattr(labelled_view, "media_type", None) != "image":
-        raise ValueError(
-            f"calibrate needs an image dataset or view, not {getattr(labelled_view, 'media_type', type(labelled_view))!r}"
-        )
-    check_label_field(labelled_view, gt_field, require_labels=True, what="gt_field")
+    # a public function in FiftyOne's style (compare evaluate_detections): every knob a documented keyword
+    settings, run = split_options(options)
+    default_threshold = _check_arguments(labelled_view, gt_field, settings, run, iou, score_floor, min_f1, min_objects)
     candidates = _candidates(labelled_view, gt_field, candidates)
     goal = _objective(objective)
-    for name, value in (("iou", iou), ("score_floor", score_floor), ("min_f1", min_f1)):
-        problem = unit_interval_problem(value, name)
-        if problem:
-            raise ValueError(problem)
-    if not isinstance(min_objects, int) or isinstance(min_objects, bool) or min_objects < 1:
-        raise ValueError(f"min_objects must be a positive integer, not {min_objects!r}")
-    run_key = calibration_run_key(key)
-    default_threshold = settings.pop("threshold", None)
-    if default_threshold is not None:
-        problem = unit_interval_problem(default_threshold, "threshold")
-        if problem:
-            raise ValueError(problem)
-    if settings.get("nms_iou") is not None or settings.get("nms_containment") is not None:
-        settings["nms_per_label"] = True  # wordings must not suppress each other's hits
-
-    dataset = root_dataset(labelled_view)
-    scratch = f"{run_key}_scratch"
-    if dataset.has_field(scratch):
+    scratch = f"{calibration_run_key(key)}_scratch"
+    if root_dataset(labelled_view).has_field(scratch):
         raise ValueError(f"the scratch field {scratch!r} exists (an interrupted calibration?): delete it first")
-    texts = list(dict.fromkeys(text for words in candidates.values() for text in words))
     started = time.perf_counter()
     try:
-        # the one inference pass: every distinct wording, its hits labelled with the wording itself
-        summary = segment(
-            labelled_view,
-            scratch,
-            prompts=texts,
-            threshold=score_floor,
-            record=False,
-            token=token,
-            reuse=reuse,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            skip_failures=skip_failures,
-            progress=progress,
-            **settings,
-        )
+        summary = _one_pass(labelled_view, scratch, candidates, score_floor, settings, run)
         inferred = time.perf_counter()
         matches, counts = _match_candidates(labelled_view, scratch, gt_field, candidates, iou, use_masks)
         rows, curves = [], {}
         for label, by_text in matches.items():
             sweeps = {text: _sweep(found, counts[label]) for text, found in by_text.items()}
             curves[label] = {text: sweep.curve() for text, sweep in sweeps.items()}
-            rows.append(
-                _choose(label, sweeps, counts[label], goal, (min_objects, min_f1, score_floor), default_threshold)
-            )
+            limits = (min_objects, min_f1, score_floor)
+            rows.append(_choose(label, sweeps, counts[label], goal, limits, default_threshold))
         swept = time.perf_counter()
     finally:
-        if dataset.has_field(scratch):
-            dataset.delete_sample_field(scratch)
+        if root_dataset(labelled_view).has_field(scratch):
+            root_dataset(labelled_view).delete_sample_field(scratch)
+    numbers = {"iou": float(iou), "use_masks": bool(use_masks), "score_floor": float(score_floor)}
     result = CalibrationResult(
         key=key,
         gt_field=gt_field,
         objective=objective,
-        iou=float(iou),
-        use_masks=bool(use_masks),
-        score_floor=float(score_floor),
         classes=rows,
         curves=curves,
-        model_summary={k: v for k, v in summary.to_dict().items() if k not in ("label_field", "run_key")},
+        model_summary=summary.counts().to_dict(),
         seconds={"inference": round(inferred - started, 3), "sweep": round(swept - inferred, 3)},
+        **numbers,
     )
     if record:
-        config = {
-            "gt_field": gt_field,
-            "candidates": candidates,
-            "objective": objective,
-            "iou": float(iou),
-            "use_masks": bool(use_masks),
-            "score_floor": float(score_floor),
-            "min_objects": min_objects,
-            "min_f1": float(min_f1),
-            "settings": {k: v for k, v in settings.items() if _plain(v)},
-        }
+        config = {"gt_field": gt_field, "candidates": candidates, "objective": objective, **numbers}
+        config |= {"min_objects": min_objects, "min_f1": float(min_f1)}
+        config["settings"] = {k: v for k, v in settings.items() if _plain(v)}
         record_calibration(labelled_view, key, config, result.to_dict())
     return result
+
+
+def _check_arguments(labelled_view, gt_field, settings: dict, run: dict, iou, score_floor, min_f1, min_objects):
+    """Checks calibrate's arguments before anything runs; takes calibrate's own settings out of
+    ``settings`` (a ``threshold``: the default of classes not calibrated, returned; ``nms_per_label``
+    forced on when de-duplicating, as wordings must not suppress each other's hits).
+
+    Raises:
+        ValueError: naming the bad argument
+    """
+    given = (name for name in _FIXED if name in settings and not (name == "mode" and settings[name] == "text"))
+    fixed = sorted(given) + sorted(name for name in ("shards", "only_missing") if name in run)
+    if fixed:
+        raise ValueError(f"calibrate chooses {', '.join(fixed)} itself; do not pass {fixed[0]!r}")
+    settings.pop("mode", None)
+    media_type = getattr(labelled_view, "media_type", type(labelled_view))
+    if media_type != "image":
+        raise ValueError(f"calibrate needs an image dataset or view, not {media_type!r}")
+    check_label_field(labelled_view, gt_field, require_labels=True, what="gt_field")
+    for name, value in (("iou", iou), ("score_floor", score_floor), ("min_f1", min_f1)):
+        problem = unit_interval_problem(value, name)
+        if problem:
+            raise ValueError(problem)
+    if not isinstance(min_objects, int) or isinstance(min_objects, bool) or min_objects < 1:
+        raise ValueError(f"min_objects must be a positive integer, not {min_objects!r}")
+    default_threshold = settings.pop("threshold", None)
+    problem = unit_interval_problem(default_threshold, "threshold") if default_threshold is not None else None
+    if problem:
+        raise ValueError(problem)
+    if settings.get("nms_iou") is not None or settings.get("nms_containment") is not None:
+        settings["nms_per_label"] = True
+    return default_threshold
+
+
+def _one_pass(labelled_view, scratch: str, candidates: dict, score_floor: float, settings: dict, run: dict):
+    """The one inference pass: every distinct wording of every class as a text prompt, its hits
+    labelled with the wording itself, kept down to ``score_floor``, in the scratch field."""
+    texts = list(dict.fromkeys(text for words in candidates.values() for text in words))
+    return segment(labelled_view, scratch, prompts=texts, threshold=score_floor, record=False, **run, **settings)
 
 
 def get_calibration(samples, key: str = "default") -> CalibrationResult | None:
