@@ -240,19 +240,27 @@ def test_precision_and_recall_objectives(hits, tiny_checkpoint):
         assert getattr(row, kind) >= target and row.flag is None
 
 
-def test_each_wording_is_matched_as_evaluate_detections_does_on_filtered_views(hits, tiny_checkpoint, monkeypatch):
+@pytest.mark.parametrize("crowds", [False, True], ids=["boxes-on-arrays", "crowds-fiftyone-matching"])
+def test_each_wording_is_matched_as_evaluate_detections_does_on_filtered_views(
+    hits, tiny_checkpoint, monkeypatch, crowds
+):
     """Two classes sharing a wording, one of them absent from half the images, labels read two
     samples at a time: every wording's curve is the one FiftyOne's ``evaluate_detections`` gives on
     views filtered to the class's ground truth and the wording's hits (one evaluation per class and
-    wording, as calibrate once ran it)."""
+    wording, as calibrate once ran it). Boxes are matched on arrays; with crowds in the ground
+    truth, by FiftyOne's own matching (each path checked to be the one taken)."""
     dataset, _, high = hits
     counter = iter(range(10**6))
+    on_arrays = []
+    match_boxes = calibrate_module._match_boxes
+    monkeypatch.setattr(calibrate_module, "_match_boxes", lambda *a: on_arrays.append(1) or match_boxes(*a))
     for index, sample in enumerate(dataset.iter_samples(autosave=True)):
         detections = []
         for det in sample.cat_hits.detections:
             k = next(counter)
             if det.confidence >= high and k % 4:
-                detections.append(fo.Detection(label="animal", bounding_box=list(det.bounding_box)))
+                crowd = {"iscrowd": 1} if crowds and k % 5 == 0 else {}
+                detections.append(fo.Detection(label="animal", bounding_box=list(det.bounding_box), **crowd))
             if index < len(dataset) // 2 and k % 3 == 0:
                 detections.append(fo.Detection(label="pet", bounding_box=list(det.bounding_box)))
         sample["gt_two"] = fo.Detections(detections=detections)
@@ -292,6 +300,7 @@ def test_each_wording_is_matched_as_evaluate_detections_does_on_filtered_views(h
             assert curve["precision"] == pytest.approx([sum(k) / len(k) for k in kept])
             assert curve["recall"] == pytest.approx([sum(k) / row.ground_truth for k in kept])
     assert all(matched_by_class.values())  # each class's ground truth was matched by some hit
+    assert on_arrays == ([] if crowds else [1])
 
 
 def test_one_image_encoder_pass_for_any_number_of_wordings(hits, tiny_checkpoint):
@@ -385,3 +394,48 @@ def test_bad_arguments_are_named_before_anything_runs(hits, tiny_checkpoint):
     finally:
         videos.delete()
     assert not any(name.startswith("sam3_calibration") for name in dataset.get_field_schema())
+
+
+def test_the_box_matcher_equals_fiftyones_coco_matching_on_random_boxes():
+    """The array matcher of the sweep (boxes, no crowds) against FiftyOne's own COCO matching, hit by
+    hit, on 300 random images: clustered boxes, so that hits compete for the same ground truth,
+    confidence ties and zeros among the scores, and IoU thresholds 0.3, 0.5 and 0.75."""
+    from fiftyone.utils.eval.coco import COCOEvaluationConfig
+
+    from sam3_ops.curation import calibrate as calibration
+
+    rng = np.random.default_rng(0)
+    compared = matched = 0
+    for image in range(300):
+        centres = rng.uniform(0.2, 0.8, size=(3, 2))
+
+        def boxes(n):
+            xy = centres[rng.integers(0, 3, n)] + rng.normal(0, 0.03, (n, 2))
+            wh = rng.uniform(0.05, 0.2, (n, 2))
+            return np.concatenate([xy - wh / 2, wh], axis=1).tolist()
+
+        truth, hits = boxes(int(rng.integers(0, 6))), boxes(int(rng.integers(1, 9)))
+        scores = rng.choice([0.0, 0.3, 0.3, 0.5, 0.7, 0.9], size=len(hits)).tolist()
+        iou = [0.3, 0.5, 0.75][image % 3]
+        method = COCOEvaluationConfig("hits", "gt", iou=iou, classwise=False).build()
+        method.gt_field, method.pred_field = "gt", "hits"  # what register_samples sets, without a dataset
+        labels = {
+            "gt": fo.Detections(detections=[fo.Detection(label="a", bounding_box=b) for b in truth]),
+            "hits": fo.Detections(
+                detections=[fo.Detection(label="w", bounding_box=b, confidence=s) for b, s in zip(hits, scores)]
+            ),
+        }
+        expected = (
+            sorted(
+                (float(conf), gt_id is not None)
+                for _, _, _, conf, gt_id, pred_id in method.evaluate(labels, eval_key="check")
+                if pred_id is not None
+            )
+            if truth
+            else sorted((s, False) for s in scores)
+        )  # FiftyOne's matching wants some ground truth
+        ours = calibration._greedy_match(np.array(truth, float).reshape(-1, 4), hits, scores, min(iou, 1 - 1e-10))
+        assert sorted(ours) == expected, image
+        compared += len(ours)
+        matched += sum(m for _, m in ours)
+    assert compared > 1000 and 100 < matched < compared  # there were matches and misses to compare

@@ -334,15 +334,18 @@ def _sweep(matches: list[tuple[float, bool]], ground_truth: int) -> Sweep:
 def _match_candidates(labelled_view, scratch: str, gt_field: str, candidates: dict, iou: float, use_masks: bool):
     """Each wording's hits in ``scratch`` matched to its class's ground truth, image by image.
 
-    The matching is FiftyOne's own: the COCO evaluation of ``evaluate_detections`` (``classwise=False``:
-    ground truth and hits carry different labels), run on labels read once, ``SWEEP_CHUNK`` samples
-    at a time (masks are read only with ``use_masks``), rather than one ``evaluate_detections`` and
-    two filtered views per class and wording. Nothing is written.
+    Boxes (no crowd in the ground truth) are matched by :func:`_match_boxes`, on arrays; masks, and
+    ground truth with crowds, by FiftyOne's own COCO evaluation of ``evaluate_detections``
+    (``classwise=False``: ground truth and hits carry different labels), run on labels read once,
+    ``SWEEP_CHUNK`` samples at a time, rather than one ``evaluate_detections`` and two filtered
+    views per class and wording. Nothing is written.
 
     Returns:
         ``(matches, counts)``: ``{class: {wording: [(score, matched), ...]}}`` and the ground-truth
         objects of each class in ``labelled_view``
     """
+    if not use_masks and iou > 0 and not labelled_view.count_values(f"{gt_field}.detections.iscrowd").get(True):
+        return _match_boxes(labelled_view, scratch, gt_field, candidates, iou)
     method = COCOEvaluationConfig(scratch, gt_field, iou=iou, classwise=False, use_masks=use_masks).build()
     method.register_samples(labelled_view, None)  # the fields it reads; no eval key: nothing registered
     samples = labelled_view.select_fields([gt_field, scratch])
@@ -360,6 +363,64 @@ def _match_candidates(labelled_view, scratch: str, gt_field: str, candidates: di
                 for text, found in by_text.items():
                     found += _match_image(method, truth.get(label), hits.get(text))
     return matches, counts
+
+
+def _match_boxes(labelled_view, scratch: str, gt_field: str, candidates: dict, iou: float):
+    """:func:`_match_candidates` for boxes without crowds, on arrays read with ``values()`` (no label
+    objects are built): per image, class and wording, FiftyOne's COCO greedy matching exactly
+    (``fiftyone.utils.eval.coco``: hits by descending confidence, a confidence of 0 or none last;
+    each takes the unmatched ground truth of highest IoU at or above ``iou``, computed as
+    ``fiftyone.utils.iou.compute_bbox_iou`` does); equal IoUs go to the first ground truth, where
+    FiftyOne's order is its spatial index's. The tests compare it with ``evaluate_detections``."""
+    threshold = min(iou, 1 - 1e-10)  # FiftyOne's own cap
+    matches = {label: {text: [] for text in dict.fromkeys(words)} for label, words in candidates.items()}
+    counts = dict.fromkeys(candidates, 0)
+    paths = [f"{gt_field}.detections.label", f"{gt_field}.detections.bounding_box"]
+    paths += [f"{scratch}.detections.{name}" for name in ("label", "bounding_box", "confidence")]
+    for gt_labels, gt_boxes, hit_labels, hit_boxes, hit_scores in zip(*labelled_view.values(paths)):
+        truth = _group(gt_labels, gt_boxes)
+        hits = _group(hit_labels, hit_boxes, hit_scores)
+        for label, by_text in matches.items():
+            boxes = truth.get(label, ([], []))[0]
+            counts[label] += len(boxes)
+            for text, found in by_text.items():
+                if text in hits:
+                    found += _greedy_match(np.array(boxes, float).reshape(-1, 4), *hits[text], threshold)
+    return matches, counts
+
+
+def _group(labels, boxes, scores=None) -> dict:
+    """``{label: (boxes, scores)}`` of one image's label, box (and score) lists (``None``: none)."""
+    grouped: dict = {}
+    for i, label in enumerate(labels or ()):
+        entry = grouped.setdefault(label, ([], []))
+        entry[0].append(boxes[i])
+        entry[1].append(scores[i] if scores is not None else None)
+    return grouped
+
+
+def _greedy_match(truth: np.ndarray, boxes: list, scores: list, threshold: float) -> list[tuple[float, bool]]:
+    """``(score, matched)`` of each hit (relative ``[x, y, w, h]`` ``boxes``) against ``truth``."""
+    keys = np.array([score or -1 for score in scores], float)
+    hits = np.array(boxes, float).reshape(-1, 4)
+    if not len(truth):
+        return [(float(score), False) for score in scores]
+    # compute_bbox_iou's arithmetic, one hit against every ground-truth box at once
+    width = np.minimum(hits[:, None, 0] + hits[:, None, 2], truth[None, :, 0] + truth[None, :, 2])
+    width = width - np.maximum(hits[:, None, 0], truth[None, :, 0])
+    height = np.minimum(hits[:, None, 1] + hits[:, None, 3], truth[None, :, 1] + truth[None, :, 3])
+    height = height - np.maximum(hits[:, None, 1], truth[None, :, 1])
+    inter = np.where((width > 0) & (height > 0), height * width, 0.0)
+    union = (hits[:, 3] * hits[:, 2])[:, None] + (truth[:, 3] * truth[:, 2])[None, :] - inter
+    ious = np.minimum(np.divide(inter, union, out=np.zeros_like(inter), where=union != 0), 1)
+    taken = np.zeros(len(truth), bool)
+    found = []
+    for i in np.argsort(-keys, kind="stable"):  # sorted(..., reverse=True) keeps ties in order too
+        open_ = np.flatnonzero(~taken & (ious[i] >= threshold))
+        if open_.size:
+            taken[open_[np.argmax(ious[i, open_])]] = True
+        found.append((float(scores[i]), bool(open_.size)))
+    return found
 
 
 def _by_label(labels) -> dict:
