@@ -128,6 +128,8 @@ def split_options(options: dict) -> tuple[dict, dict]:
     return {k: v for k, v in options.items() if k in names}, {k: v for k, v in options.items() if k not in names}
 
 
+# The one-call SDK entry point, in apply_model's terms: its run options are apply_model's keywords
+# (checked together as RunOptions), its settings Sam3Settings'; hence more than eight parameters.
 def segment(
     samples,
     label_field: str = "sam3",

@@ -21,7 +21,6 @@ settings, their table and the run options, checked by the same helpers.)
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import numbers
 import os
@@ -33,8 +32,6 @@ from ..core.checkpoint import DEFAULT_MODEL, ModelLoadError, validate_model_path
 from ..core.engine import SegmentOptions
 from ..core.images import DEFAULT_MAX_PIXELS
 from ..core.queries import FIELD_MODES, MODES, MULTIMASK, TRACKER_MODES, TextPrompt, normalize_text_prompts
-
-logger = logging.getLogger(__name__)
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 

@@ -49,6 +49,9 @@ the run). Shards never touch the dataset's schema: the field is
 declared before the first shard is queued (FiftyOne saves a dataset's whole field list when a
 process adds a field, so processes that add fields at the same moment can lose each other's
 declarations; tests/test_shards.py watches the database for such writes).
+
+A shard's own run, in its worker, is :mod:`~sam3_ops.sdk.shard_worker`'s. (About 600 lines: queueing,
+status, reconcile and cancelling read and write the same run record and store, and stay together.)
 """
 
 from __future__ import annotations
