@@ -94,8 +94,24 @@ class Media:
         raise NotImplementedError
 
 
+def resolve_settings(media: Media, model, settings: dict) -> Sam3Settings:
+    """The settings of a run: ``settings`` (keywords of :class:`~sam3_ops.sdk.settings.Sam3Settings`),
+    or a given ``model``'s, with the prompt fields ``media.model_fields`` may still choose.
+
+    Raises:
+        ValueError: a bad setting; both a model and other settings
+    """
+    if model is None:
+        return Sam3Settings(**settings)
+    fields = {k: v for k, v in settings.items() if k in media.model_fields}
+    if len(fields) < len(settings):
+        others = sorted(set(settings) - set(fields))
+        raise ValueError(f"give either a model or settings ({', '.join(others)}), not both")
+    return model.settings.replace(**fields)
+
+
 def segment_in_process(
-    media: Media, samples, label_field: str, run: RunOptions, model=None, **settings
+    media: Media, samples, label_field: str, run: RunOptions, settings: Sam3Settings, model=None
 ) -> SegmentResult:
     """Segments ``samples`` into ``label_field`` in this process: every check first, then the run
     record (an interrupted run leaves its provenance, and resumes with it), then the segmentation,
@@ -107,27 +123,23 @@ def segment_in_process(
         samples: a dataset or view of that medium
         label_field: the ``Detections`` field to write
         run: the run options, validated
-        model (None): a model from :func:`~sam3_ops.sdk.segment.load_model`, instead of ``settings``
-            (then only ``media.model_fields`` may be given)
-        **settings: :class:`~sam3_ops.sdk.settings.Sam3Settings`
+        settings: the run's :class:`~sam3_ops.sdk.settings.Sam3Settings` (:func:`resolve_settings`)
+        model (None): a model from :func:`~sam3_ops.sdk.segment.load_model` to run (its settings
+            with the prompt fields ``settings`` chose), instead of building one
 
     Raises:
-        ValueError: a bad setting, output field or prompt field; both a model and settings
+        ValueError: a bad output or prompt field, a setting that does not apply to the medium
         ModelLoadError: the checkpoint cannot be loaded
     """
     label_field = media.output_field(label_field)
-    fields = {k: settings.pop(k) for k in media.model_fields if k in settings} if model is not None else {}
-    if model is not None and settings:
-        raise ValueError(f"give either a model or settings ({', '.join(sorted(settings))}), not both")
-    resolved = model.settings.replace(**fields) if model is not None else Sam3Settings(**settings)
-    resolved = media.prepare(samples, label_field, resolved, run)
-    model = model or media.load(resolved, run)
+    settings = media.prepare(samples, label_field, settings, run)
+    model = model or media.load(settings, run)
     media.declare(samples, label_field)
-    recorded = Run(samples, label_field, resolved, record=run.record).start()
+    recorded = Run(samples, label_field, settings, record=run.record).start()
     target = media.pending(samples, label_field) if run.only_missing else samples
     start = model.mark()  # a model that ran before reports this call's counts only
     if len(target):
-        media.segment(target, label_field, model, resolved, run)
+        media.segment(target, label_field, model, settings, run)
     media.declare(samples, label_field)
     recorded.add(model.counts(since=start))
     return recorded.finish()

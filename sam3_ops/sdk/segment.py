@@ -16,7 +16,7 @@ from fiftyone.core.collections import SampleCollection
 
 from ..core.checkpoint import DEFAULT_MODEL
 from .images import IMAGES, build_engine, check_prompt_fields, without_image_results
-from .media import segment_in_process
+from .media import resolve_settings, segment_in_process
 from .model import Sam3Model
 from .runs import SegmentResult
 from .settings import DEFAULT_BATCH_SIZE, RunOptions, Sam3Settings, as_model_path, media_problem
@@ -208,4 +208,4 @@ def segment(
     if run.shards is not None:  # queued, one delegated operation per shard
         return segment_sharded(samples, label_field, run, model=model, **settings)
     media = VIDEOS if samples.media_type == "video" else IMAGES  # videos: tracked, streamed per video
-    return segment_in_process(media, samples, label_field, run, model, **settings)
+    return segment_in_process(media, samples, label_field, run, resolve_settings(media, model, settings), model)

@@ -219,7 +219,7 @@ def _segment_shard(job: _ShardJob, heartbeat: _Heartbeat):
         output_dir=params.get("output_dir"),
         record=False,
     )
-    result = segment_in_process(IMAGES, job.target, label_field, run, **job.settings.to_dict())
+    result = segment_in_process(IMAGES, job.target, label_field, run, job.settings)
     if heartbeat.superseded.is_set():
         raise ShardSuperseded(f"{job.name} of {label_field!r}: its operation is no longer running")
     return result
