@@ -105,23 +105,10 @@ def make_images(directory: Path, count: int, size=(640, 480), seed: int = 0) -> 
 
 def grid_checkpoint(path: Path) -> str:
     """The tiny test checkpoint with each of its 20 queries given a box of its own (a 5 x 4 grid,
-    no box refinement), as ``tests/test_calibrate.py``'s fixture builds it."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
+    no box refinement), as ``tests/test_calibrate.py`` uses it."""
     from sam3_ops.testing import build_tiny_checkpoint
 
-    checkpoint = build_tiny_checkpoint(path)
-    weights = os.path.join(checkpoint, "model.safetensors")
-    state = load_file(weights)
-    prefix = "detector_model.detr_decoder."
-    centers = [((col + 0.5) / 5, (row + 0.5) / 4) for row in range(4) for col in range(5)]
-    boxes = torch.tensor([[x, y, 0.15, 0.2] for x, y in centers])
-    state[prefix + "reference_points.weight"] = torch.logit(boxes)
-    for name in ("weight", "bias"):
-        state[prefix + f"box_head.layer3.{name}"] = torch.zeros_like(state[prefix + f"box_head.layer3.{name}"])
-    save_file(state, weights, metadata={"format": "pt"})
-    return checkpoint
+    return build_tiny_checkpoint(path, grid_boxes=True)
 
 
 def write_ground_truth(dataset, source: str, gt_field: str) -> dict:

@@ -180,7 +180,9 @@ def tiny_config(image_size: int = _IMAGE_SIZE):
 LAYOUTS = ("hub", "save_pretrained")
 
 
-def build_tiny_checkpoint(path: str | os.PathLike, seed: int = 0, layout: str = "hub", confident: bool = False) -> str:
+def build_tiny_checkpoint(
+    path: str | os.PathLike, seed: int = 0, layout: str = "hub", confident: bool = False, grid_boxes: bool = False
+) -> str:
     """Write a tiny random SAM3 checkpoint (``sam3_video`` layout + processor) to ``path``.
 
     Args:
@@ -194,6 +196,10 @@ def build_tiny_checkpoint(path: str | os.PathLike, seed: int = 0, layout: str = 
             score every query about 0.25, so nothing passes the usual 0.5 threshold): the
             presence head says "present" and the query scores spread widely, so about half the
             queries of a prompt pass 0.5. For examples that must find something at default settings
+        grid_boxes (False): give each of the detector's 20 queries a box of its own, the same on
+            every image (a 5 x 4 grid of disjoint boxes, no refinement). Random weights otherwise
+            predict nearly one box for every query, so any hit matches any ground truth; with a grid,
+            ground truth built from one wording's hits tells wordings apart (calibration tests)
 
     Returns:
         the directory, as a string, ready for ``sam3_ops.load_model(path)``
@@ -216,6 +222,14 @@ def build_tiny_checkpoint(path: str | os.PathLike, seed: int = 0, layout: str = 
             presence = detector.detr_decoder.presence_head.layer3
             presence.weight.zero_()
             presence.bias.fill_(8.0)
+    if grid_boxes:
+        with torch.no_grad():
+            decoder = model.detector_model.detr_decoder
+            centers = [((col + 0.5) / 5, (row + 0.5) / 4) for row in range(4) for col in range(5)]
+            boxes = torch.tensor([[x, y, 0.15, 0.2] for x, y in centers])
+            decoder.reference_points.weight.copy_(torch.logit(boxes))  # the decoder takes their sigmoid
+            decoder.box_head.layer3.weight.zero_()  # no refinement: each query keeps its reference box
+            decoder.box_head.layer3.bias.zero_()
     if layout == "save_pretrained":
         model.save_pretrained(path)
         tiny_processor().save_pretrained(path)

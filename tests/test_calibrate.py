@@ -3,8 +3,6 @@ model's own hits so the answer is known: the wording and threshold it picks, its
 recall / F1 against a brute-force count and FiftyOne's own evaluation, one image-encoder pass for
 any number of wordings, prompts that ``segment`` takes as they are, and the stored run."""
 
-import os
-
 import fiftyone as fo
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ from transformers.models.sam3.modeling_sam3 import Sam3VisionModel
 import sam3_ops
 import sam3_ops.curation.calibrate as calibrate_module
 from sam3_ops.curation.calibrate import NOT_FOUND_NOTE, TOO_FEW_NOTE
+from sam3_ops.testing import build_tiny_checkpoint
 
 IOU = 0.5
 
@@ -22,24 +21,10 @@ IOU = 0.5
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     """The tiny checkpoint with each of its 20 queries given a box of its own, the same on every
-    image: a 5 x 4 grid of disjoint boxes. (The plain tiny checkpoint predicts nearly the same box
-    for every query, so every hit matches every ground truth and no wording could be told from
-    another.) Each wording still ranks the queries its own way."""
-    from safetensors.torch import load_file, save_file
-
-    from sam3_ops.testing import build_tiny_checkpoint
-
-    path = build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-sam3-grid"))
-    weights = os.path.join(path, "model.safetensors")
-    state = load_file(weights)
-    prefix = "detector_model.detr_decoder."
-    centers = [((col + 0.5) / 5, (row + 0.5) / 4) for row in range(4) for col in range(5)]
-    boxes = torch.tensor([[x, y, 0.15, 0.2] for x, y in centers])
-    state[prefix + "reference_points.weight"] = torch.logit(boxes)  # the decoder takes their sigmoid
-    for name in ("weight", "bias"):  # no refinement: each query keeps its reference box
-        state[prefix + f"box_head.layer3.{name}"] = torch.zeros_like(state[prefix + f"box_head.layer3.{name}"])
-    save_file(state, weights, metadata={"format": "pt"})
-    return path
+    image (``grid_boxes``). (The plain tiny checkpoint predicts nearly the same box for every
+    query, so every hit matches every ground truth and no wording could be told from another.)
+    Each wording still ranks the queries its own way."""
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-sam3-grid"), grid_boxes=True)
 
 
 @pytest.fixture(scope="module")
@@ -409,7 +394,7 @@ def test_the_box_matcher_equals_fiftyones_coco_matching_on_random_boxes():
     for image in range(300):
         centres = rng.uniform(0.2, 0.8, size=(3, 2))
 
-        def boxes(n):
+        def boxes(n, centres=centres):
             xy = centres[rng.integers(0, 3, n)] + rng.normal(0, 0.03, (n, 2))
             wh = rng.uniform(0.05, 0.2, (n, 2))
             return np.concatenate([xy - wh / 2, wh], axis=1).tolist()

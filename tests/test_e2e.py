@@ -554,24 +554,12 @@ CALIBRATE_LABEL = "Calibrate prompts"
 
 
 def _grid_checkpoint(directory) -> str:
-    """The tiny checkpoint with a box of its own for each of its 20 queries (a 5 x 4 grid), as in
+    """The tiny checkpoint with a box of its own for each of its 20 queries (``grid_boxes``), as in
     tests/test_calibrate.py: the plain one predicts nearly one box for every query, so any hit
     would match any ground truth and the PR curves would be flat."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
     from sam3_ops.testing import build_tiny_checkpoint
 
-    path = build_tiny_checkpoint(directory)
-    weights = os.path.join(path, "model.safetensors")
-    state = load_file(weights)
-    prefix = "detector_model.detr_decoder."
-    centers = [((col + 0.5) / 5, (row + 0.5) / 4) for row in range(4) for col in range(5)]
-    state[prefix + "reference_points.weight"] = torch.logit(torch.tensor([[x, y, 0.15, 0.2] for x, y in centers]))
-    for name in ("weight", "bias"):  # no refinement: each query keeps its reference box
-        state[prefix + f"box_head.layer3.{name}"] = torch.zeros_like(state[prefix + f"box_head.layer3.{name}"])
-    save_file(state, weights, metadata={"format": "pt"})
-    return str(path)
+    return build_tiny_checkpoint(directory, grid_boxes=True)
 
 
 def _ground_truth_from_hits(dataset, checkpoint: str) -> None:

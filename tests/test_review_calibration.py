@@ -6,17 +6,16 @@ threshold, per-sample classes keep their own prompts, a bad calibration is refus
 is written, and the App's review operator offers the stored calibrations."""
 
 import dataclasses
-import os
 
 import fiftyone as fo
 import numpy as np
 import pytest
-import torch
 from fiftyone import ViewField as F
 
 import sam3_ops
 from sam3_ops.curation import review
 from sam3_ops.curation.calibrate import NOT_FOUND_NOTE, CalibrationResult, ClassCalibration
+from sam3_ops.testing import build_tiny_checkpoint
 from tests.test_qa import invalid_props, make_ctx
 
 #: the threshold of the classes no calibration covers: above every score of the tiny model
@@ -26,22 +25,8 @@ GLOBAL_THRESHOLD = 0.5
 @pytest.fixture(scope="module")
 def grid_checkpoint(tmp_path_factory):
     """The tiny checkpoint with each of its 20 queries given a box of its own, the same on every
-    image (a 5 x 4 grid of disjoint boxes): a copy of ``tests/test_calibrate.py``'s fixture."""
-    from safetensors.torch import load_file, save_file
-
-    from sam3_ops.testing import build_tiny_checkpoint
-
-    path = build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-sam3-grid"))
-    weights = os.path.join(path, "model.safetensors")
-    state = load_file(weights)
-    prefix = "detector_model.detr_decoder."
-    centers = [((col + 0.5) / 5, (row + 0.5) / 4) for row in range(4) for col in range(5)]
-    boxes = torch.tensor([[x, y, 0.15, 0.2] for x, y in centers])
-    state[prefix + "reference_points.weight"] = torch.logit(boxes)
-    for name in ("weight", "bias"):
-        state[prefix + f"box_head.layer3.{name}"] = torch.zeros_like(state[prefix + f"box_head.layer3.{name}"])
-    save_file(state, weights, metadata={"format": "pt"})
-    return path
+    image (``grid_boxes``: a 5 x 4 grid of disjoint boxes), as ``tests/test_calibrate.py`` uses."""
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-sam3-grid"), grid_boxes=True)
 
 
 def _gap(scores):
