@@ -38,8 +38,6 @@ from .classes import review_classes
 NOT_FOUND_NOTE = "SAM3 does not find this concept with these words"
 #: the note on a class with fewer than ``min_objects`` ground-truth objects
 TOO_FEW_NOTE = "too few ground-truth objects to calibrate; the default threshold is kept"
-#: the threshold SAM3 uses on images when none is given (the class default when ``threshold`` is not given)
-IMAGE_DEFAULT_THRESHOLD = 0.5
 #: settings calibrate chooses itself
 _FIXED = ("mode", "prompts", "prompt_field", "negative_field", "max_detections")
 #: samples whose ground truth and hits the sweep reads into memory at a time
@@ -245,14 +243,12 @@ def _check_arguments(labelled_view, gt_field, settings: dict, run: dict, iou, sc
         raise ValueError(f"calibrate needs an image dataset or view, not {media_type!r}")
     check_label_field(labelled_view, gt_field, require_labels=True, what="gt_field")
     for name, value in (("iou", iou), ("score_floor", score_floor), ("min_f1", min_f1)):
-        problem = unit_interval_problem(value, name)
-        if problem:
+        if problem := unit_interval_problem(value, name):
             raise ValueError(problem)
     if not isinstance(min_objects, int) or isinstance(min_objects, bool) or min_objects < 1:
         raise ValueError(f"min_objects must be a positive integer, not {min_objects!r}")
     default_threshold = settings.pop("threshold", None)
-    problem = unit_interval_problem(default_threshold, "threshold") if default_threshold is not None else None
-    if problem:
+    if default_threshold is not None and (problem := unit_interval_problem(default_threshold, "threshold")):
         raise ValueError(problem)
     if settings.get("nms_iou") is not None or settings.get("nms_containment") is not None:
         settings["nms_per_label"] = True
@@ -487,22 +483,15 @@ def _choose(label, sweeps, ground_truth, goal, limits, default_threshold) -> Cla
     min_objects, min_f1, floor = limits
     summaries, ranked = {}, []
     for position, (text, sweep) in enumerate(sweeps.items()):
-        index, reached = _pick(sweep, goal)
+        index, reached = _pick(sweep, goal)  # no point (index None): nothing reached, all zero
         ap = sweep.ap()
-        if index is None:
-            summaries[text] = {
-                "threshold": None,
-                "precision": 0.0,
-                "recall": 0.0,
-                "f1": 0.0,
-                "ap": ap,
-                "reached": False,
-            }
-            ranked.append(((False, 0.0, 0.0, ap, -position), text, None))
-            continue
-        _, tp, fp = sweep.points()
-        precision, recall, f1 = (float(v[index]) for v in _prf(tp, fp, ground_truth))
-        threshold = _gap_threshold(sweep, index, floor)
+        threshold, precision, recall, f1, point = None, 0.0, 0.0, 0.0, None
+        if index is not None:
+            _, tp, fp = sweep.points()
+            precision, recall, f1 = (float(v[index]) for v in _prf(tp, fp, ground_truth))
+            threshold = _gap_threshold(sweep, index, floor)
+            counts = (int(tp[index]), int(fp[index]), ground_truth - int(tp[index]))
+            point = (threshold, precision, recall, f1, counts)
         summaries[text] = {
             "threshold": threshold,
             "precision": precision,
@@ -513,8 +502,7 @@ def _choose(label, sweeps, ground_truth, goal, limits, default_threshold) -> Cla
         }
         # what the objective leaves free decides between wordings that reach it
         second = {"precision": recall, "recall": precision}.get(goal[0], f1)
-        counts = (int(tp[index]), int(fp[index]), ground_truth - int(tp[index]))
-        ranked.append(((reached, second, f1, ap, -position), text, (threshold, precision, recall, f1, counts)))
+        ranked.append(((reached, second, f1, ap, -position), text, point))
     ranked.sort(key=lambda r: r[0], reverse=True)
     _, text, point = ranked[0]
     row = ClassCalibration(label=label, text=text, threshold=default_threshold, ground_truth=ground_truth)
@@ -548,8 +536,7 @@ def _objective(objective) -> tuple[str, float | None]:
     if isinstance(objective, dict) and len(objective) == 1:
         ((kind, target),) = objective.items()
         if kind in ("precision", "recall"):
-            problem = unit_interval_problem(target, f"the {kind} objective")
-            if problem:
+            if problem := unit_interval_problem(target, f"the {kind} objective"):
                 raise ValueError(problem)
             return kind, float(target)
     raise ValueError(f"objective must be 'f1', {{'precision': p}} or {{'recall': r}}, not {objective!r}")
