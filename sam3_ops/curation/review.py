@@ -108,13 +108,12 @@ def review_problems(samples, values: dict, overwrite: bool = False, check_output
     )
     try:
         check_label_field(samples, gt_field, require_labels=True, what="gt_field")
-        review_classes(samples, gt_field, values.get("classes"))
+        classes = review_classes(samples, gt_field, values.get("classes"))
     except ValueError as error:
         problems["gt_field" if "gt_field" in str(error) else "classes"] = str(error)
     if values.get("calibration") is not None and not problems:
         try:
-            calibration = resolve_calibration(samples, values["calibration"], gt_field)
-            review_prompts(review_classes(samples, gt_field, values.get("classes")), calibration)
+            review_prompts(classes, resolve_calibration(samples, values["calibration"], gt_field))
         except ValueError as error:
             problems["calibration"] = str(error)
     for name in ("iou", "missing_confidence", "loose_iou"):
@@ -292,40 +291,25 @@ def review_annotations(
             of range, recorded predictions are missing, or the calibration is unknown, made on
             another ground-truth field or given with ``run_model=False`` (all before anything is written)
     """
-    box_field = (box_field or f"{pred_field}_boxes") if check_boxes else None
-    values = {
-        "gt_field": gt_field,
-        "pred_field": pred_field,
-        "box_field": box_field,
-        "eval_key": eval_key,
-        "classes": classes,
-        "calibration": calibration,
-    }
     if calibration is not None and not run_model:
         raise ValueError(
             "calibration= sets the prompts SAM3 runs with; run_model=False reviews the recorded predictions as "
             "they are: leave calibration out"
         )
-    values |= {"iou": iou, "missing_confidence": missing_confidence, "loose_iou": loose_iou}
+    box_field = (box_field or f"{pred_field}_boxes") if check_boxes else None
+    values = dict(gt_field=gt_field, pred_field=pred_field, box_field=box_field, eval_key=eval_key, classes=classes)
+    values |= dict(calibration=calibration, iou=iou, missing_confidence=missing_confidence, loose_iou=loose_iou)
     for problem in review_problems(samples, values, overwrite, check_outputs=run_model).values():
         raise ValueError(problem)
     calibration = resolve_calibration(samples, calibration, gt_field)
-    reviewed_classes = review_classes(samples, gt_field, classes)
+    classes = review_classes(samples, gt_field, classes)
+    prompts = review_prompts(classes, calibration)
     review = _Review(
-        gt_field,
-        pred_field,
-        box_field,
-        eval_key,
-        reviewed_classes,
-        iou,
-        missing_confidence,
-        loose_iou,
-        prompts=review_prompts(reviewed_classes, calibration),
-        calibration=calibration,
+        gt_field, pred_field, box_field, eval_key, classes, iou, missing_confidence, loose_iou, prompts, calibration
     )
     settings, run = split_options(segment_options)
-    prompts = list(review.prompts.values())
-    text = Sam3Settings(model_path=model_path, mode="text", prompts=prompts, **settings)  # checked even unused
+    # built (and so checked) even when SAM3 does not run
+    text = Sam3Settings(model_path=model_path, mode="text", prompts=list(prompts.values()), **settings)
 
     summary: dict = {}
     if run_model:
@@ -381,10 +365,9 @@ def _evaluate_and_tag(samples, review: _Review, view_name: str, summary: dict, p
         progress=progress,
     )
     samples.untag_samples(list(REVIEW_TAGS))
-    reviewed.filter_labels(
-        pred_field, (F(eval_key) == "fp") & (F("confidence") >= review.missing_confidence)
-    ).tag_samples(MISSING_TAG)
-    reviewed.filter_labels(gt_field, F(eval_key) == "fn").tag_samples(SPURIOUS_TAG)
+    missing, spurious = _flagged(reviewed, review)
+    missing.tag_samples(MISSING_TAG)
+    spurious.tag_samples(SPURIOUS_TAG)
     loose = None
     if box_field:
         boxed = reviewed.exists(box_field)
@@ -497,19 +480,29 @@ def _write_tight_ious(samples, gt_field: str, box_field: str) -> None:
         samples.set_label_values(f"{box_field}.detections.{TIGHT_IOU_ATTR}", values, dynamic=True)
 
 
+def _flagged(samples, review: _Review) -> tuple:
+    """The views of the flagged labels: ``(possibly missing, possibly spurious)``: SAM3 hits the
+    evaluation left unmatched with ``confidence >= missing_confidence``, and unmatched ground truth."""
+    confident_fp = (F(review.eval_key) == "fp") & (F("confidence") >= review.missing_confidence)
+    return (
+        samples.filter_labels(review.pred_field, confident_fp),
+        samples.filter_labels(review.gt_field, F(review.eval_key) == "fn"),
+    )
+
+
 def agreement_table(samples, review: _Review, loose=None) -> list[dict]:
     """Per class: ground-truth and SAM3 counts, matches, flags, precision and recall (from the evaluation)."""
     gt_field, pred_field, eval_key = review.gt_field, review.pred_field, review.eval_key
-    label_path = "{}.detections.label"
-    gt_counts = samples.count_values(label_path.format(gt_field))
-    pred_counts = samples.count_values(label_path.format(pred_field))
-    gt_matched = samples.filter_labels(gt_field, F(eval_key) == "tp").count_values(label_path.format(gt_field))
-    pred_matched = samples.filter_labels(pred_field, F(eval_key) == "tp").count_values(label_path.format(pred_field))
-    missing = samples.filter_labels(
-        pred_field, (F(eval_key) == "fp") & (F("confidence") >= review.missing_confidence)
-    ).count_values(label_path.format(pred_field))
-    spurious = samples.filter_labels(gt_field, F(eval_key) == "fn").count_values(label_path.format(gt_field))
-    loose_counts = loose.count_values(label_path.format(review.box_field)) if loose is not None else {}
+
+    def per_class(view, field_name: str) -> dict:
+        return view.count_values(f"{field_name}.detections.label")
+
+    flagged_missing, flagged_spurious = _flagged(samples, review)
+    gt_counts, pred_counts = per_class(samples, gt_field), per_class(samples, pred_field)
+    gt_matched = per_class(samples.filter_labels(gt_field, F(eval_key) == "tp"), gt_field)
+    pred_matched = per_class(samples.filter_labels(pred_field, F(eval_key) == "tp"), pred_field)
+    missing, spurious = per_class(flagged_missing, pred_field), per_class(flagged_spurious, gt_field)
+    loose_counts = per_class(loose, review.box_field) if loose is not None else {}
     rows = []
     for name in review.classes:
         n_gt, n_pred = gt_counts.get(name, 0), pred_counts.get(name, 0)
