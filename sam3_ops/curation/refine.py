@@ -96,10 +96,7 @@ def check_boxes(boxes_xyxy: np.ndarray, width: int, height: int, what: str) -> n
             )
         if box[2] <= 0 or box[3] <= 0 or box[0] >= width or box[1] >= height:
             raise RefineError(f"{what} {i + 1} {shown} lies outside the image ({width} x {height} pixels)")
-    clipped = boxes.copy()
-    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, width)
-    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, height)
-    return clipped.astype(np.float32)
+    return boxes.clip(0, [width, height, width, height]).astype(np.float32)
 
 
 def _is_box_label(label) -> bool:
@@ -152,15 +149,8 @@ def resolve_selected_labels(dataset, selected_labels: Iterable[dict]) -> list[di
                 f"The selected label {label_id} in '{field_name}' is a {type(found).__name__}, not a box: "
                 "select detections"
             )
-        resolved.append(
-            {
-                "sample_id": sample_id,
-                "field": field_name,
-                "label_id": label_id,
-                "label": found.label,
-                "bounding_box": [float(v) for v in found.bounding_box],
-            }
-        )
+        ref = {"sample_id": sample_id, "field": field_name, "label_id": label_id, "label": found.label}
+        resolved.append(ref | {"bounding_box": [float(v) for v in found.bounding_box]})
     return resolved
 
 
@@ -258,14 +248,7 @@ def _boxes_for_sample(spec: BoxSpec, sample, width: int, height: int, what: str)
     for ref in spec.labels:
         if ref.get("sample_id") == sample.id:
             boxes.append(relative_to_xyxy([ref["bounding_box"]], width, height)[0])
-            sources.append(
-                {
-                    "source": "label",
-                    "field": ref.get("field"),
-                    "label_id": ref.get("label_id"),
-                    "label": ref.get("label"),
-                }
-            )
+            sources.append({"source": "label", **{key: ref.get(key) for key in ("field", "label_id", "label")}})
     if spec.field:
         value = sample[spec.field]
         for detection in value.detections if value is not None else ():
