@@ -87,21 +87,15 @@ def upgrade_boxes_to_masks(
             exists, ``min_score`` is out of range, or ``model`` is not in ``boxes`` mode
     """
     check_label_field(samples, field, require_labels=True, what="field")
-    problem = unit_interval_problem(min_score, "min_score")
-    if problem:
+    if problem := unit_interval_problem(min_score, "min_score"):
         raise ValueError(problem)
     backup_field = check_backup_field(samples, field, backup_field)
     if model is not None and getattr(getattr(model, "settings", None), "mode", None) != "boxes":
         raise ValueError("model must be a SAM3 model loaded with mode='boxes'")
     settings = {} if model is not None else {"model_path": model_path, "mode": "boxes"}
-    run = {
-        k: segment_options.pop(k) for k in ("token", "batch_size", "num_workers", "progress") if k in segment_options
-    }
     result = UpdateResult(field=field, backup_field=backup_field)
     with backed_up(samples, field, backup_field) as staging:
-        ran = segment(
-            samples, staging, model=model, prompt_field=field, record=False, **run, **settings, **segment_options
-        )
+        ran = segment(samples, staging, model=model, prompt_field=field, record=False, **settings, **segment_options)
         new_masks, new_paths = _masks_to_add(samples, field, staging, min_score, replace_masks, result)
         if new_masks:
             samples.set_label_values(f"{field}.detections.mask", new_masks)
@@ -124,9 +118,8 @@ def _masks_to_add(samples, field, staging, min_score, replace_masks, result: Upd
         for detection in labels.detections:
             hit = by_prompt.get(detection.id)
             mask = hit.get_mask() if hit is not None else None
-            if mask is None or not np.asarray(mask).any():
-                result.skipped += 1
-            elif (detection.mask is not None or detection.mask_path is not None) and not replace_masks:
+            has_mask = detection.mask is not None or detection.mask_path is not None
+            if mask is None or not np.asarray(mask).any() or (has_mask and not replace_masks):
                 result.skipped += 1
             elif (hit.confidence or 0.0) < min_score:
                 result.below_threshold += 1
