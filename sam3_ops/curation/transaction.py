@@ -17,11 +17,6 @@ from ..sdk.fields import root_dataset
 STAGING_SUFFIX = "_sam3_staging"
 
 
-def staging_field(field: str) -> str:
-    """The staging field of ``field``."""
-    return f"{field}{STAGING_SUFFIX}"
-
-
 def check_backup_field(samples, field: str, backup_field: str | None) -> str:
     """The backup field to use for ``field`` (default ``<field>_backup``), which must not exist.
 
@@ -53,14 +48,13 @@ def backed_up(samples, field: str, backup_field: str) -> Iterator[str]:
     too (the field was not written, so there is nothing to restore).
     """
     dataset = root_dataset(samples)
-    staging = staging_field(field)
+    staging = f"{field}{STAGING_SUFFIX}"
     drop_field(dataset, staging)  # left by a crashed process: ours by name
     dataset.clone_sample_field(field, backup_field)
-    done = False
     try:
         yield staging
-        done = True
+    except BaseException:
+        drop_field(dataset, backup_field)
+        raise
     finally:
-        if not done:
-            drop_field(dataset, backup_field)
         drop_field(dataset, staging)
