@@ -71,13 +71,11 @@ def interpolated_curve(curve: dict) -> tuple[np.ndarray, list]:
     threshold: list = [None] * len(RECALL_LEVELS)
     if not len(precision):
         return at_levels, threshold
-    # the index of the best precision at each point or after it (recall does not fall as the threshold does)
-    best_after = np.empty(len(precision), dtype=int)
-    best = len(precision) - 1
-    for index in range(len(precision) - 1, -1, -1):
-        if precision[index] >= precision[best]:
-            best = index
-        best_after[index] = best
+    # the index of the best precision at each point or after it, the first on ties (recall does not
+    # fall as the threshold does): the first point from there on that is the best of its own suffix
+    suffix_best = np.maximum.accumulate(precision[::-1])[::-1]
+    peaks = np.flatnonzero(precision == suffix_best)
+    best_after = peaks[np.searchsorted(peaks, np.arange(len(precision)))]
     starts = np.searchsorted(recall, RECALL_LEVELS, side="left")
     for level, start in enumerate(starts):
         if start < len(precision):
