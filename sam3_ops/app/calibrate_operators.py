@@ -23,9 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 
-import fiftyone as fo
 import fiftyone.core.labels as fol
-import fiftyone.operators as foo
 import fiftyone.operators.types as types
 import numpy as np
 
@@ -37,15 +35,19 @@ from ..sdk.runs import CALIBRATION_METHOD, calibration_run_key
 from ..sdk.settings import DEFAULT_BATCH_SIZE, normalize_prompts, unit_interval_problem
 from .forms import (
     FormOperator,
+    delegated_progress,
     device_input,
     flag,
+    flag_problems,
     flag_run_options,
     flag_settings,
+    fraction_input,
     hf_token,
     label_field_choice,
     model_input,
     num_workers,
     slider,
+    table_view,
     target_input,
 )
 from .segment_forms import threshold_inputs
@@ -91,7 +93,52 @@ class CalibratePrompts(FormOperator):
     DESCRIPTION = "Choose each class's words and threshold for SAM3 on labelled samples (F1, a precision or a recall)"
 
     def form(self, ctx, inputs):
-        calibration_inputs(ctx, inputs)
+        """Target, ground truth, wordings per class, criteria, model; each problem flagged on its input."""
+        target_input(ctx, inputs, action="Calibrate on")
+        props = {}
+        props["gt_field"], gt_field = label_field_choice(
+            ctx,
+            inputs,
+            "gt_field",
+            "Ground truth",
+            (fol.Detections,),
+            description="The labels to calibrate on: each class's wording and threshold are chosen to match them",
+            default="ground_truth",
+        )
+        if gt_field is None:
+            return
+        target = ctx.target_view()
+        try:
+            check_label_field(target, gt_field, require_labels=True, what="gt_field")
+        except ValueError as error:
+            flag(props["gt_field"], str(error))
+            return
+        props["classes"] = inputs.list(
+            "classes",
+            types.String(),
+            required=False,
+            label="Classes (optional)",
+            description="Only these classes; empty for every class of the ground truth",
+        )
+        classes, problem = form_classes(target, gt_field, ctx.params)
+        if problem:
+            flag(props["classes" if ctx.params.get("classes") else "gt_field"], problem)
+            return
+        props.update(_words_inputs(inputs, classes))
+        props.update(_criteria_inputs(ctx, inputs))
+        props.update(threshold_inputs(inputs, score=False))
+        props["batch_size"] = inputs.int(
+            "batch_size", default=DEFAULT_BATCH_SIZE, min=1, label="Batch size", description="Images per forward pass"
+        )
+        props["model_path"] = model_input(ctx, inputs)
+        props["device"] = device_input(inputs)
+        flag_problems(calibration_problems(ctx, classes), props)
+        values = calibration_values(ctx.params, classes)
+        flag_run_options({"batch_size": values["batch_size"]}, props)
+        flag_settings(values["settings"], props)
+        wordings = sum(len(words) for words in values["candidates"].values())
+        notice = f"SAM3 will run {wordings} wording(s) of {len(classes)} class(es) on {len(target)} samples, once"
+        inputs.view("note", types.Notice(label=notice))
 
     def resolve_run_name(self, ctx):
         return f"Calibrate prompts on {ctx.params.get('gt_field')} -> {ctx.params.get('key') or DEFAULTS['key']}"
@@ -100,10 +147,7 @@ class CalibratePrompts(FormOperator):
         target = ctx.target_view()
         values = calibration_values(ctx.params, form_classes(target, ctx.params.get("gt_field"), ctx.params)[0])
         settings = values.pop("settings")
-        progress = False
-        if ctx.delegated:
-            label = f"Calibrating on {len(target)} samples"
-            progress = fo.report_progress(lambda bar: ctx.set_progress(progress=bar.progress, label=label), dt=2.0)
+        progress = delegated_progress(ctx, f"Calibrating on {len(target)} samples") if ctx.delegated else False
         result = calibrate(
             target, progress=progress, num_workers=num_workers(ctx), token=hf_token(ctx), **values, **settings
         )
@@ -119,20 +163,15 @@ class CalibratePrompts(FormOperator):
         return calibration_outputs(ctx.results)
 
 
-class SegmentWithCalibratedPrompts(foo.Operator):
+class SegmentWithCalibratedPrompts(FormOperator):
     """Opens *Segment with text prompts* with the prompts of a stored calibration."""
 
-    @property
-    def config(self):
-        return foo.OperatorConfig(
-            name="segment_with_calibrated_prompts",
-            label="Segment with calibrated prompts",
-            description="Open 'Segment with text prompts' with the words and thresholds of a stored calibration",
-            dynamic=True,
-        )
+    NAME = "segment_with_calibrated_prompts"
+    LABEL = "Segment with calibrated prompts"
+    DESCRIPTION = "Open 'Segment with text prompts' with the words and thresholds of a stored calibration"
+    OPTIONS = {"allow_delegated_execution": False}  # it only opens another operator's form
 
-    def resolve_input(self, ctx):
-        inputs = types.Object()
+    def form(self, ctx, inputs):
         keys = stored_calibrations(ctx.dataset)
         prop = inputs.enum(
             "key",
@@ -147,7 +186,6 @@ class SegmentWithCalibratedPrompts(foo.Operator):
             flag(prop, "This dataset has no stored calibration: run 'Calibrate prompts' first")
         elif ctx.params.get("key") not in (None, *keys):
             flag(prop, f"{ctx.params['key']!r} is not a stored calibration; the stored ones are {keys}")
-        return types.Property(inputs, view=types.View(label="Segment with calibrated prompts"))
 
     def execute(self, ctx):
         key = ctx.params.get("key") or DEFAULTS["key"]
@@ -165,70 +203,15 @@ OPERATORS = [CalibratePrompts, SegmentWithCalibratedPrompts]
 # -- the form ---------------------------------------------------------------------------------------
 
 
-def calibration_inputs(ctx, inputs) -> None:
-    """The form of *Calibrate prompts*: target, ground truth, wordings per class, objective, IoU,
-    key, model; each problem flagged on its input."""
-    target_input(ctx, inputs, action="Calibrate on")
-    props = {}
-    props["gt_field"], gt_field = label_field_choice(
-        ctx,
-        inputs,
-        "gt_field",
-        "Ground truth",
-        (fol.Detections,),
-        description="The labels to calibrate on: each class's wording and threshold are chosen to match them",
-        default="ground_truth",
-    )
-    if gt_field is None:
-        return
-    target = ctx.target_view()
-    try:
-        check_label_field(target, gt_field, require_labels=True, what="gt_field")
-    except ValueError as error:
-        flag(props["gt_field"], str(error))
-        return
-    props["classes"] = inputs.list(
-        "classes",
-        types.String(),
-        required=False,
-        label="Classes (optional)",
-        description="Only these classes; empty for every class of the ground truth",
-    )
-    classes, problem = form_classes(target, gt_field, ctx.params)
-    if problem:
-        flag(props["classes" if ctx.params.get("classes") else "gt_field"], problem)
-        return
-    props.update(_words_inputs(inputs, classes))
-    props.update(_criteria_inputs(ctx, inputs))
-    props.update(threshold_inputs(inputs, score=False))
-    props["batch_size"] = inputs.int(
-        "batch_size", default=DEFAULT_BATCH_SIZE, min=1, label="Batch size", description="Images per forward pass"
-    )
-    props["model_path"] = model_input(ctx, inputs)
-    props["device"] = device_input(inputs)
-    for name, message in calibration_problems(ctx, classes).items():
-        if name in props and not props[name].invalid:
-            flag(props[name], message)
-    values = calibration_values(ctx.params, classes)
-    flag_run_options({"batch_size": values["batch_size"]}, props)
-    flag_settings(values["settings"], props)
-    wordings = sum(len(words) for words in values["candidates"].values())
-    notice = f"SAM3 will run {wordings} wording(s) of {len(classes)} class(es) on {len(target)} samples, once"
-    inputs.view("note", types.Notice(label=notice))
-
-
 def _words_inputs(inputs, classes: list[str]) -> dict:
     """One text input per class: its wordings, comma-separated (empty: the class name)."""
-    props = {}
-    for label in classes:
-        props[words_param(label)] = inputs.str(
-            words_param(label),
-            default=label,
-            required=False,
-            label=f"Words for '{label}'",
-            description="Wordings to try, comma-separated (e.g. cat, kitten); empty: the class name",
+    description = "Wordings to try, comma-separated (e.g. cat, kitten); empty: the class name"
+    return {
+        words_param(label): inputs.str(
+            words_param(label), default=label, label=f"Words for '{label}'", description=description
         )
-    return props
+        for label in classes
+    }
 
 
 def _criteria_inputs(ctx, inputs) -> dict:
@@ -238,11 +221,10 @@ def _criteria_inputs(ctx, inputs) -> dict:
         objective.add_choice(value, label=label)
     props = {"objective": inputs.enum("objective", list(OBJECTIVES), default="f1", label="Objective", view=objective)}
     if (ctx.params.get("objective") or "f1") != "f1":
-        props["objective_target"] = inputs.float(
+        props["objective_target"] = fraction_input(
+            inputs,
             "objective_target",
             default=DEFAULT_TARGET,
-            min=0.0,
-            max=1.0,
             label=f"{str(ctx.params.get('objective')).capitalize()} to reach",
             description="The lowest threshold reaching a precision, the highest reaching a recall (0-1)",
         )
@@ -257,19 +239,12 @@ def _criteria_inputs(ctx, inputs) -> dict:
         label="Fewest ground-truth objects to calibrate a class",
         description="A class with fewer keeps the default threshold (flagged)",
     )
-    props["min_f1"] = inputs.float(
-        "min_f1",
-        default=DEFAULTS["min_f1"],
-        min=0.0,
-        max=1.0,
-        label="Flag a class whose best F1 is below",
-        description="(0-1)",
+    props["min_f1"] = fraction_input(
+        inputs, "min_f1", default=DEFAULTS["min_f1"], label="Flag a class whose best F1 is below", description="(0-1)"
     )
-    props["threshold"] = inputs.float(
+    props["threshold"] = fraction_input(
+        inputs,
         "threshold",
-        required=False,
-        min=0.0,
-        max=1.0,
         label="Threshold of classes not calibrated (optional)",
         description="Empty: the model's own (0.5)",
     )
@@ -306,23 +281,21 @@ def form_classes(target, gt_field: str, params: dict) -> tuple[list[str], str | 
 def calibration_values(params: dict, classes: list[str]) -> dict:
     """The :func:`sam3_ops.calibrate` keywords a form's values ask for (unvalidated), the model
     settings under ``settings``; an empty input means calibrate's default."""
+    given = {name: value for name, value in params.items() if value is not None}
     kind = params.get("objective") or "f1"
-    target = params.get("objective_target")
     device = params.get("device") or "auto"
     settings = {"model_path": params.get("model_path") or DEFAULT_MODEL, "device": None if device == "auto" else device}
-    for name in ("mask_threshold", "threshold"):
-        if params.get(name) is not None:
-            settings[name] = params[name]
+    settings.update({name: given[name] for name in ("mask_threshold", "threshold") if name in given})
     return {
         "gt_field": params.get("gt_field"),
         "candidates": {label: _words(params.get(words_param(label)), label) for label in classes},
-        "objective": kind if kind == "f1" else {kind: DEFAULT_TARGET if target is None else target},
-        "iou": DEFAULTS["iou"] if params.get("iou") is None else params["iou"],
+        "objective": kind if kind == "f1" else {kind: given.get("objective_target", DEFAULT_TARGET)},
+        "iou": given.get("iou", DEFAULTS["iou"]),
         "use_masks": bool(params.get("use_masks")),
-        "min_objects": DEFAULTS["min_objects"] if params.get("min_objects") is None else params["min_objects"],
-        "min_f1": DEFAULTS["min_f1"] if params.get("min_f1") is None else params["min_f1"],
+        "min_objects": given.get("min_objects", DEFAULTS["min_objects"]),
+        "min_f1": given.get("min_f1", DEFAULTS["min_f1"]),
         "key": params.get("key") or DEFAULTS["key"],
-        "batch_size": DEFAULT_BATCH_SIZE if params.get("batch_size") is None else params["batch_size"],
+        "batch_size": given.get("batch_size", DEFAULT_BATCH_SIZE),
         "settings": settings,
     }
 
@@ -442,10 +415,9 @@ def calibration_outputs(results: dict | None) -> types.Property:
     """The output of *Calibrate prompts*: summary, table, PR curves and the segment button."""
     outputs = types.Object()
     outputs.str("summary", label="Summary", view=types.MarkdownView())
-    table = types.TableView()
-    for key, label in TABLE_COLUMNS:
-        table.add_column(key, label=label)
-    outputs.list("table", types.Object(), label="Per class: the wording and threshold chosen", view=table)
+    outputs.list(
+        "table", types.Object(), label="Per class: the wording and threshold chosen", view=table_view(TABLE_COLUMNS)
+    )
     outputs.plot(
         "curves",
         label="Precision-recall curves of every wording (AP in the legend)",
@@ -477,12 +449,11 @@ def calibration_outputs(results: dict | None) -> types.Property:
 
 def stored_calibrations(dataset) -> list[str]:
     """The keys of the calibrations stored on ``dataset``, sorted."""
-    keys = []
-    for run in dataset.list_runs():
-        if run.startswith(_RUN_PREFIX):
-            if getattr(dataset.get_run_info(run).config, "method", None) == CALIBRATION_METHOD:
-                keys.append(run[len(_RUN_PREFIX) :])
-    return sorted(keys)
+    runs = [run for run in dataset.list_runs() if run.startswith(_RUN_PREFIX)]
+    calibrations = [
+        run for run in runs if getattr(dataset.get_run_info(run).config, "method", None) == CALIBRATION_METHOD
+    ]
+    return sorted(run[len(_RUN_PREFIX) :] for run in calibrations)
 
 
 def stored_settings(dataset, key: str) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
@@ -24,16 +25,11 @@ _REACHABLE_MODELS: set[str] = set()
 
 
 def operator_config(name: str, label: str, description: str, generator: bool = False, **options) -> foo.OperatorConfig:
-    """The configuration every sam3_ops operator shares: dynamic forms, immediate or delegated runs."""
+    """The configuration every sam3_ops operator shares: dynamic forms, immediate or delegated runs
+    (``options``: more :class:`~fiftyone.operators.OperatorConfig` keywords; they may turn either off)."""
+    options = {"allow_immediate_execution": True, "allow_delegated_execution": True, **options}
     return foo.OperatorConfig(
-        name=name,
-        label=label,
-        description=description,
-        dynamic=True,
-        execute_as_generator=generator,
-        allow_immediate_execution=True,
-        allow_delegated_execution=True,
-        **options,
+        name=name, label=label, description=description, dynamic=True, execute_as_generator=generator, **options
     )
 
 
@@ -45,10 +41,12 @@ class FormOperator(foo.Operator):
     NAME: str = ""
     LABEL: str = ""
     DESCRIPTION: str = ""
+    #: more :func:`operator_config` keywords
+    OPTIONS: dict = {}
 
     @property
     def config(self):
-        return operator_config(self.NAME, self.LABEL, self.DESCRIPTION)
+        return operator_config(self.NAME, self.LABEL, self.DESCRIPTION, **self.OPTIONS)
 
     def form(self, ctx, inputs) -> None:
         """Adds the form's inputs to ``inputs``."""
@@ -80,19 +78,19 @@ def flag(prop, message: str) -> None:
 
 
 def flag_settings(values: dict, props: dict) -> dict[str, str]:
-    """Flags each settings problem of ``values`` on its input in ``props`` (setting name -> prop),
-    unless the form flagged that input already; returns the problems."""
-    return _flag_problems(Sam3Settings.problems(values), props)
+    """Flags each settings problem of ``values`` on its input in ``props`` (:func:`flag_problems`)."""
+    return flag_problems(Sam3Settings.problems(values), props)
 
 
 def flag_run_options(values: dict, props: dict) -> dict[str, str]:
     """Flags each problem of the run options ``values`` (``batch_size``, ``shards``, ...; the rule
-    and message :func:`sam3_ops.segment` raises) on its input in ``props`` (option name -> prop),
+    and message :func:`sam3_ops.segment` raises) on its input in ``props`` (:func:`flag_problems`)."""
+    return flag_problems(RunOptions.problems(values), props)
+
+
+def flag_problems(problems: dict[str, str], props: dict) -> dict[str, str]:
+    """Flags each problem (input name -> message) on its input in ``props`` (input name -> prop),
     unless the form flagged that input already; returns the problems."""
-    return _flag_problems(RunOptions.problems(values), props)
-
-
-def _flag_problems(problems: dict[str, str], props: dict) -> dict[str, str]:
     for name, message in problems.items():
         if name in props and not getattr(props[name], "invalid", False):
             flag(props[name], message)
@@ -108,11 +106,13 @@ def target_input(ctx, inputs, action: str = "Segment") -> None:
         inputs.view("empty_target", types.Error(label="Nothing to segment", description=message))
 
 
-def field_choice(inputs, name: str, choices: list[str], label: str, description: str = "", default=None, required=True):
-    """A dropdown of field names; returns its property."""
+def field_choice(
+    inputs, name: str, choices: list[str], label: str, description: str = "", default=None, required=True, prefix=""
+):
+    """A dropdown of field names, each shown after ``prefix``; returns its property."""
     dropdown = types.DropdownView()
     for choice in choices:
-        dropdown.add_choice(choice, label=choice)
+        dropdown.add_choice(choice, label=prefix + choice)
     return inputs.enum(
         name, choices, required=required, default=default, label=label, description=description, view=dropdown
     )
@@ -173,6 +173,11 @@ def model_problem(model_path, token: str | None = None) -> str | None:
     return problem
 
 
+def fraction_input(inputs, name: str, **options):
+    """A float input between 0 and 1 (``options``: its label, default, ...); returns its property."""
+    return inputs.float(name, min=0.0, max=1.0, **options)
+
+
 def slider():
     """A 0-1 slider view for thresholds."""
     return types.SliderView(componentsProps={"slider": {"min": 0, "max": 1, "step": 0.01}})
@@ -182,6 +187,11 @@ def num_workers(ctx) -> int | None:
     """Loader workers for a run: none in the App's server process (it must not fork), FiftyOne's
     default in a delegated worker."""
     return None if ctx.delegated else 0
+
+
+def delegated_progress(ctx, label: str):
+    """The ``progress`` of an SDK call in a delegated run: its progress bar reported as ``label``."""
+    return fo.report_progress(lambda bar: ctx.set_progress(progress=bar.progress, label=label), dt=2.0)
 
 
 def report(ctx, progress: float, label: str) -> None:
@@ -196,8 +206,9 @@ def reload_after(ctx) -> None:
         ctx.trigger("reload_dataset")
 
 
-def markdown_output(label: str) -> types.Property:
-    """An operator output of one markdown ``summary``."""
-    outputs = types.Object()
-    outputs.str("summary", label="Summary", view=types.MarkdownView())
-    return types.Property(outputs, view=types.View(label=label))
+def table_view(columns) -> types.TableView:
+    """A table of ``columns``: (key, label) pairs."""
+    table = types.TableView()
+    for key, label in columns:
+        table.add_column(key, label=label)
+    return table

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 
-import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
@@ -32,7 +31,7 @@ from ..sdk.settings import RunOptions, Sam3Settings
 from ..sdk.shard_worker import run_shard
 from ..sdk.shards import DEFAULT_STALE_AFTER, check_shards, reconcile, resume_shards, shard_status
 from ..sdk.video import VIDEOS, video_settings_problem
-from .forms import FormOperator, flag, hf_token, operator_config
+from .forms import FormOperator, delegated_progress, flag, hf_token, operator_config, table_view
 from .segment_forms import (
     VIDEO_AUTO_REFUSAL,
     box_prompt_inputs,
@@ -68,16 +67,8 @@ class SegmentOperator(FormOperator):
 
     #: the mode it runs; ``None``: the form's ``mode`` (default ``"boxes"``)
     MODE: str | None = None
-
-    @property
-    def config(self):
-        return operator_config(
-            self.NAME,
-            self.LABEL,
-            self.DESCRIPTION,
-            generator=True,
-            allow_distributed_execution=True,  # FiftyOne Enterprise; shards = ctx.num_distributed_tasks
-        )
+    # distributed execution: FiftyOne Enterprise; shards = ctx.num_distributed_tasks
+    OPTIONS = {"generator": True, "allow_distributed_execution": True}
 
     def mode(self, params: dict) -> str:
         """The mode a run with the form's ``params`` uses."""
@@ -101,8 +92,7 @@ class SegmentWithTextPrompts(SegmentOperator):
     DESCRIPTION = "SAM3 instance masks for every instance of each text prompt"
     MODE = "text"
 
-    def form(self, ctx, inputs):
-        text_prompt_inputs(ctx, inputs)
+    form = staticmethod(text_prompt_inputs)
 
 
 class SegmentWithBoxPrompts(SegmentOperator):
@@ -113,8 +103,7 @@ class SegmentWithBoxPrompts(SegmentOperator):
     LABEL = "Segment with box or point prompts"
     DESCRIPTION = "SAM3 instance masks from the boxes of a Detections field or the points of a Keypoints field"
 
-    def form(self, ctx, inputs):
-        box_prompt_inputs(ctx, inputs)
+    form = staticmethod(box_prompt_inputs)
 
     def resolve_run_name(self, ctx):
         return f"Segment with {ctx.params.get('mode', 'boxes')} prompts -> {ctx.params.get('label_field')}"
@@ -129,8 +118,7 @@ class SegmentEverything(SegmentOperator):
     DESCRIPTION = "SAM3 masks of every object, with no prompts (a grid of points; for datasets with no labels yet)"
     MODE = "auto"
 
-    def form(self, ctx, inputs):
-        everything_inputs(ctx, inputs)
+    form = staticmethod(everything_inputs)
 
 
 class SegmentShard(foo.Operator):
@@ -167,20 +155,15 @@ class SegmentShard(foo.Operator):
         return types.Property(outputs, view=types.View(label="SAM3 shard"))
 
 
-class ShardedRunStatus(foo.Operator):
+class ShardedRunStatus(FormOperator):
     """Where a sharded run stands: shards queued, running, done, failed, samples written; re-queues
     the shards whose worker died."""
 
-    @property
-    def config(self):
-        return operator_config(
-            "sharded_run_status",
-            "Sharded run status",
-            "Progress of a SAM3 run split into shards; re-queues the shards of workers that died",
-        )
+    NAME = "sharded_run_status"
+    LABEL = "Sharded run status"
+    DESCRIPTION = "Progress of a SAM3 run split into shards; re-queues the shards of workers that died"
 
-    def resolve_input(self, ctx):
-        inputs = types.Object()
+    def form(self, ctx, inputs):
         fields = [name for name in recorded_fields(ctx.dataset) if getattr(get_run(ctx.dataset, name), "shards", None)]
         prop = inputs.enum("label_field", fields, required=True, label="Field", view=types.DropdownView())
         if not fields:
@@ -202,7 +185,6 @@ class ShardedRunStatus(foo.Operator):
             description="Queue them again: the same run goes on, each shard writing what its samples lack",
             view=types.CheckboxView(),
         )
-        return types.Property(inputs, view=types.View(label="Sharded run status"))
 
     def execute(self, ctx):
         minutes = ctx.params.get("stale_after_minutes")
@@ -233,9 +215,7 @@ def _summary_outputs(ctx=None) -> types.Property:
     outputs.int("samples_processed", label="Samples processed")
     outputs.int("detections", label="Detections written")
     outputs.int("samples_skipped", label="Samples skipped")
-    table = types.TableView()
-    table.add_column("filepath", label="Skipped sample")
-    table.add_column("reason", label="Reason")
+    table = table_view([("filepath", "Skipped sample"), ("reason", "Reason")])
     outputs.list("skipped", types.Object(), label="Skipped samples", view=table)
     return types.Property(outputs, view=types.View(label="SAM3 segmentation"))
 
@@ -253,9 +233,8 @@ def _sharded_outputs(label: str, status: bool = False) -> types.Property:
         outputs.int("samples", label="Samples")
         outputs.int("samples_written", label="Samples written")
         outputs.bool("finalized", label="Run complete")
-        table = types.TableView()
-        for column in ("shard", "state", "attempt", "samples", "written", "worker", "error"):
-            table.add_column(column, label=column.capitalize())
+        columns = ("shard", "state", "attempt", "samples", "written", "worker", "error")
+        table = table_view([(column, column.capitalize()) for column in columns])
         outputs.list("per_shard", types.Object(), label="Shards", view=table)
     else:
         outputs.int("samples", label="Samples")
@@ -320,19 +299,9 @@ def _execute(ctx, settings: Sam3Settings):
 
 
 def _execute_delegated(ctx, target, settings: Sam3Settings, label_field: str, run: dict) -> dict:
-    label = f"Segmenting {len(target)} {'videos' if is_video_collection(target) else 'samples'}"
-
-    def report(progress_bar):
-        ctx.set_progress(progress=progress_bar.progress, label=label)
-
-    result = segment(
-        target,
-        label_field,
-        token=hf_token(ctx),
-        progress=fo.report_progress(report, dt=2.0),
-        **run,
-        **settings.to_dict(),
-    )
+    unit = "videos" if is_video_collection(target) else "samples"
+    progress = delegated_progress(ctx, f"Segmenting {len(target)} {unit}")
+    result = segment(target, label_field, token=hf_token(ctx), progress=progress, **run, **settings.to_dict())
     return result.to_dict()
 
 

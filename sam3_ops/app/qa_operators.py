@@ -21,12 +21,12 @@ from .forms import (
     FormOperator,
     flag,
     hf_token,
-    markdown_output,
     model_input,
     num_workers,
     reload_after,
     report,
     slider,
+    table_view,
 )
 
 TABLE_COLUMNS = (
@@ -42,6 +42,15 @@ TABLE_COLUMNS = (
 )
 
 
+class _SummaryOperator(FormOperator):
+    """An operator whose output is one markdown ``summary``, titled with its label."""
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("summary", label="Summary", view=types.MarkdownView())
+        return types.Property(outputs, view=types.View(label=self.LABEL))
+
+
 class ReviewAnnotations(FormOperator):
     """Compares a ground-truth field with SAM3 and tags the samples a curator should look at."""
 
@@ -50,7 +59,55 @@ class ReviewAnnotations(FormOperator):
     DESCRIPTION = "Find possibly missing, spurious and loose annotations with SAM3 and FiftyOne's evaluation"
 
     def form(self, ctx, inputs):
-        _review_inputs(ctx, inputs)
+        target = ctx.target_view()
+        gt_field = _detections_choice(
+            ctx, inputs, "gt_field", "Ground truth field", target, "The annotations to review"
+        )
+        if gt_field is None:
+            return
+        classes_from = types.RadioGroup()
+        classes_from.add_choice("dataset", label="All classes of the field")
+        classes_from.add_choice("sample", label="Each sample's own classes")
+        inputs.enum("classes_from", classes_from.values(), default="dataset", label="Prompt with", view=classes_from)
+        props = {
+            "classes": inputs.list(
+                "classes", types.String(), label="Classes (optional)", description="Only these classes; empty for all"
+            ),
+            "model_path": model_input(ctx, inputs),
+            "pred_field": inputs.str("pred_field", default="sam3_review", required=True, label="SAM3 output field"),
+            "eval_key": inputs.str("eval_key", default="sam3_review", required=True, label="Evaluation key"),
+        }
+        inputs.bool(
+            "check_boxes", default=True, label="Look for loose boxes", description="Also prompt SAM3 with each box"
+        )
+        props["calibration"] = _calibration_choice(ctx, inputs)
+        props["threshold"] = inputs.float(
+            "threshold",
+            default=0.5,
+            label="SAM3 score threshold",
+            description="For the classes no calibration covers" if ctx.params.get("calibration") else None,
+            view=slider(),
+        )
+        props["missing_confidence"] = inputs.float(
+            "missing_confidence", default=0.5, label="Flag unmatched SAM3 hits from confidence", view=slider()
+        )
+        props["loose_iou"] = inputs.float(
+            "loose_iou", default=0.75, label="Loose box below tight-box IoU", view=slider()
+        )
+        inputs.bool(
+            "overwrite",
+            default=False,
+            label="Overwrite",
+            description="Replace an earlier review's field and evaluation",
+        )
+        values = _review_values(ctx.params)
+        problems = review.review_problems(
+            target, {**values, "gt_field": gt_field}, overwrite=bool(ctx.params.get("overwrite"))
+        )
+        problems |= Sam3Settings.problems({"threshold": values["threshold"], "mode": "exemplars"})
+        for name, message in problems.items():
+            flag(props.get(name) or (props["pred_field"] if name == "box_field" else props["classes"]), message)
+        _execution_note(ctx, inputs)
 
     def execute(self, ctx):
         params = ctx.params
@@ -89,10 +146,7 @@ class ReviewAnnotations(FormOperator):
     def resolve_output(self, ctx):
         outputs = types.Object()
         outputs.str("summary", label="Summary", view=types.MarkdownView())
-        table = types.TableView()
-        for key, label in TABLE_COLUMNS:
-            table.add_column(key, label=label)
-        outputs.list("table", types.Object(), label="Per-class agreement", view=table)
+        outputs.list("table", types.Object(), label="Per-class agreement", view=table_view(TABLE_COLUMNS))
         outputs.plot(
             "plot",
             label="Recall and precision per class",
@@ -102,7 +156,7 @@ class ReviewAnnotations(FormOperator):
         return types.Property(outputs, view=types.View(label="SAM3 review"))
 
 
-class UpgradeBoxesToMasks(FormOperator):
+class UpgradeBoxesToMasks(_SummaryOperator):
     """Adds SAM3 masks to the existing boxes of a Detections field, after backing it up."""
 
     NAME = "upgrade_boxes_to_masks"
@@ -110,7 +164,17 @@ class UpgradeBoxesToMasks(FormOperator):
     DESCRIPTION = "Add SAM3 instance masks to existing boxes (ids, labels, attributes kept; field backed up first)"
 
     def form(self, ctx, inputs):
-        _upgrade_inputs(ctx, inputs)
+        target = ctx.target_view()
+        field = _detections_choice(ctx, inputs, "field", "Field", target, "The boxes to give masks to")
+        if field is None:
+            return
+        model_input(ctx, inputs)
+        inputs.float(
+            "min_score", default=0.5, label="Minimum mask score", description="SAM3's predicted IoU", view=slider()
+        )
+        inputs.bool("replace_masks", default=False, label="Replace existing masks")
+        _backup_input(ctx, inputs, field)
+        _execution_note(ctx, inputs)
 
     def execute(self, ctx):
         params = ctx.params
@@ -135,11 +199,8 @@ class UpgradeBoxesToMasks(FormOperator):
             )
         }
 
-    def resolve_output(self, ctx):
-        return markdown_output("Upgrade boxes to masks")
 
-
-class RestoreFieldBackup(FormOperator):
+class RestoreFieldBackup(_SummaryOperator):
     """Puts a field back exactly as its backup holds it."""
 
     NAME = "restore_field_backup"
@@ -147,7 +208,23 @@ class RestoreFieldBackup(FormOperator):
     DESCRIPTION = "Undo a mask upgrade or an accept from its backup"
 
     def form(self, ctx, inputs):
-        _restore_inputs(ctx, inputs)
+        dataset = ctx.dataset
+        field = _detections_choice(ctx, inputs, "field", "Field", None, "The field to put back", require_labels=False)
+        if field is None:
+            return
+        backups = [name for name in detections_fields(dataset) if name != field]
+        choices = types.Dropdown()
+        for name in backups:
+            choices.add_choice(name, label=name)
+        default = f"{field}_backup" if f"{field}_backup" in backups else None
+        prop = inputs.enum(
+            "backup_field", choices.values(), default=default, required=True, label="Backup", view=choices
+        )
+        if not backups:
+            flag(prop, "There is no other Detections field to restore from")
+        inputs.bool("delete_backup", default=False, label="Delete the backup afterwards (whole dataset only)")
+        if ctx.params.get("delete_backup") and len(ctx.target_view()) != len(dataset):
+            flag(inputs.get_property("delete_backup"), "Only a restore of the whole dataset can delete the backup")
 
     def execute(self, ctx):
         params = ctx.params
@@ -157,11 +234,8 @@ class RestoreFieldBackup(FormOperator):
         reload_after(ctx)
         return {"summary": f"Restored '{params['field']}' from '{params['backup_field']}' on {restored} samples."}
 
-    def resolve_output(self, ctx):
-        return markdown_output("Restore field backup")
 
-
-class AcceptReviewedDetections(FormOperator):
+class AcceptReviewedDetections(_SummaryOperator):
     """Copies the SAM3 detections a reviewer tagged into the ground truth, after backing it up."""
 
     NAME = "accept_reviewed_detections"
@@ -169,7 +243,24 @@ class AcceptReviewedDetections(FormOperator):
     DESCRIPTION = "Copy SAM3 detections tagged as accepted into the ground truth (field backed up first)"
 
     def form(self, ctx, inputs):
-        _accept_inputs(ctx, inputs)
+        target = ctx.target_view()
+        pred_field = _detections_choice(ctx, inputs, "pred_field", "SAM3 field", target, "The reviewed SAM3 detections")
+        if pred_field is None:
+            return
+        gt_field = _detections_choice(
+            ctx, inputs, "gt_field", "Ground truth field", target, "Where accepted detections go", require_labels=False
+        )
+        if gt_field is None:
+            return
+        tag_prop = inputs.str(
+            "tag", default=edits.ACCEPTED_TAG, required=True, label="Label tag of accepted detections"
+        )
+        tag = ctx.params.get("tag") or edits.ACCEPTED_TAG
+        if gt_field == pred_field:
+            flag(inputs.get_property("gt_field"), "Choose a field other than the SAM3 field")
+        elif not target.filter_labels(pred_field, F("tags").contains(tag)).count(f"{pred_field}.detections"):
+            flag(tag_prop, f"No '{pred_field}' detection is tagged '{tag}' here: tag the ones to keep in the App first")
+        _backup_input(ctx, inputs, gt_field)
 
     def execute(self, ctx):
         params = ctx.params
@@ -188,57 +279,11 @@ class AcceptReviewedDetections(FormOperator):
             )
         }
 
-    def resolve_output(self, ctx):
-        return markdown_output("Accept reviewed detections")
-
 
 OPERATORS = [ReviewAnnotations, UpgradeBoxesToMasks, RestoreFieldBackup, AcceptReviewedDetections]
 
 
 # -- forms ------------------------------------------------------------------------------------------
-
-
-def _review_inputs(ctx, inputs):
-    target = ctx.target_view()
-    gt_field = _detections_choice(ctx, inputs, "gt_field", "Ground truth field", target, "The annotations to review")
-    if gt_field is None:
-        return
-    classes_from = types.RadioGroup()
-    classes_from.add_choice("dataset", label="All classes of the field")
-    classes_from.add_choice("sample", label="Each sample's own classes")
-    inputs.enum("classes_from", classes_from.values(), default="dataset", label="Prompt with", view=classes_from)
-    props = {
-        "classes": inputs.list(
-            "classes", types.String(), label="Classes (optional)", description="Only these classes; empty for all"
-        ),
-        "model_path": model_input(ctx, inputs),
-        "pred_field": inputs.str("pred_field", default="sam3_review", required=True, label="SAM3 output field"),
-        "eval_key": inputs.str("eval_key", default="sam3_review", required=True, label="Evaluation key"),
-    }
-    inputs.bool("check_boxes", default=True, label="Look for loose boxes", description="Also prompt SAM3 with each box")
-    props["calibration"] = _calibration_choice(ctx, inputs)
-    props["threshold"] = inputs.float(
-        "threshold",
-        default=0.5,
-        label="SAM3 score threshold",
-        description="For the classes no calibration covers" if ctx.params.get("calibration") else None,
-        view=slider(),
-    )
-    props["missing_confidence"] = inputs.float(
-        "missing_confidence", default=0.5, label="Flag unmatched SAM3 hits from confidence", view=slider()
-    )
-    props["loose_iou"] = inputs.float("loose_iou", default=0.75, label="Loose box below tight-box IoU", view=slider())
-    inputs.bool(
-        "overwrite", default=False, label="Overwrite", description="Replace an earlier review's field and evaluation"
-    )
-    values = _review_values(ctx.params)
-    problems = review.review_problems(
-        target, {**values, "gt_field": gt_field}, overwrite=bool(ctx.params.get("overwrite"))
-    )
-    problems |= Sam3Settings.problems({"threshold": values["threshold"], "mode": "exemplars"})
-    for name, message in problems.items():
-        flag(props.get(name) or (props["pred_field"] if name == "box_field" else props["classes"]), message)
-    _execution_note(ctx, inputs)
 
 
 def _review_values(params) -> dict:
@@ -282,57 +327,6 @@ def _calibration_note(result) -> str:
         return ""
     flagged = "; ".join(f"{label}: {flag}" for label, flag in result.calibration_flags.items())
     return f" Prompts from calibration '{result.calibration}'" + (f" (flagged: {flagged})." if flagged else ".")
-
-
-def _upgrade_inputs(ctx, inputs):
-    target = ctx.target_view()
-    field = _detections_choice(ctx, inputs, "field", "Field", target, "The boxes to give masks to")
-    if field is None:
-        return
-    model_input(ctx, inputs)
-    inputs.float(
-        "min_score", default=0.5, label="Minimum mask score", description="SAM3's predicted IoU", view=slider()
-    )
-    inputs.bool("replace_masks", default=False, label="Replace existing masks")
-    _backup_input(ctx, inputs, field)
-    _execution_note(ctx, inputs)
-
-
-def _restore_inputs(ctx, inputs):
-    dataset = ctx.dataset
-    field = _detections_choice(ctx, inputs, "field", "Field", None, "The field to put back", require_labels=False)
-    if field is None:
-        return
-    backups = [name for name in detections_fields(dataset) if name != field]
-    choices = types.Dropdown()
-    for name in backups:
-        choices.add_choice(name, label=name)
-    default = f"{field}_backup" if f"{field}_backup" in backups else None
-    prop = inputs.enum("backup_field", choices.values(), default=default, required=True, label="Backup", view=choices)
-    if not backups:
-        flag(prop, "There is no other Detections field to restore from")
-    inputs.bool("delete_backup", default=False, label="Delete the backup afterwards (whole dataset only)")
-    if ctx.params.get("delete_backup") and len(ctx.target_view()) != len(dataset):
-        flag(inputs.get_property("delete_backup"), "Only a restore of the whole dataset can delete the backup")
-
-
-def _accept_inputs(ctx, inputs):
-    target = ctx.target_view()
-    pred_field = _detections_choice(ctx, inputs, "pred_field", "SAM3 field", target, "The reviewed SAM3 detections")
-    if pred_field is None:
-        return
-    gt_field = _detections_choice(
-        ctx, inputs, "gt_field", "Ground truth field", target, "Where accepted detections go", require_labels=False
-    )
-    if gt_field is None:
-        return
-    tag_prop = inputs.str("tag", default=edits.ACCEPTED_TAG, required=True, label="Label tag of accepted detections")
-    tag = ctx.params.get("tag") or edits.ACCEPTED_TAG
-    if gt_field == pred_field:
-        flag(inputs.get_property("gt_field"), "Choose a field other than the SAM3 field")
-    elif not target.filter_labels(pred_field, F("tags").contains(tag)).count(f"{pred_field}.detections"):
-        flag(tag_prop, f"No '{pred_field}' detection is tagged '{tag}' here: tag the ones to keep in the App first")
-    _backup_input(ctx, inputs, gt_field)
 
 
 def _detections_choice(ctx, inputs, name, label, target, description, require_labels=True):
@@ -386,17 +380,5 @@ def _execution_note(ctx, inputs):
 def agreement_plot(table: list[dict]) -> list[dict]:
     """Plotly bar traces of recall and precision per class (the review's table as a picture)."""
     classes = [row["class"] for row in table]
-    return [
-        {
-            "type": "bar",
-            "name": "Recall (ground truth SAM3 found)",
-            "x": classes,
-            "y": [row["recall"] for row in table],
-        },
-        {
-            "type": "bar",
-            "name": "Precision (SAM3 hits annotated)",
-            "x": classes,
-            "y": [row["precision"] for row in table],
-        },
-    ]
+    bars = {"recall": "Recall (ground truth SAM3 found)", "precision": "Precision (SAM3 hits annotated)"}
+    return [{"type": "bar", "name": name, "x": classes, "y": [row[key] for row in table]} for key, name in bars.items()]
