@@ -8,20 +8,17 @@ into settings, and building the inputs of each mode's form.
   setting's default, and the inputs show the defaults the settings own (:func:`setting_default`).
 - Building: :func:`text_prompt_inputs`, :func:`box_prompt_inputs` (:func:`video_prompt_inputs` on
   a video dataset) and :func:`everything_inputs` are the three forms; the groups of inputs they
-  are made of (:func:`threshold_inputs`, :func:`dedup_inputs`, :func:`auto_inputs`,
-  :func:`multimask_input`, :func:`prompts_input`, :func:`prompt_table_input`,
-  :func:`video_inputs`, :func:`output_inputs`, :func:`run_inputs`) serve any form that offers
-  SAM3's settings, and :func:`flag_form` flags the settings' problems on them.
+  are made of (the other ``*_input`` / ``*_inputs`` functions) serve any form that offers SAM3's
+  settings (the zoo's too), and :func:`flag_form` flags the settings' problems on them.
 
-Bad input is flagged on the form (``prop.invalid`` + ``prop.error_message``), never raised: the
-settings' own validation (:meth:`~sam3_ops.sdk.settings.Sam3Settings.problems`) decides about
-prompts, thresholds, de-duplication, limits and the model path, the run options' own
-(:meth:`~sam3_ops.sdk.settings.RunOptions.problems`) about the batch size and shards, each with
-the message ``segment`` raises, and which settings a mode reads and a medium refuses by the
-settings' one table (:data:`~sam3_ops.sdk.settings.APPLIES`); here only what a form adds: no
+Bad input is flagged on the form (``prop.invalid`` + ``prop.error_message``), never raised, with
+the message ``segment`` raises: the settings' own validation
+(:meth:`~sam3_ops.sdk.settings.Sam3Settings.problems`; what a mode reads and a medium refuses: the
+settings' one table, :data:`~sam3_ops.sdk.settings.APPLIES`) and the run options'
+(:meth:`~sam3_ops.sdk.settings.RunOptions.problems`) decide. Here only what a form adds: no
 ``Detections`` / ``Keypoints`` field to prompt from, an empty target, a model that cannot be
-reached, an output field name, an existing output field without the overwrite choice, an existing
-field of another type (never overwritten).
+reached, an output field that cannot be written (its name, an existing one without the overwrite
+choice, one of another type).
 """
 
 from __future__ import annotations
@@ -44,7 +41,17 @@ from ..sdk.fields import (
 )
 from ..sdk.settings import APPLIES, DEFAULT_BATCH_SIZE, Sam3Settings, applies
 from ..sdk.shards import MAX_SHARDS
-from .forms import device_input, flag, flag_run_options, flag_settings, label_field_choice, model_input, target_input
+from .forms import (
+    device_input,
+    field_choice,
+    flag,
+    flag_problems,
+    flag_run_options,
+    fraction_input,
+    label_field_choice,
+    model_input,
+    target_input,
+)
 
 #: what Segment everything says on a video dataset
 VIDEO_AUTO_REFUSAL = (
@@ -105,10 +112,9 @@ def prompt_rows(value) -> list:
     """The form's table of prompts with their own settings, as the settings' prompt dicts: blank
     cells dropped (a blank label or threshold means "the default"). Anything that is not a row is
     passed on for the settings to name."""
-    rows = []
-    for row in value or []:
-        rows.append({k: v for k, v in row.items() if v not in (None, "")} if isinstance(row, dict) else row)
-    return rows
+    return [
+        {k: v for k, v in row.items() if v not in (None, "")} if isinstance(row, dict) else row for row in value or []
+    ]
 
 
 def settings_values(params: dict, mode: str) -> dict:
@@ -123,9 +129,8 @@ def settings_values(params: dict, mode: str) -> dict:
         "prompts": [*prompt_rows(params.get("prompt_table")), *prompts] if mode not in TRACKER_MODES else (),
         "device": None if device == "auto" else device,
     }
-    for name in ("threshold", "mask_threshold"):  # empty threshold: the model's own (see Sam3Settings)
-        if params.get(name) is not None:
-            values[name] = params[name]
+    # an empty threshold: the model's own (see Sam3Settings)
+    values.update({name: params[name] for name in ("threshold", "mask_threshold") if params.get(name) is not None})
     if mode in FIELD_MODES:
         values["prompt_field"] = params.get("prompt_field")
         values["negative_field"] = params.get("negative_field") or None
@@ -154,14 +159,10 @@ def run_values(params: dict) -> dict:
 # -- form builders ----------------------------------------------------------------------------------
 
 
-def _media(ctx) -> str:
-    """What the form's dataset segments: ``"image"`` or ``"video"``."""
-    return "video" if is_video_collection(ctx.dataset) else "image"
-
-
 def text_prompt_inputs(ctx, inputs) -> None:
     """The form of Segment with text prompts (images, or videos: tracking)."""
     target_input(ctx, inputs)
+    video = is_video_collection(ctx.dataset)
     rows = prompt_rows(ctx.params.get("prompt_table"))
     props = {
         "prompts": prompts_input(
@@ -172,14 +173,12 @@ def text_prompt_inputs(ctx, inputs) -> None:
         ),
         "prompt_table": prompt_table_input(inputs),
     }
-    props.update(threshold_inputs(inputs, score=True, video=is_video_collection(ctx.dataset)))
-    if is_video_collection(ctx.dataset):  # tracking: de-duplication and limits are image-only
-        props.update(video_inputs(inputs, "text"))
-    else:
-        props.update(dedup_inputs(inputs, "text"))
+    props.update(threshold_inputs(inputs, score=True, video=video))
+    # tracking: de-duplication and limits are image-only
+    props.update(video_inputs(inputs, "text") if video else dedup_inputs(inputs, "text"))
     output_inputs(ctx, inputs, default_field="sam3", reserved=())
     props.update(run_inputs(ctx, inputs))
-    flag_form(ctx.params, "text", props, inputs, _media(ctx))
+    flag_form(ctx.params, "text", props, inputs, "video" if video else "image")
 
 
 def box_prompt_inputs(ctx, inputs) -> None:
@@ -199,16 +198,8 @@ def box_prompt_inputs(ctx, inputs) -> None:
     )
     inputs.enum("mode", mode_choices.values(), default="boxes", label="Mode", view=mode_choices)
     mode = ctx.params.get("mode") or "boxes"
-    kind = prompt_label_type(mode)
-    prompt_prop, prompt_field = label_field_choice(
-        ctx,
-        inputs,
-        "prompt_field",
-        "Prompt field",
-        (kind,),
-        description=f"The {kind.__name__} field whose {'points' if mode == 'points' else 'boxes'} prompt SAM3",
-    )
-    props = {"prompt_field": prompt_prop}
+    props = {}
+    props["prompt_field"], prompt_field = prompt_field_input(ctx, inputs, mode, video=False)
 
     negative_choices = [name for name in label_fields(ctx.dataset, fol.Detections) if name != prompt_field]
     if negative_choices:
@@ -257,33 +248,8 @@ def video_prompt_inputs(ctx, inputs) -> None:
     if mode not in ("boxes", "points"):
         flag(mode_prop, f"{mode!r} does not run on videos: track boxes or points")
         mode = "boxes"
-    kind = prompt_label_type(mode)
-    fields = frame_label_fields(ctx.dataset, kind)
-    prompt_field = frame_field_name(ctx.params.get("prompt_field") or (fields[0] if fields else None))
-    if fields:
-        dropdown = types.DropdownView()
-        for name in fields:
-            dropdown.add_choice(name, label=f"frames.{name}")
-        what = "points" if mode == "points" else "boxes"
-        description = f"The frame-level {kind.__name__} field whose {what} prompt SAM3"
-        props = {
-            "prompt_field": inputs.enum(
-                "prompt_field",
-                fields,
-                required=True,
-                default=fields[0],
-                label="Prompt field",
-                description=description,
-                view=dropdown,
-            )
-        }
-        if prompt_field not in fields:
-            flag(props["prompt_field"], f"{prompt_field!r} is not a frame-level {kind.__name__} field of this dataset")
-            prompt_field = None
-    else:
-        props = {"prompt_field": inputs.str("prompt_field", required=True, label="Prompt field")}
-        flag(props["prompt_field"], f"This video dataset has no frame-level {kind.__name__} field to prompt from")
-        prompt_field = None
+    props = {}
+    props["prompt_field"], prompt_field = prompt_field_input(ctx, inputs, mode, video=True)
     props.update(video_inputs(inputs, mode))
     props.update(threshold_inputs(inputs, score=False, video=True))
     default_field = f"{prompt_field}_masks" if prompt_field else "sam3_masks"
@@ -291,6 +257,29 @@ def video_prompt_inputs(ctx, inputs) -> None:
     props.update(run_inputs(ctx, inputs))
     if prompt_field:
         flag_form({**ctx.params, "mode": mode, "prompt_field": prompt_field}, mode, props, inputs, "video")
+
+
+def prompt_field_input(ctx, inputs, mode: str, video: bool, prefix: str = "frames."):
+    """The dropdown of the fields holding ``mode``'s prompts (``Detections`` or ``Keypoints``;
+    on videos the frame-level ones, each shown after ``prefix``); returns ``(prop, field)``, the
+    field ``None`` (flagged) when there is none or the chosen one is not one of them."""
+    kind = prompt_label_type(mode)
+    what = "points" if mode == "points" else "boxes"
+    if not video:
+        description = f"The {kind.__name__} field whose {what} prompt SAM3"
+        return label_field_choice(ctx, inputs, "prompt_field", "Prompt field", (kind,), description=description)
+    fields = frame_label_fields(ctx.dataset, kind)
+    if not fields:
+        prop = inputs.str("prompt_field", required=True, label="Prompt field")
+        flag(prop, f"This video dataset has no frame-level {kind.__name__} field to prompt from")
+        return prop, None
+    description = f"The frame-level {kind.__name__} field whose {what} prompt SAM3"
+    prop = field_choice(inputs, "prompt_field", fields, "Prompt field", description, default=fields[0], prefix=prefix)
+    value = frame_field_name(ctx.params.get("prompt_field") or fields[0])
+    if value not in fields:
+        flag(prop, f"{value!r} is not a frame-level {kind.__name__} field of this dataset")
+        return prop, None
+    return prop, value
 
 
 def everything_inputs(ctx, inputs) -> None:
@@ -319,13 +308,7 @@ def video_inputs(inputs, mode: str) -> dict:
         props["direction"] = inputs.enum(
             "direction", direction.values(), default=DEFAULTS["direction"], label="Propagate", view=direction
         )
-    props["max_objects"] = inputs.int(
-        "max_objects",
-        default=DEFAULTS["max_objects"],
-        min=1,
-        label="Most objects tracked per video",
-        description="Objects beyond it are not tracked (the log says how many); memory grows with it",
-    )
+    props["max_objects"] = _number_input(inputs, "max_objects")
     return props
 
 
@@ -364,40 +347,7 @@ def multimask_input(inputs):
 def dedup_inputs(inputs, mode: str) -> dict:
     """De-duplication across prompts and limits per sample (applied before masks are upsampled)."""
     props = {
-        "nms_iou": inputs.float(
-            "nms_iou",
-            required=False,
-            default=setting_default("nms_iou", mode),
-            min=0.0,
-            max=1.0,
-            label="De-duplicate above mask IoU (optional)",
-            description="Of two hits of a sample whose masks overlap more than this, keep the higher-scoring",
-        ),
-        "nms_containment": inputs.float(
-            "nms_containment",
-            required=False,
-            default=DEFAULTS["nms_containment"],
-            min=0.0,
-            max=1.0,
-            label="Drop hits lying inside another (optional)",
-            description="Drop a hit whose mask lies at least this fraction inside a higher-scoring one",
-        ),
-        "max_detections": inputs.int(
-            "max_detections",
-            required=False,
-            default=DEFAULTS["max_detections"],
-            min=1,
-            label="At most this many hits per sample (optional)",
-            description="Keep the highest-scoring",
-        ),
-        "min_area": inputs.float(
-            "min_area",
-            default=DEFAULTS["min_area"],
-            min=0.0,
-            max=1.0,
-            label="Minimum mask area",
-            description="Drop masks covering less than this fraction of the image",
-        ),
+        name: _number_input(inputs, name, mode) for name in ("nms_iou", "nms_containment", "max_detections", "min_area")
     }
     if mode != "auto":
         props["nms_per_label"] = inputs.bool(
@@ -412,34 +362,51 @@ def dedup_inputs(inputs, mode: str) -> dict:
 
 def auto_inputs(inputs) -> dict:
     """The point grid and mask filters of segment everything."""
-    return {
-        "points_per_side": inputs.int(
-            "points_per_side",
-            default=DEFAULTS["points_per_side"],
-            min=1,
-            label="Points per side",
-            description="A grid of this many x this many point prompts per image",
-        ),
-        "pred_iou_threshold": inputs.float(
-            "pred_iou_threshold",
-            default=DEFAULTS["pred_iou_threshold"],
-            min=0.0,
-            max=1.0,
-            label="Predicted IoU threshold",
-            description="Keep masks SAM3 rates at least this good (0-1)",
-        ),
-        "stability_threshold": inputs.float(
-            "stability_threshold",
-            default=DEFAULTS["stability_threshold"],
-            min=0.0,
-            max=1.0,
-            label="Stability threshold",
-            description="Keep masks that hardly change when the mask threshold moves (0-1)",
-        ),
-        "auto_label": inputs.str(
-            "auto_label", default=DEFAULTS["auto_label"], label="Label", description="The label of every mask"
-        ),
+    props = {
+        name: _number_input(inputs, name) for name in ("points_per_side", "pred_iou_threshold", "stability_threshold")
     }
+    props["auto_label"] = inputs.str(
+        "auto_label", default=DEFAULTS["auto_label"], label="Label", description="The label of every mask"
+    )
+    return props
+
+
+#: the inputs of the numeric settings: name -> (type, label, description); a float is a fraction
+#: (0-1), an int a count (at least 1)
+_NUMBER_INPUTS = {
+    "nms_iou": (
+        float,
+        "De-duplicate above mask IoU (optional)",
+        "Of two hits of a sample whose masks overlap more than this, keep the higher-scoring",
+    ),
+    "nms_containment": (
+        float,
+        "Drop hits lying inside another (optional)",
+        "Drop a hit whose mask lies at least this fraction inside a higher-scoring one",
+    ),
+    "max_detections": (int, "At most this many hits per sample (optional)", "Keep the highest-scoring"),
+    "min_area": (float, "Minimum mask area", "Drop masks covering less than this fraction of the image"),
+    "points_per_side": (int, "Points per side", "A grid of this many x this many point prompts per image"),
+    "pred_iou_threshold": (float, "Predicted IoU threshold", "Keep masks SAM3 rates at least this good (0-1)"),
+    "stability_threshold": (
+        float,
+        "Stability threshold",
+        "Keep masks that hardly change when the mask threshold moves (0-1)",
+    ),
+    "mask_threshold": (float, "Mask threshold", "A pixel is in a mask above this probability (0-1)"),
+    "max_objects": (
+        int,
+        "Most objects tracked per video",
+        "Objects beyond it are not tracked (the log says how many); memory grows with it",
+    ),
+}
+
+
+def _number_input(inputs, name: str, mode: str | None = None):
+    """The input of the numeric setting ``name`` (:data:`_NUMBER_INPUTS`), showing its default in ``mode``."""
+    kind, label, description = _NUMBER_INPUTS[name]
+    options = {"default": setting_default(name, mode), "label": label, "description": description}
+    return inputs.int(name, min=1, **options) if kind is int else fraction_input(inputs, name, **options)
 
 
 def flag_form(params: dict, mode: str, props: dict, inputs=None, media: str | None = None) -> None:
@@ -465,24 +432,14 @@ def flag_form(params: dict, mode: str, props: dict, inputs=None, media: str | No
             values["prompts"] = values["prompts"][len(rows) :]
             if not values["prompts"]:  # "no prompt at all" is explained on the table already
                 props = {name: prop for name, prop in props.items() if name != "prompts"}
-    if media is None:
-        flag_settings(values, props)
-        return
-    for name, message in Sam3Settings.problems(values, media).items():  # flag_settings' rule, per medium
-        if name in props and not props[name].invalid:
-            flag(props[name], message)
+    flag_problems(Sam3Settings.problems(values, media), props)
 
 
 def _given_input(inputs, name: str, value):
     """An input for the setting ``name`` that the form does not offer but was given ``value``, so
     that the problem is shown, and the value can be cleared, where it is."""
-    if isinstance(value, bool):
-        return inputs.bool(name, required=False, label=name)
-    if isinstance(value, int):
-        return inputs.int(name, required=False, label=name)
-    if isinstance(value, float):
-        return inputs.float(name, required=False, label=name)
-    return inputs.str(name, required=False, label=name)
+    define = {bool: inputs.bool, int: inputs.int, float: inputs.float}.get(type(value), inputs.str)
+    return define(name, required=False, label=name)
 
 
 def prompts_input(ctx, inputs, required: bool, description: str):
@@ -507,24 +464,15 @@ def threshold_inputs(inputs, score: bool, video: bool = False) -> dict:
         description = "Keep hits scoring above this (0-1)"
         if default is None:
             description += f"; empty: the model's own ({model_threshold(video)})"
-        props["threshold"] = inputs.float(
+        props["threshold"] = fraction_input(
+            inputs,
             "threshold",
-            required=False,
             default=default,
-            min=0.0,
-            max=1.0,
             label="Score threshold",
             description=description,
             view=types.FieldView(placeholder=model_threshold(video) if default is None else None),
         )
-    props["mask_threshold"] = inputs.float(
-        "mask_threshold",
-        default=DEFAULTS["mask_threshold"],
-        min=0.0,
-        max=1.0,
-        label="Mask threshold",
-        description="A pixel is in a mask above this probability (0-1)",
-    )
+    props["mask_threshold"] = _number_input(inputs, "mask_threshold")
     return props
 
 

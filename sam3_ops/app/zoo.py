@@ -26,16 +26,17 @@ import fiftyone.operators.types as types
 
 from ..core.checkpoint import DEFAULT_MODEL, download_checkpoint
 from ..core.queries import FIELD_MODES, TRACKER_MODES
-from ..sdk.fields import frame_field_name, frame_label_fields, is_video_collection, prompt_label_type
+from ..sdk.fields import frame_field_name, is_video_collection
 from ..sdk.segment import load_model as load_sam3
 from ..sdk.settings import MEDIA_MODES, applies
-from .forms import device_input, field_choice, flag, label_field_choice
+from .forms import device_input, flag
 from .segment_forms import (
     DEFAULTS,
     auto_inputs,
     dedup_inputs,
     flag_form,
     multimask_input,
+    prompt_field_input,
     prompt_table_input,
     prompts_input,
     settings_values,
@@ -47,8 +48,6 @@ from .segment_forms import (
 MODELS = {"sam3-ops/sam3-image-torch": "image", "sam3-ops/sam3-video-torch": "video"}
 #: the key under which FiftyOne's "Apply zoo model" operator nests a remote model's form
 FORM_KEY = "remote_params"
-#: the modes offered on each media's form
-_FORM_MODES = MEDIA_MODES
 _MODE_LABELS = {
     "text": ("Text prompts", "Every instance of each prompt"),
     "boxes": ("Boxes", "One mask per box of a Detections field"),
@@ -173,7 +172,7 @@ def resolve_input(model_name: str, ctx) -> types.Property:
             props["prompt_table"] = prompt_table_input(inputs)
     prompt_field = None
     if mode in FIELD_MODES:
-        props["prompt_field"], prompt_field = _prompt_field_input(form_ctx, inputs, mode, video)
+        props["prompt_field"], prompt_field = prompt_field_input(form_ctx, inputs, mode, video, prefix="")
     if applies("multimask", mode, media):
         props["multimask"] = multimask_input(inputs)
     if mode == "auto":
@@ -205,37 +204,15 @@ def parse_parameters(model_name: str, ctx, params: dict) -> None:
 
 def _mode_input(inputs, params: dict, media: str):
     choices = types.RadioGroup()
-    for mode in _FORM_MODES[media]:
+    for mode in MEDIA_MODES[media]:  # the modes each medium runs
         label, description = _MODE_LABELS[mode]
         choices.add_choice(mode, label=label, description=description)
     prop = inputs.enum("mode", choices.values(), default=DEFAULTS["mode"], label="Mode", view=choices)
     mode = params.get("mode") or DEFAULTS["mode"]
-    if mode not in _FORM_MODES[media]:
-        flag(prop, f"mode {mode!r} does not run on {media}s; choose one of {', '.join(_FORM_MODES[media])}")
+    if mode not in MEDIA_MODES[media]:
+        flag(prop, f"mode {mode!r} does not run on {media}s; choose one of {', '.join(MEDIA_MODES[media])}")
         mode = DEFAULTS["mode"]
     return prop, mode
-
-
-def _prompt_field_input(form_ctx, inputs, mode: str, video: bool):
-    """The prompt field dropdown; returns ``(prop, field or None)``. On images the segment
-    operators' own input; on videos the dataset's frame-level fields."""
-    kind = prompt_label_type(mode)
-    what = "points" if mode == "points" else "boxes"
-    if not video:
-        description = f"The {kind.__name__} field whose {what} prompt SAM3"
-        return label_field_choice(form_ctx, inputs, "prompt_field", "Prompt field", (kind,), description=description)
-    fields = frame_label_fields(form_ctx.dataset, kind)
-    if not fields:
-        prop = inputs.str("prompt_field", required=True, label="Prompt field")
-        flag(prop, f"This video dataset has no frame-level {kind.__name__} field to prompt from")
-        return prop, None
-    description = f"The frame-level {kind.__name__} field whose {what} prompt SAM3"
-    prop = field_choice(inputs, "prompt_field", fields, "Prompt field", description, default=fields[0])
-    value = frame_field_name(form_ctx.params.get("prompt_field")) or fields[0]
-    if value not in fields:
-        flag(prop, f"{value!r} is not a frame-level {kind.__name__} field of this dataset")
-        return prop, None
-    return prop, value
 
 
 __all__ = [
