@@ -23,7 +23,7 @@ taken from selected labels), ``negative_field`` / ``positive_field``, ``negative
 
 from __future__ import annotations
 
-import logging
+import functools
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
@@ -62,8 +62,6 @@ from ..curation.refine import BoxSpec, describe_field, refine_samples, resolve_s
 from .forms import hf_token
 from .panel_input import parse_pixel_boxes, parse_pixel_points, target_sample_ids
 
-logger = logging.getLogger(__name__)
-
 #: where the open sample's new labels show: FiftyOne 1.22's App keeps the labels of the sample open in
 #: the modal until the page is reloaded (reload_dataset / reload_samples refresh the grid only)
 _SEE_IT = "the grid shows it; the open sample after a page reload"
@@ -91,6 +89,20 @@ The proposal appears in the field `<field>_refined` (the grid shows it at once, 
 after a page reload). **Accept** writes it into the field (and clears the clicks), **Undo**
 restores what was there, **Discard** drops the proposal.
 """
+
+
+def _showing_errors(callback):
+    """A panel callback that shows a :class:`~sam3_ops.curation.proposals.RefineError` as the
+    panel's message instead of raising it (bad input never raises; nothing is written)."""
+
+    @functools.wraps(callback)
+    def shown(self, ctx, *args):
+        try:
+            return callback(self, ctx, *args)
+        except RefineError as error:
+            return self._show(ctx, "error", str(error))
+
+    return shown
 
 
 class RefineWithNegativeBoxes(foo.Panel):
@@ -134,33 +146,28 @@ class RefineWithNegativeBoxes(foo.Panel):
 
     # -- buttons: points ----------------------------------------------------------------------
 
+    @_showing_errors
     def setup_click_drawing(self, ctx):
-        try:
-            done = setup_clicks_field(ctx.dataset)
-            if ctx.panel.state.get("field") in sam3_fields(ctx.dataset):
-                # declared now, the proposals' field is known to the App after the same page reload
-                ensure_refinement_fields(ctx.dataset, ctx.panel.state.get("field"))
-        except RefineError as error:
-            return self._show(ctx, "error", str(error))
+        done = setup_clicks_field(ctx.dataset)
+        if ctx.panel.state.get("field") in sam3_fields(ctx.dataset):
+            # declared now, the proposals' field is known to the App after the same page reload
+            ensure_refinement_fields(ctx.dataset, ctx.panel.state.get("field"))
         ctx.panel.state.set("points_field", CLICKS_FIELD)
         # the App reads fields and label schemas when the page loads (reload_dataset updates the grid,
         # not the open sample's annotation mode or overlays): once per dataset, the curator reloads
         self._show(ctx, "success", f"{done}. Reload the page first: the App reads new fields when it loads.")
         ctx.ops.reload_dataset()
 
+    @_showing_errors
     def refine_points(self, ctx):
         if ctx.dataset.media_type == "video":
             return self._show(ctx, "error", VIDEO_REFUSAL)
         state = ctx.panel.state
         field_name = state.get("field")
-        try:
-            objects, point_labels = resolve_click_selection(ctx.dataset, ctx.selected_labels, field_name)
-            target = choose_object(objects, state.get("point_target"), field_name, ctx.current_sample)
-            outcome = refine_with_points(
-                ctx.dataset, field_name, target, self._point_spec(state, point_labels), token=hf_token(ctx)
-            )
-        except RefineError as error:
-            return self._show(ctx, "error", str(error))
+        objects, point_labels = resolve_click_selection(ctx.dataset, ctx.selected_labels, field_name)
+        target = choose_object(objects, state.get("point_target"), field_name, ctx.current_sample)
+        spec = self._point_spec(state, point_labels)
+        outcome = refine_with_points(ctx.dataset, field_name, target, spec, token=hf_token(ctx))
         state.set({"point_target": next_target(target, outcome), "result": outcome.summary()})
         self._show(
             ctx,
@@ -197,21 +204,19 @@ class RefineWithNegativeBoxes(foo.Panel):
             ctx.panel.state.set({f"{kind}_labels": [], f"{kind}_field": None, f"{kind}_boxes": ""})
         self._clear_outcome(ctx)
 
+    @_showing_errors
     def refine(self, ctx):
         if ctx.dataset.media_type == "video":
             return self._show(ctx, "error", VIDEO_REFUSAL)
         state = ctx.panel.state
-        try:
-            result = refine_samples(
-                ctx.dataset,
-                self._targets(ctx),
-                state.get("field"),
-                negatives=self._box_spec(state, "negative"),
-                positives=self._box_spec(state, "positive"),
-                token=hf_token(ctx),
-            )
-        except RefineError as error:
-            return self._show(ctx, "error", str(error))
+        result = refine_samples(
+            ctx.dataset,
+            self._targets(ctx),
+            state.get("field"),
+            negatives=self._box_spec(state, "negative"),
+            positives=self._box_spec(state, "positive"),
+            token=hf_token(ctx),
+        )
         state.set("result", result.summary())
         notes = " ".join(result.notes)
         self._show(
@@ -222,13 +227,11 @@ class RefineWithNegativeBoxes(foo.Panel):
         )
         ctx.ops.reload_dataset()  # the preview field (new on the first refinement) and its labels
 
+    @_showing_errors
     def accept(self, ctx):
         field_name = ctx.panel.state.get("field")
-        try:
-            with_points = pending_point_samples(ctx.dataset, self._targets(ctx), field_name)
-            accepted = accept_refinement(ctx.dataset, self._targets(ctx), field_name)
-        except RefineError as error:
-            return self._show(ctx, "error", str(error))
+        with_points = pending_point_samples(ctx.dataset, self._targets(ctx), field_name)
+        accepted = accept_refinement(ctx.dataset, self._targets(ctx), field_name)
         # the accepted labels were the selected ones' replacements: old selections are stale now;
         # the clicks were for the objects just accepted: the next object starts from none
         ctx.panel.state.set({"negative_labels": [], "positive_labels": [], "result": None})
@@ -237,22 +240,18 @@ class RefineWithNegativeBoxes(foo.Panel):
         self._show(ctx, "success", f"Accepted: '{field_name}' updated on {len(accepted)} sample(s). Undo restores it.")
         ctx.ops.reload_dataset()
 
+    @_showing_errors
     def undo(self, ctx):
         field_name = ctx.panel.state.get("field")
-        try:
-            restored = undo_refinement(ctx.dataset, self._targets(ctx), field_name)
-        except RefineError as error:
-            return self._show(ctx, "error", str(error))
+        restored = undo_refinement(ctx.dataset, self._targets(ctx), field_name)
         ctx.panel.state.set("result", None)
         self._show(ctx, "success", f"Undone: '{field_name}' restored on {len(restored)} sample(s).")
         ctx.ops.reload_dataset()
 
+    @_showing_errors
     def discard(self, ctx):
         field_name = ctx.panel.state.get("field")
-        try:
-            discarded = discard_refinement(ctx.dataset, self._targets(ctx), field_name)
-        except RefineError as error:
-            return self._show(ctx, "error", str(error))
+        discarded = discard_refinement(ctx.dataset, self._targets(ctx), field_name)
         ctx.panel.state.set("result", None)
         self._show(ctx, "info", f"Discarded the proposal on {len(discarded)} sample(s); '{field_name}' is unchanged.")
         ctx.ops.reload_dataset()
@@ -270,11 +269,7 @@ class RefineWithNegativeBoxes(foo.Panel):
         targets = self._targets(ctx)
         self._render_targets(ctx, panel, targets)
         description = self._render_field(ctx, panel, targets)
-        kinds = (
-            ("negative",)
-            if description is not None and description.get("mode") == "boxes"
-            else ("negative", "positive")
-        )
+        boxes_mode = description is not None and description.get("mode") == "boxes"
         if description is not None:
             self._render_points(ctx, panel)
         # the proposal's actions and outcome between the two ways in: near the buttons of either
@@ -288,7 +283,7 @@ class RefineWithNegativeBoxes(foo.Panel):
             if history:
                 panel.md(_history_markdown(history), name="history")
         panel.md("#### Boxes: re-run the field's prompts", name="boxes_title")
-        for kind in kinds:
+        for kind in ("negative",) if boxes_mode else ("negative", "positive"):
             self._render_boxes(ctx, panel, kind)
         box_actions = panel.h_stack("box_actions", gap=1)
         box_actions.btn(
@@ -451,13 +446,11 @@ class RefineWithNegativeBoxes(foo.Panel):
             pixel_boxes=parse_pixel_boxes(state.get(f"{kind}_boxes")),
         )
 
+    @_showing_errors
     def _use_selected(self, ctx, kind: str):
         if not ctx.selected_labels:
             return self._show(ctx, "error", f"No labels selected: click the detections to use as {kind}s first")
-        try:
-            chosen = resolve_selected_labels(ctx.dataset, ctx.selected_labels)
-        except RefineError as error:
-            return self._show(ctx, "error", str(error))
+        chosen = resolve_selected_labels(ctx.dataset, ctx.selected_labels)
         other = "positive" if kind == "negative" else "negative"
         chosen_ids = {ref["label_id"] for ref in chosen}
         kept = [ref for ref in ctx.panel.state.get(f"{kind}_labels") or [] if ref["label_id"] not in chosen_ids]
