@@ -6,11 +6,10 @@ optionally, extra positive example boxes ("more like this"): selected labels, a 
 or pixel boxes typed in the panel. Everything here takes a dataset and sample ids and returns
 results, so it is testable without the App.
 
-:func:`refine_samples` validates everything first (:func:`plan_refinement`: nothing is written
-on bad input), runs SAM3 into the preview field through
-:func:`~sam3_ops.curation.proposals.run_proposal` (the image is keyed by its filepath, so the
-engine's feature cache spares the image encoder on the next refinement of the same image) and
-records a proposal of kind ``"boxes"``: which boxes were used (pixel ``xyxy`` and where they came
+:func:`refine_samples` validates everything first (nothing is written on bad input), runs SAM3
+into the preview field through :func:`~sam3_ops.curation.proposals.run_proposal` (the image is
+keyed by its filepath, so the engine's feature cache spares the image encoder on the next
+refinement of the same image) and records a proposal of kind ``"boxes"``: which boxes were used (pixel ``xyxy`` and where they came
 from) and the counts per prompt before and after. Accept, undo and discard are
 :mod:`sam3_ops.curation.proposals`'.
 """
@@ -27,7 +26,6 @@ import numpy as np
 
 from ..core.queries import VISUAL_PROMPT
 from ..sdk.convert import relative_to_xyxy, xyxy_to_relative
-from ..sdk.runs import RunRecord
 from ..sdk.settings import Sam3Settings
 from .proposals import (
     Kind,
@@ -182,14 +180,9 @@ def describe_field(dataset, field_name: str, sample_ids: Sequence[str] = ()) -> 
         accepted += Ledger(sample).last(field_name, Status.ACCEPTED) is not None
     ordered = {p: counts.pop(p, 0) for p in prompts}
     ordered.update(sorted(counts.items()))
-    return {
-        **settings.to_dict(),
-        "field": field_name,
-        "prompts": prompts,
-        "counts": ordered,
-        "pending": pending,
-        "accepted": accepted,
-    }
+    return dict(
+        settings.to_dict(), field=field_name, prompts=prompts, counts=ordered, pending=pending, accepted=accepted
+    )
 
 
 # -- planning and running -----------------------------------------------------------------------
@@ -328,47 +321,6 @@ def _plan_sample(sample, settings: Sam3Settings, negatives: BoxSpec, positives: 
     )
 
 
-def plan_refinement(
-    dataset,
-    sample_ids: Sequence[str],
-    field_name: str | None,
-    negatives: BoxSpec | None = None,
-    positives: BoxSpec | None = None,
-) -> tuple[RunRecord, list[SamplePlan], list[str]]:
-    """Checks a refinement and prepares it, writing nothing.
-
-    Args:
-        dataset: the dataset
-        sample_ids: the samples to refine (the App's current sample, or its selected samples)
-        field_name: the SAM3 field to refine
-        negatives, positives: the extra boxes (:class:`BoxSpec`)
-
-    Returns:
-        ``(run, plans, notes)``: the field's recorded run, one :class:`SamplePlan` per sample that
-        has boxes to add, and notes for the curator (samples skipped because they have none)
-
-    Raises:
-        RefineError: saying what is wrong (no sample, no/unknown field, no recorded prompts, a bad
-            box, an unreadable image, no boxes at all)
-    """
-    negatives, positives = negatives or BoxSpec(), positives or BoxSpec()
-    if not sample_ids:
-        raise RefineError("No sample to refine: open a sample, or select samples in the grid")
-    run = validate_field(dataset, field_name)
-    _check_refinement(dataset, run.settings, negatives, positives)
-    plans, skipped = [], []
-    for sample_id in dict.fromkeys(sample_ids):
-        plan = _plan_sample(get_sample(dataset, sample_id), run.settings, negatives, positives)
-        if plan is None:
-            skipped.append(sample_id)
-        else:
-            plans.append(plan)
-    if not plans:
-        raise RefineError("None of the chosen boxes belong to the current sample(s): select labels on these samples")
-    notes = [f"Skipped {len(skipped)} sample(s) with no boxes to add: {', '.join(skipped)}"] if skipped else []
-    return run, plans, notes
-
-
 def refine_samples(
     dataset,
     sample_ids: Sequence[str],
@@ -379,16 +331,17 @@ def refine_samples(
 ) -> RefineResult:
     """Re-runs a SAM3 field's recorded run on samples with extra negative (and positive) boxes.
 
-    The run's settings are read from its record and reproduced exactly (on this machine's best
-    device if the recorded one is not here). The proposal goes to the preview field
-    (:func:`preview_field_name`); ``field_name`` itself is not touched until
-    :func:`~sam3_ops.curation.proposals.accept_refinement`. The images run through ``apply_model`` like any run (batched, with
-    the document guard, the pixel limit and per-sample failure isolation); each is keyed by its
-    filepath, so refining an image again reuses its cached vision features.
+    Everything is checked before anything is written. The run's settings are read from its record
+    and reproduced exactly (on this machine's best device if the recorded one is not here). The
+    proposal goes to the preview field (:func:`preview_field_name`); ``field_name`` itself is not
+    touched until :func:`~sam3_ops.curation.proposals.accept_refinement`. The images run through
+    ``apply_model`` like any run (batched, with the document guard, the pixel limit and per-sample
+    failure isolation); each is keyed by its filepath, so refining an image again reuses its
+    cached vision features.
 
     Args:
         dataset: the dataset
-        sample_ids: the samples to refine
+        sample_ids: the samples to refine (the App's current sample, or its selected samples)
         field_name: the SAM3 field (written by a recorded run)
         negatives (None): the negative boxes (:class:`BoxSpec`)
         positives (None): positive example boxes (:class:`BoxSpec`); they turn a text run into an
@@ -396,13 +349,26 @@ def refine_samples(
         token (None): a Hugging Face token for a gated model
 
     Returns:
-        a :class:`RefineResult`
+        a :class:`RefineResult` (its notes name the samples skipped for having no boxes to add)
 
     Raises:
-        RefineError: bad input (see :func:`plan_refinement`), a model that cannot be loaded, or no
-            sample that could be segmented; nothing is written to ``field_name``
+        RefineError: bad input, saying what is wrong (no sample, no/unknown field, no recorded
+            prompts, a bad box, an unreadable image, no boxes at all), a model that cannot be
+            loaded, or no sample that could be segmented; nothing is written to ``field_name``
     """
-    run, plans, notes = plan_refinement(dataset, sample_ids, field_name, negatives, positives)
+    negatives, positives = negatives or BoxSpec(), positives or BoxSpec()
+    if not sample_ids:
+        raise RefineError("No sample to refine: open a sample, or select samples in the grid")
+    run = validate_field(dataset, field_name)
+    _check_refinement(dataset, run.settings, negatives, positives)
+    planned = {
+        i: _plan_sample(get_sample(dataset, i), run.settings, negatives, positives) for i in dict.fromkeys(sample_ids)
+    }
+    plans = [plan for plan in planned.values() if plan is not None]
+    if not plans:
+        raise RefineError("None of the chosen boxes belong to the current sample(s): select labels on these samples")
+    skipped = [sample_id for sample_id, plan in planned.items() if plan is None]
+    notes = [f"Skipped {len(skipped)} sample(s) with no boxes to add: {', '.join(skipped)}"] if skipped else []
     settings, device_notes = settings_for_here(run.settings)
     notes += device_notes
     preview = preview_field_name(field_name)
