@@ -4,19 +4,17 @@ SAM3's scores are not comparable across concepts, so one threshold does not fit 
 :func:`calibrate` runs every candidate wording of every class as text prompts in ONE run of
 :func:`sam3_ops.sdk.segment.segment` over a labelled view (the image encoder runs once per image
 however many candidates), keeping every hit down to a low score floor in a scratch field that is
-removed afterwards. It then matches each candidate's hits to its class's ground truth with
-FiftyOne's own matching (the COCO evaluation of ``evaluate_detections``: greedy, highest score
-first; run image by image on labels read once, nothing written) and sweeps
-every distinct score: precision, recall and F1 at each threshold, no re-run. The objective picks a
-threshold per candidate and the best candidate per class; the result's :attr:`~CalibrationResult.prompts`
-go to ``sam3_ops.segment(unlabelled, "sam3", prompts=result.prompts)`` as they are.
+removed afterwards. It then matches each candidate's hits to its class's ground truth as the COCO
+evaluation of ``evaluate_detections`` does (greedy, highest score first; :func:`_match_candidates`)
+and sweeps every distinct score: precision, recall and F1 at each threshold, no re-run. The
+objective picks a threshold per candidate and the best candidate per class; the result's
+:attr:`~CalibrationResult.prompts` go to ``sam3_ops.segment(unlabelled, "sam3", prompts=result.prompts)``.
 
 Greedy matching in descending score order makes the sweep exact: a hit is matched only against
 hits that score higher, so the matches of the hits above a threshold are the same whether or not
 the lower ones exist.
 
-The result is stored as a run on FiftyOne's runs framework (:func:`~sam3_ops.sdk.runs.record_calibration`)
-and reloads with :func:`get_calibration`.
+The result is stored as a run (:func:`~sam3_ops.sdk.runs.record_calibration`); :func:`get_calibration` reloads it.
 """
 
 from __future__ import annotations
@@ -191,9 +189,11 @@ def calibrate(
     scratch = f"{calibration_run_key(key)}_scratch"
     if root_dataset(labelled_view).has_field(scratch):
         raise ValueError(f"the scratch field {scratch!r} exists (an interrupted calibration?): delete it first")
+    # the one inference pass: every distinct wording as a text prompt, its hits labelled with the wording
+    texts = list(dict.fromkeys(text for words in candidates.values() for text in words))
     started = time.perf_counter()
     try:
-        summary = _one_pass(labelled_view, scratch, candidates, score_floor, settings, run)
+        summary = segment(labelled_view, scratch, prompts=texts, threshold=score_floor, record=False, **run, **settings)
         inferred = time.perf_counter()
         matches, counts = _match_candidates(labelled_view, scratch, gt_field, candidates, iou, use_masks)
         rows, curves = [], {}
@@ -255,13 +255,6 @@ def _check_arguments(labelled_view, gt_field, settings: dict, run: dict, iou, sc
     return default_threshold
 
 
-def _one_pass(labelled_view, scratch: str, candidates: dict, score_floor: float, settings: dict, run: dict):
-    """The one inference pass: every distinct wording of every class as a text prompt, its hits
-    labelled with the wording itself, kept down to ``score_floor``, in the scratch field."""
-    texts = list(dict.fromkeys(text for words in candidates.values() for text in words))
-    return segment(labelled_view, scratch, prompts=texts, threshold=score_floor, record=False, **run, **settings)
-
-
 def get_calibration(samples, key: str = "default") -> CalibrationResult | None:
     """The calibration stored under ``key`` on ``samples``' dataset, or ``None``."""
     stored = load_calibration(samples, key)
@@ -292,12 +285,9 @@ class Sweep:
     def curve(self) -> dict:
         thresholds, tp, fp = self.points()
         precision, recall, f1 = _prf(tp, fp, self.ground_truth)
-        return {
-            "thresholds": thresholds.tolist(),
-            "precision": precision.tolist(),
-            "recall": recall.tolist(),
-            "f1": f1.tolist(),
-        }
+        return dict(
+            thresholds=thresholds.tolist(), precision=precision.tolist(), recall=recall.tolist(), f1=f1.tolist()
+        )
 
     def ap(self) -> float:
         """COCO's 101-point interpolated average precision."""
@@ -448,30 +438,20 @@ def _detections(objects: list) -> Detections:
     return labels
 
 
-def _pick(sweep: Sweep, goal: tuple[str, float | None]):
-    """The index of the chosen point of ``sweep`` and whether it met ``goal``, or ``(None, False)``."""
-    thresholds, tp, fp = sweep.points()
-    if not len(thresholds):
-        return None, False
-    precision, recall, f1 = _prf(tp, fp, sweep.ground_truth)
+def _pick(precision: np.ndarray, recall: np.ndarray, f1: np.ndarray, goal: tuple[str, float | None]):
+    """The index of the chosen point of a curve (descending thresholds) and whether it met ``goal``;
+    a goal not met gets the best F1 point."""
     kind, target = goal
-    if kind == "precision":
-        reaching = np.flatnonzero(precision >= target)
-        if len(reaching):
-            return int(reaching[-1]), True  # the lowest threshold reaching it
-    elif kind == "recall":
-        reaching = np.flatnonzero(recall >= target)
-        if len(reaching):
-            return int(reaching[0]), True  # the highest threshold reaching it
-    else:
-        return int(np.argmax(f1)), True  # ties: the highest threshold
-    return int(np.argmax(f1)), False
+    if kind == "precision" and (precision >= target).any():
+        return int(np.flatnonzero(precision >= target)[-1]), True  # the lowest threshold reaching it
+    if kind == "recall" and (recall >= target).any():
+        return int(np.flatnonzero(recall >= target)[0]), True  # the highest threshold reaching it
+    return int(np.argmax(f1)), kind == "f1"  # ties: the highest threshold
 
 
-def _gap_threshold(sweep: Sweep, index: int, floor: float) -> float:
+def _gap_threshold(thresholds: np.ndarray, index: int, floor: float) -> float:
     """A threshold that keeps the hits of point ``index`` and drops the next lower ones: midway
     between the lowest kept score and the next lower (or the floor); the engine keeps scores above it."""
-    thresholds = sweep.points()[0]
     kept = float(thresholds[index])
     below = float(thresholds[index + 1]) if index + 1 < len(thresholds) else min(floor, kept)
     return (kept + below) / 2
@@ -483,23 +463,18 @@ def _choose(label, sweeps, ground_truth, goal, limits, default_threshold) -> Cla
     min_objects, min_f1, floor = limits
     summaries, ranked = {}, []
     for position, (text, sweep) in enumerate(sweeps.items()):
-        index, reached = _pick(sweep, goal)  # no point (index None): nothing reached, all zero
+        thresholds, tp, fp = sweep.points()
         ap = sweep.ap()
-        threshold, precision, recall, f1, point = None, 0.0, 0.0, 0.0, None
-        if index is not None:
-            _, tp, fp = sweep.points()
-            precision, recall, f1 = (float(v[index]) for v in _prf(tp, fp, ground_truth))
-            threshold = _gap_threshold(sweep, index, floor)
+        # a wording with no hits: no point, nothing reached, all zero
+        threshold, precision, recall, f1, point, reached = None, 0.0, 0.0, 0.0, None, False
+        if len(thresholds):
+            curve = _prf(tp, fp, ground_truth)
+            index, reached = _pick(*curve, goal)
+            precision, recall, f1 = (float(v[index]) for v in curve)
+            threshold = _gap_threshold(thresholds, index, floor)
             counts = (int(tp[index]), int(fp[index]), ground_truth - int(tp[index]))
             point = (threshold, precision, recall, f1, counts)
-        summaries[text] = {
-            "threshold": threshold,
-            "precision": precision,
-            "recall": recall,
-            "f1": f1,
-            "ap": ap,
-            "reached": reached,
-        }
+        summaries[text] = dict(threshold=threshold, precision=precision, recall=recall, f1=f1, ap=ap, reached=reached)
         # what the objective leaves free decides between wordings that reach it
         second = {"precision": recall, "recall": precision}.get(goal[0], f1)
         ranked.append(((reached, second, f1, ap, -position), text, point))
@@ -552,13 +527,11 @@ def _candidates(samples, gt_field: str, candidates) -> dict[str, list[str]]:
     for label, words in candidates.items():
         if not isinstance(label, str) or not label.strip():
             raise ValueError(f"candidates has class {label!r}; classes must be non-blank strings")
-        if isinstance(words, str):
-            words = [words]
         try:
-            texts = [prompt.text for prompt in normalize_prompts(list(words), "text")]
+            words = [words] if isinstance(words, str) else list(words)
+            cleaned[label] = [prompt.text for prompt in normalize_prompts(words, "text")]
         except (TypeError, ValueError) as error:
             raise ValueError(f"the candidates of class {label!r}: {error}") from error
-        cleaned[label] = texts
     return cleaned
 
 
