@@ -251,13 +251,11 @@ def review_annotations(
 
     With a ``calibration`` (:func:`sam3_ops.calibrate` on this ``gt_field``), each class it covers
     is prompted with its calibrated wording at its calibrated threshold, its hits labelled with
-    the class (so the evaluation matches them to the class's ground truth); a class it does not
-    cover is prompted with its name at the run's ``threshold``. A class the calibration flagged is
-    prompted all the same, with what the calibration holds for it (too few objects: its first
-    wording at the calibration's default threshold, or the run's when it had none; not found: its
-    best wording at that wording's best threshold, so expect possible-spurious flags there): the
-    :class:`ReviewResult` lists those flags. The key is recorded in ``pred_field``'s run results
-    (``sam3_ops.get_run(dataset, pred_field).summary["calibration"]``) and in the result.
+    the class (so the evaluation matches them to the class's ground truth); other classes with
+    their name at the run's ``threshold``. A class the calibration flagged is prompted all the same,
+    as the calibration holds it (not found: expect possible-spurious flags there), and listed in
+    :attr:`ReviewResult.calibration_flags`. The key is recorded in the result and in
+    ``pred_field``'s run summary (``sam3_ops.get_run(dataset, pred_field).summary["calibration"]``).
 
     Args:
         samples: a dataset or view
@@ -320,9 +318,6 @@ def review_annotations(
         for name in (pred_field, box_field):
             if name:
                 check_label_field(samples, name, what="recorded field")
-    dataset = root_dataset(samples)
-    if dataset.has_evaluation(eval_key):
-        dataset.delete_evaluation(eval_key)
     result = _evaluate_and_tag(samples, review, view_name, summary, segment_options.get("progress"))
     if run_model:
         _note_prompts(result, review, text)
@@ -352,6 +347,8 @@ def _evaluate_and_tag(samples, review: _Review, view_name: str, summary: dict, p
     """Evaluates the predictions, tags what to look at, saves the view; the :class:`ReviewResult`."""
     dataset = root_dataset(samples)
     gt_field, pred_field, box_field, eval_key = review.gt_field, review.pred_field, review.box_field, review.eval_key
+    if dataset.has_evaluation(eval_key):
+        dataset.delete_evaluation(eval_key)
     # samples without predictions failed (a run writes an empty Detections for "no hits")
     reviewed = samples.exists(pred_field)
     gt_has_masks = bool(len(reviewed.filter_labels(gt_field, F("mask").exists() | F("mask_path").exists())))
