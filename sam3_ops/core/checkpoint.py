@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import re
+import threading
 
 import torch
 
@@ -93,25 +94,21 @@ def validate_model_path(model_path: str | os.PathLike) -> str:
     return path
 
 
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``device`` as a ``torch.device``; ``None`` (or ``"auto"``) picks cuda, then mps, then cpu."""
     if device is not None and str(device) != "auto":
         return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    return torch.device("cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu")
 
 
 def available_devices() -> list[str]:
     """The device choices of this machine: ``auto`` first, then cuda / mps where present, then cpu."""
-    devices = ["auto"]
-    if torch.cuda.is_available():
-        devices.append("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        devices.append("mps")
-    return [*devices, "cpu"]
+    present = {"cuda": torch.cuda.is_available(), "mps": _mps_available()}
+    return ["auto", *(name for name, there in present.items() if there), "cpu"]
 
 
 def device_problem(device: str | None) -> str | None:
@@ -120,9 +117,7 @@ def device_problem(device: str | None) -> str | None:
         return None
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         return f"device {device!r} asked for, but this machine has no CUDA GPU"
-    if str(device) == "mps" and not (
-        getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    ):
+    if str(device) == "mps" and not _mps_available():
         return "device 'mps' asked for, but Apple MPS is not available here"
     return None
 
@@ -143,17 +138,55 @@ def autocast(bf16: bool):
     return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
-def load_once(owner, attribute: str, lock, load):
-    """``owner.<attribute>``: set to ``load()`` on first use, once, under ``lock`` (the engines'
-    lazily loaded processor and heads; concurrent first users wait for one load)."""
-    loaded = getattr(owner, attribute)
-    if loaded is None:
-        with lock:
-            loaded = getattr(owner, attribute)
-            if loaded is None:
-                loaded = load()
-                setattr(owner, attribute, loaded)
-    return loaded
+class LazyEngine:
+    """Base of the image and video engines: a checkpoint and a device, with the processor and models
+    loaded on first use (or by the engine's ``load``), once, under the engine's lock.
+
+    A Hugging Face token is an argument of ``load`` only: it is used to load and never stored.
+    """
+
+    _processor = None
+
+    def __init__(self, model_path: str | os.PathLike = DEFAULT_MODEL, device: str | torch.device | None = None):
+        self.model_path = validate_model_path(model_path)
+        self.device = resolve_device(device)
+        self.bf16 = uses_bf16(self.device)
+        self._lock = threading.RLock()
+
+    def __repr__(self) -> str:  # no token in here, ever
+        return f"{type(self).__name__}(model_path={self.model_path!r}, device={str(self.device)!r})"
+
+    def _ensure(self, attribute: str, token: str | None = None):
+        """The processor or model held in ``attribute``, loaded once on first use (concurrent first
+        users wait for one load)."""
+        loaded = getattr(self, attribute)
+        if loaded is None:
+            with self._lock:
+                loaded = getattr(self, attribute)
+                if loaded is None:
+                    if attribute == "_processor":
+                        loaded = load_processor(self.model_path, token)
+                    else:
+                        loaded = self._load(attribute, token)
+                    setattr(self, attribute, loaded)
+        return loaded
+
+    def _load(self, attribute: str, token: str | None):
+        """The model ``attribute`` holds, loaded from the checkpoint onto the device."""
+        raise NotImplementedError
+
+    @property
+    def processor(self):
+        """The checkpoint's ``Sam3Processor`` (image processor + tokenizer)."""
+        return self._ensure("_processor")
+
+    def _autocast(self):
+        return autocast(self.bf16)
+
+
+def lazy_model(attribute: str, doc: str) -> property:
+    """An engine's property: the model held in ``attribute``, loaded on first use."""
+    return property(lambda engine: engine._ensure(attribute), doc=doc)
 
 
 def hub_timeout() -> float:
@@ -287,7 +320,7 @@ def checkpoint_problem(model_path, token: str | None = None) -> str | None:
             return None
     except ModelLoadError as error:
         return str(error)
-    if path in _resolved_ids() or isinstance(try_to_load_from_cache(path, "config.json"), str):
+    if path in {repo_id for repo_id, _ in _resolved} or isinstance(try_to_load_from_cache(path, "config.json"), str):
         return None
     if constants.HF_HUB_OFFLINE:
         return _offline_message(path)
@@ -296,10 +329,6 @@ def checkpoint_problem(model_path, token: str | None = None) -> str | None:
     except Exception as error:  # unreachable, gated, not found, token refused
         return hub_error_message(path, error, token)
     return None
-
-
-def _resolved_ids() -> set[str]:
-    return {repo_id for repo_id, _ in _resolved}
 
 
 class _Unreachable(Exception):
@@ -453,14 +482,13 @@ def load_processor(model_path: str, token: str | None = None):
     return _from_pretrained(Sam3Processor.from_pretrained, model_path, token)
 
 
-def load_detector(model_path: str, token: str | None = None):
-    """The detector head (``Sam3Model``), every weight from the checkpoint, on the CPU, in eval mode."""
-    from transformers import Sam3Model
-
+def load_model(model_class, head: str, model_path: str, token: str | None = None):
+    """A transformers ``model_class`` (the detector ``Sam3Model``, a video model), every weight from
+    the checkpoint (else a :class:`ModelLoadError` naming ``head``), on the CPU, in eval mode."""
     model, info = _from_pretrained(
-        Sam3Model.from_pretrained, model_path, token, use_safetensors=True, output_loading_info=True
+        model_class.from_pretrained, model_path, token, use_safetensors=True, output_loading_info=True
     )
-    fail_on_missing(info.get("missing_keys"), "detector")
+    fail_on_missing(info.get("missing_keys"), head)
     return model.eval()
 
 

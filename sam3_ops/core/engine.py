@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
@@ -36,17 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .checkpoint import (
-    DEFAULT_MODEL,
-    autocast,
-    load_detector,
-    load_once,
-    load_processor,
-    load_tracker,
-    resolve_device,
-    uses_bf16,
-    validate_model_path,
-)
+from .checkpoint import DEFAULT_MODEL, LazyEngine, lazy_model, load_model, load_tracker
 from .masks import crop_box, logit, mask_shape, memory_groups, upsample_crops, written_areas
 from .nms import mask_nms, written_nms
 from .queries import MAX_TEXT_TOKENS, MODES, TRACKER_MODES, ImagePrompts, Query, build_queries, grid_points
@@ -133,7 +122,7 @@ class ImageSegmentation:
         return len(self.labels)
 
 
-class Sam3Engine:
+class Sam3Engine(LazyEngine):
     """Loads SAM3 once and runs batches of images with their prompts.
 
     Args:
@@ -151,6 +140,11 @@ class Sam3Engine:
     A Hugging Face token is an argument of :meth:`load` only: it is used to load and not kept.
     """
 
+    _detector = None
+    _tracker = None
+    detector = lazy_model("_detector", "The ``Sam3Model`` (text and exemplar prompts), loaded on first use.")
+    tracker = lazy_model("_tracker", "The ``Sam3TrackerModel`` (boxes), loaded on first use, every weight checked.")
+
     def __init__(
         self,
         model_path: str | os.PathLike = DEFAULT_MODEL,
@@ -160,23 +154,14 @@ class Sam3Engine:
         max_queries_per_forward: int = 32,
         mask_cache_size: int = 0,
     ):
-        self.model_path = validate_model_path(model_path)
-        self.device = resolve_device(device)
+        super().__init__(model_path, device)
         self.compile = bool(compile)
         self.feature_cache_size = int(feature_cache_size)
         self.max_queries_per_forward = max(1, int(max_queries_per_forward))
-        self.bf16 = uses_bf16(self.device)
-        self._processor = None
-        self._detector = None
-        self._tracker = None
         self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._feature_cache: OrderedDict = OrderedDict()
         self.mask_cache_size = int(mask_cache_size)
         self._mask_cache: OrderedDict = OrderedDict()
-        self._lock = threading.RLock()
-
-    def __repr__(self) -> str:  # no token in here, ever
-        return f"Sam3Engine(model_path={self.model_path!r}, device={str(self.device)!r})"
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -190,31 +175,12 @@ class Sam3Engine:
         self._ensure("_tracker" if SegmentOptions(mode).head() == "tracker" else "_detector", token)
         return self
 
-    def _ensure(self, attribute: str, token: str | None = None):
-        """The processor or head held in ``attribute``, loaded once (under the lock) on first use."""
+    def _load(self, attribute: str, token: str | None):
+        if attribute == "_tracker":
+            return self._prepare(load_tracker(self.model_path, token))
+        from transformers import Sam3Model
 
-        def load():
-            if attribute == "_processor":
-                return load_processor(self.model_path, token)
-            loader = load_tracker if attribute == "_tracker" else load_detector
-            return self._prepare(loader(self.model_path, token))
-
-        return load_once(self, attribute, self._lock, load)
-
-    @property
-    def processor(self):
-        """The ``Sam3Processor`` (image processor + tokenizer) of the checkpoint."""
-        return self._ensure("_processor")
-
-    @property
-    def detector(self):
-        """The ``Sam3Model`` (text and exemplar prompts), loaded on first use."""
-        return self._ensure("_detector")
-
-    @property
-    def tracker(self):
-        """The ``Sam3TrackerModel`` (boxes), loaded on first use, every weight checked."""
-        return self._ensure("_tracker")
+        return self._prepare(load_model(Sam3Model, "detector", self.model_path, token))
 
     def _prepare(self, model):
         model = model.to(self.device).eval()
@@ -223,9 +189,6 @@ class Sam3Engine:
         return model
 
     # -- running ------------------------------------------------------------------------------
-
-    def _autocast(self):
-        return autocast(self.bf16)
 
     #: the most source pixels resized in one call of the image processor: on a GPU it turns
     #: uint8 images into float32 before resizing (12 bytes a pixel), stacking same-size images
@@ -292,9 +255,8 @@ class Sam3Engine:
             else:
                 todo.append(i)
         if todo:
-            pixel_values = self.preprocess([images[i] for i in todo]).to(
-                self.device
-            )  # a no-op where the processor resized on the device
+            # .to: a no-op where the processor resized on the device
+            pixel_values = self.preprocess([images[i] for i in todo]).to(self.device)
             with torch.inference_mode(), self._autocast():
                 if head == "detector":
                     output = self.detector.get_vision_features(pixel_values=pixel_values)
@@ -476,15 +438,8 @@ class Sam3Engine:
             scale = torch.tensor(
                 [[sizes[i][1], sizes[i][0]] * 2 for i in image_index], device=scores.device, dtype=torch.float32
             )
-            kept = torch.cat(
-                [
-                    rows[:, None].float(),
-                    scores[rows, columns, None],
-                    output.pred_boxes[rows, columns].float() * scale[rows],
-                ],
-                1,
-            )
-            kept = kept.cpu().numpy()
+            boxes_px = output.pred_boxes[rows, columns].float() * scale[rows]
+            kept = torch.cat([rows[:, None].float(), scores[rows, columns, None], boxes_px], 1).cpu().numpy()
             probabilities = output.pred_masks[rows, columns].float().sigmoid()
             # nonzero is row-major: each query's hits are one contiguous run
             query_rows, starts, counts = np.unique(kept[:, 0].astype(np.int64), return_index=True, return_counts=True)
@@ -799,15 +754,8 @@ def _detector_boxes(chunk, sizes, device):
         boxes = np.concatenate([query.positive_boxes, query.negative_boxes]).reshape(-1, 4)
         labels = [1] * len(query.positive_boxes) + [0] * len(query.negative_boxes)
         normalised = boxes / np.array([width, height, width, height], np.float32)
-        cxcywh = np.stack(
-            [
-                (normalised[:, 0] + normalised[:, 2]) / 2,
-                (normalised[:, 1] + normalised[:, 3]) / 2,
-                normalised[:, 2] - normalised[:, 0],
-                normalised[:, 3] - normalised[:, 1],
-            ],
-            axis=1,
-        )
+        top_left, bottom_right = normalised[:, :2], normalised[:, 2:]
+        cxcywh = np.concatenate([(top_left + bottom_right) / 2, bottom_right - top_left], axis=1)
         per_query.append((cxcywh, labels))
     count = max(len(labels) for _, labels in per_query)
     if count == 0:

@@ -204,10 +204,6 @@ class ObjectPrompt:
             self.box = np.asarray(self.box, dtype=np.float32).reshape(4)
 
 
-def _text_prompt(prompt) -> TextPrompt:
-    return prompt if isinstance(prompt, TextPrompt) else TextPrompt(str(prompt))
-
-
 @dataclass
 class ImagePrompts:
     """The prompts of one image, boxes in pixel ``xyxy``.
@@ -228,7 +224,7 @@ class ImagePrompts:
 
     def __post_init__(self):
         self.objects = tuple(self.objects)
-        self.texts = tuple(_text_prompt(p) for p in self.texts)
+        self.texts = tuple(p if isinstance(p, TextPrompt) else TextPrompt(str(p)) for p in self.texts)
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
         self.negative_boxes = np.asarray(self.negative_boxes, dtype=np.float32).reshape(-1, 4)
         self.box_labels = tuple(self.box_labels) if len(self.box_labels) else (None,) * len(self.boxes)

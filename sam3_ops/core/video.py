@@ -64,7 +64,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -72,17 +71,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .checkpoint import (
-    DEFAULT_MODEL,
-    _from_pretrained,
-    autocast,
-    fail_on_missing,
-    load_once,
-    load_processor,
-    resolve_device,
-    uses_bf16,
-    validate_model_path,
-)
+from .checkpoint import LazyEngine, lazy_model, load_model
 from .masks import logit, mask_shape, memory_groups, upsample_crops
 from .queries import TextPrompt, check_probability, normalize_text_prompts
 from .video_io import VideoReader
@@ -148,7 +137,7 @@ class FrameResult:
         return len(self.object_ids)
 
 
-class Sam3VideoEngine:
+class Sam3VideoEngine(LazyEngine):
     """Loads SAM3's video models lazily and tracks objects through videos, streaming.
 
     Args:
@@ -161,17 +150,12 @@ class Sam3VideoEngine:
     run has its own session, so one engine serves concurrent runs, whose frames queue on the lock.
     """
 
-    def __init__(self, model_path: str | os.PathLike = DEFAULT_MODEL, device: str | torch.device | None = None):
-        self.model_path = validate_model_path(model_path)
-        self.device = resolve_device(device)
-        self.bf16 = uses_bf16(self.device)
-        self._processor = None
-        self._text_model = None
-        self._tracker_model = None
-        self._lock = threading.RLock()
-
-    def __repr__(self) -> str:  # no token in here, ever
-        return f"Sam3VideoEngine(model_path={self.model_path!r}, device={str(self.device)!r})"
+    _text_model = None
+    _tracker_model = None
+    text_model = lazy_model("_text_model", "``Sam3VideoModel`` (detector + tracker), loaded on first use.")
+    tracker_model = lazy_model(
+        "_tracker_model", "``Sam3TrackerVideoModel`` (box and point prompts), loaded on first use."
+    )
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -191,38 +175,12 @@ class Sam3VideoEngine:
         self._ensure("_text_model" if mode == "text" else "_tracker_model", token)
         return self
 
-    def _ensure(self, attribute: str, token: str | None = None):
-        def load():
-            return load_processor(self.model_path, token) if attribute == "_processor" else self._load(attribute, token)
-
-        return load_once(self, attribute, self._lock, load)
-
     def _load(self, attribute: str, token: str | None):
         from transformers import Sam3TrackerVideoModel, Sam3VideoModel
 
-        cls, head = (
-            (Sam3VideoModel, "video") if attribute == "_text_model" else (Sam3TrackerVideoModel, "tracker-video")
-        )
-        model, info = _from_pretrained(
-            cls.from_pretrained, self.model_path, token, use_safetensors=True, output_loading_info=True
-        )
-        fail_on_missing(info.get("missing_keys"), head)
-        return model.to(self.device).eval()
-
-    @property
-    def processor(self):
-        """The checkpoint's ``Sam3Processor`` (image processor + tokenizer)."""
-        return self._ensure("_processor")
-
-    @property
-    def text_model(self):
-        """``Sam3VideoModel`` (detector + tracker), loaded on first use."""
-        return self._ensure("_text_model")
-
-    @property
-    def tracker_model(self):
-        """``Sam3TrackerVideoModel`` (box and point prompts), loaded on first use."""
-        return self._ensure("_tracker_model")
+        if attribute == "_text_model":
+            return load_model(Sam3VideoModel, "video", self.model_path, token).to(self.device)
+        return load_model(Sam3TrackerVideoModel, "tracker-video", self.model_path, token).to(self.device)
 
     # -- text prompts -------------------------------------------------------------------------
 
@@ -428,14 +386,12 @@ class Sam3VideoEngine:
     def _track_prompts(self, reader: VideoReader, prompts, direction, options) -> Iterator[FrameResult]:
         first_frame = {}  # prompt id -> the first frame (index) it is prompted on
         for prompt in prompts:
-            first_frame.setdefault(prompt.prompt_id, prompt.frame_number - 1)
-            first_frame[prompt.prompt_id] = min(first_frame[prompt.prompt_id], prompt.frame_number - 1)
+            index = prompt.frame_number - 1
+            first_frame[prompt.prompt_id] = min(index, first_frame.get(prompt.prompt_id, index))
         first, last = min(first_frame.values()), max(p.frame_number - 1 for p in prompts)
-        if direction == "forward":
-            yield from self._prompt_pass(reader, prompts, first, reverse=False, options=options)
-            return
-        if direction == "backward":
-            yield from self._prompt_pass(reader, prompts, last, reverse=True, options=options)
+        if direction != "both":
+            backward = direction == "backward"
+            yield from self._prompt_pass(reader, prompts, last if backward else first, backward, options)
             return
         held = {}  # frames in [first, last]: the forward pass's result, completed by the backward pass
         for result in self._prompt_pass(reader, prompts, first, reverse=False, options=options):
@@ -448,7 +404,7 @@ class Sam3VideoEngine:
             if index == last:
                 continue
             backward_only = [i for i, obj in enumerate(result.object_ids) if first_frame[obj] > index]
-            yield _merge(held.pop(index, None), _subset(result, backward_only), result)
+            yield _merge(held.pop(index, None), _subset(result, backward_only))
 
     def _prompt_pass(self, reader: VideoReader, prompts, start: int, reverse: bool, options) -> Iterator[FrameResult]:
         """One session, one direction: frames from ``start`` to the end (or to frame 0 when
@@ -506,9 +462,6 @@ class Sam3VideoEngine:
         session.obj_with_new_inputs = [object_index[prompt.prompt_id] for prompt in prompts]
 
     # -- shared -------------------------------------------------------------------------------
-
-    def _autocast(self):
-        return autocast(self.bf16)
 
     def _preprocess(self, frame: np.ndarray) -> torch.Tensor:
         """One frame resized and normalised by the checkpoint's image processor, on the device."""
@@ -610,11 +563,8 @@ def session_footprint(session) -> dict[str, int]:
     def collect(value):
         if isinstance(value, torch.Tensor):
             tensors.append(value)
-        elif isinstance(value, dict):
-            for item in value.values():
-                collect(item)
-        elif isinstance(value, (list, tuple)):
-            for item in value:
+        elif isinstance(value, (dict, list, tuple)):
+            for item in value.values() if isinstance(value, dict) else value:
                 collect(item)
 
     outputs = [
@@ -701,22 +651,15 @@ def _check_frame(frame, size: tuple[int, int] | None) -> np.ndarray:
 def _with_known_count(frames: Iterable[np.ndarray], ahead: int) -> Iterator[tuple[int, np.ndarray, int]]:
     """``(index, frame, frames_known)``, reading ``ahead`` frames in advance, so that
     ``min(frames_known, ahead)`` always equals ``min(total frames, ahead)``."""
-    iterator = iter(frames)
     buffer: deque = deque()
     known = 0
-    index = 0
-    exhausted = False
-    while True:
-        while not exhausted and len(buffer) <= ahead:
-            try:
-                buffer.append(next(iterator))
-                known += 1
-            except StopIteration:
-                exhausted = True
-        if not buffer:
-            return
-        yield index, buffer.popleft(), known
-        index += 1
+    for frame in frames:
+        buffer.append(frame)
+        known += 1
+        if len(buffer) > ahead:
+            yield known - len(buffer), buffer.popleft(), known
+    while buffer:
+        yield known - len(buffer), buffer.popleft(), known
 
 
 # -- outputs ----------------------------------------------------------------------------------
@@ -842,13 +785,13 @@ def _subset(result: FrameResult, keep: list[int]) -> FrameResult:
     )
 
 
-def _merge(first: FrameResult | None, second: FrameResult, template: FrameResult) -> FrameResult:
+def _merge(first: FrameResult | None, second: FrameResult) -> FrameResult:
     """The instances of ``first`` (may be ``None``) then those of ``second``, on one frame."""
     if first is None:
         return second
     return FrameResult(
-        frame_number=template.frame_number,
-        image_size=template.image_size,
+        frame_number=second.frame_number,
+        image_size=second.image_size,
         object_ids=first.object_ids + second.object_ids,
         labels=first.labels + second.labels,
         scores=np.concatenate([first.scores, second.scores]),

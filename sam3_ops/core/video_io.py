@@ -102,6 +102,13 @@ def _run_ffprobe(path: str, *args: str) -> dict:
         raise VideoLoadError(f"cannot read video {path!r}: ffprobe printed no readable description") from None
 
 
+def _count_packets(path: str) -> int:
+    """The video packets the container really holds (demuxed, not decoded): its frame count when it
+    declares none, and fewer than it declares only when the file was cut short."""
+    counted = _run_ffprobe(path, "-count_packets", "-show_entries", "stream=nb_read_packets")
+    return int(((counted.get("streams") or [{}])[0]).get("nb_read_packets") or 0)
+
+
 def _rotation(stream: dict) -> int:
     """The stream's display rotation in degrees (display matrix side data, else the legacy tag)."""
     for side_data in stream.get("side_data_list", []) or []:
@@ -147,8 +154,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         width, height = height, width  # ffmpeg rotates decoded frames upright
     frame_count = int(stream.get("nb_frames") or 0) if str(stream.get("nb_frames", "")).isdigit() else 0
     if frame_count <= 0:  # containers without a frame count (mkv, webm, ts): count packets, no decoding
-        counted = _run_ffprobe(path, "-count_packets", "-show_entries", "stream=nb_read_packets").get("streams") or [{}]
-        frame_count = int(counted[0].get("nb_read_packets") or 0)
+        frame_count = _count_packets(path)
     if frame_count <= 0:
         raise VideoLoadError(f"cannot read video {path!r}: it has no frames")
     fps = _rate(stream.get("avg_frame_rate")) or _rate(stream.get("r_frame_rate"))
@@ -214,7 +220,7 @@ class VideoReader:
             decoded += 1
             yield start + offset, frame
         if decoded < expected:
-            if self._packets_present() < self.frame_count:
+            if _count_packets(self.path) < self.frame_count:
                 raise VideoLoadError(
                     f"cannot decode video {self.path!r}: it declares {self.frame_count} frames, but decoding "
                     f"stopped after {start + decoded} (the file is truncated or corrupt)"
@@ -227,12 +233,6 @@ class VideoReader:
                 self.frame_count,
                 start + decoded,
             )
-
-    def _packets_present(self) -> int:
-        """The video packets the container really holds (demuxed, not decoded): fewer than it
-        declares only when the file was cut short."""
-        counted = _run_ffprobe(self.path, "-count_packets", "-show_entries", "stream=nb_read_packets")
-        return int(((counted.get("streams") or [{}])[0]).get("nb_read_packets") or 0)
 
     def frames_reversed(
         self, start: int, stop: int = 0, chunk_frames: int | None = None
