@@ -232,7 +232,7 @@ def points_settings(settings: Sam3Settings) -> Sam3Settings:
     return settings.replace(mode="points", prompts=(), prompt_field=None, negative_field=None, multimask=None)
 
 
-# -- planning and running -------------------------------------------------------------------------
+# -- planning -------------------------------------------------------------------------------------
 
 
 @dataclass

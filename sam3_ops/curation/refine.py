@@ -336,8 +336,7 @@ def refine_samples(
     proposal goes to the preview field (:func:`preview_field_name`); ``field_name`` itself is not
     touched until :func:`~sam3_ops.curation.proposals.accept_refinement`. The images run through
     ``apply_model`` like any run (batched, with the document guard, the pixel limit and per-sample
-    failure isolation); each is keyed by its filepath, so refining an image again reuses its
-    cached vision features.
+    failure isolation).
 
     Args:
         dataset: the dataset
