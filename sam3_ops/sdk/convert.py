@@ -52,6 +52,13 @@ def box_of(detection) -> list:
         return [np.nan] * 4
 
 
+def _usable_boxes(detections: list, width: int, height: int, what: str) -> tuple[np.ndarray, list[int], str | None]:
+    """The pixel ``xyxy`` boxes of ``detections`` that can be used (clipped to the image), the
+    indexes of their detections, and a warning naming the ``what`` boxes dropped (``None``: none)."""
+    boxes, keep = sanitize_boxes(relative_to_xyxy([box_of(d) for d in detections], width, height), width, height)
+    return boxes, keep, describe_box_problems(len(detections), len(keep), what)
+
+
 def prompts_from_detections(
     prompt_detections: fol.Detections | None,
     negative_detections: fol.Detections | None,
@@ -83,13 +90,8 @@ def prompts_from_detections(
         negatives += [d for d in positives if _is_negative(d)]
         positives = [d for d in positives if not _is_negative(d)]
 
-    warnings = []
-    pos_boxes, pos_keep = sanitize_boxes(relative_to_xyxy([box_of(d) for d in positives], width, height), width, height)
-    neg_boxes, neg_keep = sanitize_boxes(relative_to_xyxy([box_of(d) for d in negatives], width, height), width, height)
-    for given, kept, what in ((len(positives), len(pos_keep), "prompt"), (len(negatives), len(neg_keep), "negative")):
-        message = describe_box_problems(given, kept, what)
-        if message:
-            warnings.append(message)
+    pos_boxes, pos_keep, pos_warning = _usable_boxes(positives, width, height, "prompt")
+    neg_boxes, _, neg_warning = _usable_boxes(negatives, width, height, "negative")
     kept = [positives[i] for i in pos_keep]
     prompts = ImagePrompts(
         texts=tuple(texts),
@@ -97,7 +99,7 @@ def prompts_from_detections(
         box_labels=tuple(d.label for d in kept),
         negative_boxes=neg_boxes,
     )
-    return prompts, [d.id for d in kept], warnings
+    return prompts, [d.id for d in kept], [warning for warning in (pos_warning, neg_warning) if warning]
 
 
 #: per-point positive/negative labels on a ``Keypoint``, FiftyOne's convention for SAM prompts
@@ -188,10 +190,9 @@ def prompts_from_keypoints(
             objects.append(obj)
             ids.append(keypoint.id)
     negatives = list(negative_detections.detections) if negative_detections is not None else []
-    neg_boxes, neg_keep = sanitize_boxes(relative_to_xyxy([box_of(d) for d in negatives], width, height), width, height)
-    message = describe_box_problems(len(negatives), len(neg_keep), "negative")
-    if message:
-        warnings.append(message)
+    neg_boxes, _, neg_warning = _usable_boxes(negatives, width, height, "negative")
+    if neg_warning:
+        warnings.append(neg_warning)
     return ImagePrompts(objects=tuple(objects), negative_boxes=neg_boxes), ids, warnings
 
 
@@ -267,10 +268,7 @@ def video_prompts(
             )
         if mode == "boxes":
             detections = list(labels.detections)
-            boxes, keep = sanitize_boxes(
-                relative_to_xyxy([box_of(d) for d in detections], width, height), width, height
-            )
-            message = describe_box_problems(len(detections), len(keep), "prompt")
+            boxes, keep, message = _usable_boxes(detections, width, height, "prompt")
             if message:
                 warnings.append(f"frame {frame_number}: {message}")
             for box, i in zip(boxes, keep):
