@@ -329,15 +329,12 @@ class Sam3Model(Sam3ModelBase, fom.Model, fom.SupportsGetItem, fom.TorchModelMix
             except Exception as error:
                 # the message only: the exception's traceback would hold the failed batch's device memory
                 failure = f"{type(error).__name__}: {error}"
+        if failure is not None and len(good) > 1:
+            # find the culprit(s): one sample at a time, so the rest are written
+            logger.warning("A batch of %d failed (%s); retrying its samples one by one", len(good), failure)
+            return [None if item.error is not None else self.predict_all([item])[0] for item in items]
         if failure is not None:
-            if len(good) == 1:
-                self.fail(good[0].filepath, failure)
-            else:
-                # find the culprit(s): one sample at a time, so the rest are written
-                logger.warning("A batch of %d failed (%s); retrying its samples one by one", len(good), failure)
-                for item in good:
-                    outputs[id(item)] = self.predict_all([item])[0]
-                return [outputs.get(id(item)) for item in items]
+            self.fail(good[0].filepath, failure)
         for labels in outputs.values():
             if labels is not None:
                 self.num_processed += 1
