@@ -13,7 +13,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from fiftyone.operators.executor import ExecutionProgress, ExecutionRunState
 
 from .fields import root_dataset
 from .images import IMAGES
@@ -59,8 +60,6 @@ class _Heartbeat:
             self._thread.join(timeout=5)
 
     def _run(self):
-        from fiftyone.operators.executor import ExecutionProgress, ExecutionRunState
-
         service = operation_service()
         while not self._stop.wait(self.interval):
             try:
@@ -110,10 +109,28 @@ def run_shard(samples, params: dict, token: str | None = None, set_progress=None
     )
     name = f"shard {index + 1} of {count}"
     _check_current(dataset, label_field, run_id, name)
-    job = _ShardJob(target, params, settings, store, name, token, set_progress, operation_id)
+    heartbeat = _Heartbeat(operation_id, _heartbeat_interval())
     try:
-        with _Heartbeat(operation_id, _heartbeat_interval()) as heartbeat:
-            result = _segment_shard(job, heartbeat)
+        with heartbeat:
+            # a run that replaces the field: each shard clears its range when it first starts (only then)
+            if params.get("replace") and not store.cleared(index):
+                target.clear_sample_field(label_field)
+                store.mark_cleared(index)
+            if set_progress is not None:
+                set_progress(progress=0.0, label=f"{name}: loading the model")
+            run = RunOptions(
+                token=token,
+                batch_size=int(params.get("batch_size") or DEFAULT_BATCH_SIZE),
+                num_workers=params.get("num_workers"),
+                skip_failures=bool(params.get("skip_failures", True)),
+                progress=_ShardProgress(name, label_field, heartbeat, set_progress),
+                only_missing=True,  # what the shard's range lacks: a re-run writes nothing twice
+                output_dir=params.get("output_dir"),
+                record=False,
+            )
+            result = segment_in_process(IMAGES, target, label_field, run, settings)
+            if heartbeat.superseded.is_set():
+                raise ShardSuperseded(f"{name} of {label_field!r}: its operation is no longer running")
     finally:  # after the last writes were flushed: a cancelled run's next run may start now
         store.mark_stopped(index, attempt, worker)
     summary = result.counts().to_dict()
@@ -132,8 +149,6 @@ def _check_current(dataset, label_field: str, run_id: str, name: str) -> None:
 
 
 def _still_running(operation_id) -> bool:
-    from fiftyone.operators.executor import ExecutionRunState
-
     try:
         return operation_service().get(operation_id).run_state == ExecutionRunState.RUNNING
     except Exception as error:  # a transient database error must not end the shard
@@ -141,85 +156,27 @@ def _still_running(operation_id) -> bool:
         return True
 
 
-@dataclass
-class _ShardJob:
-    """One attempt at one shard, as :func:`run_shard` hands it to :func:`_segment_shard`.
-
-    Attributes:
-        target: the shard's view
-        params: the operation's params (:func:`~sam3_ops.sdk.shards.queue_shards` writes them)
-        settings: the run's settings
-        store: the run's store
-        name: ``shard k of N``, for messages
-        token: the Hugging Face token, or ``None``
-        set_progress: ``set_progress(progress=, label=)`` of the operation, or ``None``
-        operation_id: the operation's id, or ``None`` (run outside a delegated operation)
-    """
-
-    target: object
-    params: dict
-    settings: Sam3Settings
-    store: ShardStore
-    name: str
-    token: str | None = None
-    set_progress: Callable | None = None
-    operation_id: object = None
-
-    @property
-    def shard(self) -> int:
-        return int(self.params["shard"])
-
-    @property
-    def label_field(self) -> str:
-        return self.params["label_field"]
-
-
 class _ShardProgress:
     """The progress callback of a running shard: reports progress (at most every
     :data:`PROGRESS_INTERVAL` s) and stops the shard between batches once its operation is no longer
     running (checked at most every :data:`CHECK_INTERVAL` s)."""
 
-    def __init__(self, job: _ShardJob, heartbeat: _Heartbeat):
-        self.job, self.heartbeat = job, heartbeat
+    def __init__(self, name: str, label_field: str, heartbeat: _Heartbeat, set_progress: Callable | None):
+        self.name, self.label_field, self.heartbeat, self.set_progress = name, label_field, heartbeat, set_progress
         self.checked = time.monotonic()
         self.next_report = 0.0
 
     def __call__(self, bar) -> None:
-        job, heartbeat, now = self.job, self.heartbeat, time.monotonic()
-        if job.operation_id is not None and now - self.checked >= CHECK_INTERVAL:
+        heartbeat, now = self.heartbeat, time.monotonic()
+        if heartbeat.operation_id is not None and now - self.checked >= CHECK_INTERVAL:
             self.checked = now
-            if not _still_running(job.operation_id):
+            if not _still_running(heartbeat.operation_id):
                 heartbeat.superseded.set()
         if heartbeat.superseded.is_set():
-            raise ShardSuperseded(f"{job.name} of {job.label_field!r}: its operation is no longer running; stopping")
+            raise ShardSuperseded(f"{self.name} of {self.label_field!r}: its operation is no longer running; stopping")
         if now >= self.next_report or bar.complete:
             self.next_report = now + PROGRESS_INTERVAL
             heartbeat.progress = float(bar.progress or 0.0)
-            heartbeat.label = f"{job.name}: {bar.iteration} of {bar.total} samples"
-            if job.set_progress is not None:
-                job.set_progress(progress=heartbeat.progress, label=heartbeat.label)
-
-
-def _segment_shard(job: _ShardJob, heartbeat: _Heartbeat):
-    """Clears the shard's range on its first start (a run that replaces the field), then segments
-    what it lacks, stopping between batches once its operation is no longer running."""
-    params, label_field = job.params, job.label_field
-    if params.get("replace") and not job.store.cleared(job.shard):
-        job.target.clear_sample_field(label_field)
-        job.store.mark_cleared(job.shard)
-    if job.set_progress is not None:
-        job.set_progress(progress=0.0, label=f"{job.name}: loading the model")
-    run = RunOptions(
-        token=job.token,
-        batch_size=int(params.get("batch_size") or DEFAULT_BATCH_SIZE),
-        num_workers=params.get("num_workers"),
-        skip_failures=bool(params.get("skip_failures", True)),
-        progress=_ShardProgress(job, heartbeat),
-        only_missing=True,
-        output_dir=params.get("output_dir"),
-        record=False,
-    )
-    result = segment_in_process(IMAGES, job.target, label_field, run, job.settings)
-    if heartbeat.superseded.is_set():
-        raise ShardSuperseded(f"{job.name} of {label_field!r}: its operation is no longer running")
-    return result
+            heartbeat.label = f"{self.name}: {bar.iteration} of {bar.total} samples"
+            if self.set_progress is not None:
+                self.set_progress(progress=heartbeat.progress, label=heartbeat.label)

@@ -65,8 +65,10 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 
+import fiftyone as fo
 from fiftyone import ViewExpression
 from fiftyone import ViewField as F
+from fiftyone.operators.executor import ExecutionResult, ExecutionRunState
 
 from .fields import ensure_detections_field, root_dataset
 from .images import check_image_run, without_image_results
@@ -111,19 +113,14 @@ def shard_edges(samples, count: int) -> list[float]:
     return [low + (high - low) * k / count for k in range(1, count)]
 
 
-def _shard_expression(index: int, edges: list[float]):
+def shard_view(samples, index: int, edges: list[float]):
+    """Shard ``index`` of ``samples`` cut at ``edges`` (the shards partition ``samples``)."""
     expression = None
     if index > 0:
         expression = F("_rand") >= edges[index - 1]
     if index < len(edges):
         upper = F("_rand") < edges[index]
         expression = upper if expression is None else expression & upper
-    return expression
-
-
-def shard_view(samples, index: int, edges: list[float]):
-    """Shard ``index`` of ``samples`` cut at ``edges`` (the shards partition ``samples``)."""
-    expression = _shard_expression(index, edges)
     return samples if expression is None else samples.match(expression)
 
 
@@ -164,8 +161,6 @@ class ShardedRun:
         return asdict(self)
 
     def _dataset(self):
-        import fiftyone as fo
-
         return fo.load_dataset(self.dataset_name)
 
     def status(self, stale_after: float | None = DEFAULT_STALE_AFTER) -> ShardStatus:
@@ -245,7 +240,8 @@ def queue_shards(
     problem = active_run_problem(dataset, label_field) or view_reads_field(samples, label_field)
     if problem:
         raise ValueError(problem)
-    pending = len(samples) if not only_missing or not samples.has_field(label_field) else _missing(samples, label_field)
+    missing = only_missing and samples.has_field(label_field)
+    pending = len(without_image_results(samples, label_field) if missing else samples)
     if count > max(1, pending):
         logger.warning("%d shards for %d samples to segment: queueing %d", count, pending, max(1, pending))
         count = max(1, pending)
@@ -327,10 +323,6 @@ def segment_sharded(
     return queue_shards(samples, label_field, resolved, run, delegation_target)
 
 
-def _missing(samples, label_field: str) -> int:
-    return len(without_image_results(samples, label_field))
-
-
 def finalize(samples, label_field: str, settings: Sam3Settings, store: ShardStore, count: int, by: str) -> bool:
     """Completes the run once every shard is done; exactly one caller does (an atomic claim)."""
     if len(store.done_shards()) < count or not store.claim_finalize(by):
@@ -396,11 +388,14 @@ class ShardStatus:
         )
 
 
-def _sharded_record(samples, label_field: str):
-    record = get_run(samples, label_field)
+def _sharded_run(samples, label_field: str):
+    """The dataset of ``samples`` (reloaded) and the record of the sharded run of ``label_field``."""
+    dataset = root_dataset(samples)
+    dataset.reload()
+    record = get_run(dataset, label_field)
     if record is None or not record.shards:
         raise ValueError(f"{label_field!r} has no sharded run recorded (sam3_ops.segment(..., shards=N) records one)")
-    return record
+    return dataset, record
 
 
 def view_reads_field(samples, label_field: str) -> str | None:
@@ -435,8 +430,6 @@ class _Reading:
 
 def _state_of(op, done: bool, age: float | None, stale_after: float | None) -> str:
     """A shard's state from its latest operation (``stale``: running, silent over ``stale_after``)."""
-    from fiftyone.operators.executor import ExecutionRunState
-
     if done:
         return "done"
     if op is None:
@@ -450,9 +443,7 @@ def _state_of(op, done: bool, age: float | None, stale_after: float | None) -> s
 
 def _read_run(samples, label_field: str, stale_after: float | None) -> _Reading:
     """Reads where the sharded run of ``label_field`` stands; writes nothing."""
-    dataset = root_dataset(samples)
-    dataset.reload()
-    record = _sharded_record(dataset, label_field)
+    dataset, record = _sharded_run(samples, label_field)
     run_id, count, edges = record.shards["run_id"], int(record.shards["count"]), list(record.shards["edges"])
     store = ShardStore(dataset, run_id)
     reading = _Reading(ShardStatus(label_field, run_id, count), dataset.load_run_view(record.key), record, store)
@@ -569,10 +560,7 @@ def cancel_shards(samples, label_field: str) -> int:
     running shard stops before its next batch, and a new run of the field waits until it has).
     Shards that never started leave their samples' earlier values; :func:`resume_shards` goes on
     with the same run later. Returns how many were cancelled."""
-    from fiftyone.operators.executor import ExecutionResult, ExecutionRunState
-
-    dataset = root_dataset(samples)
-    record = _sharded_record(dataset, label_field)
+    dataset, record = _sharded_run(samples, label_field)
     run_id = record.shards["run_id"]
     service, store, cancelled = operation_service(), ShardStore(dataset, run_id), 0
     for shard, ops in run_operations(dataset, run_id).items():
@@ -595,11 +583,7 @@ def resume_shards(samples, label_field: str) -> int:
     Raises:
         ValueError: the field has no sharded run recorded, or shards of it are still stopping
     """
-    from fiftyone.operators.executor import ExecutionRunState
-
-    dataset = root_dataset(samples)
-    dataset.reload()
-    record = _sharded_record(dataset, label_field)
+    dataset, record = _sharded_run(samples, label_field)
     run_id = record.shards["run_id"]
     store, queued = ShardStore(dataset, run_id), 0
     stopping = store.stopping()

@@ -21,6 +21,11 @@ from __future__ import annotations
 import datetime
 import time
 
+from fiftyone.factory import DelegatedOperationPagingParams
+from fiftyone.operators.delegated import DelegatedOperationService
+from fiftyone.operators.executor import ExecutionResult, ExecutionRunState
+from fiftyone.operators.store import ExecutionStore
+
 #: the operator every shard runs (the plugin's, unlisted)
 SHARD_OPERATOR = "@sam3-ops/sam3/segment_shard"
 #: a running shard silent this long (seconds) is presumed dead, by default
@@ -37,8 +42,6 @@ class ShardStore:
     """
 
     def __init__(self, dataset, run_id: str):
-        from fiftyone.operators.store import ExecutionStore
-
         self.run_id = run_id
         self._store = ExecutionStore.create(STORE_PREFIX + run_id, dataset_id=dataset._doc.id)
 
@@ -117,8 +120,6 @@ class ShardStore:
 
 def operation_service():
     """FiftyOne's delegated-operation service."""
-    from fiftyone.operators.delegated import DelegatedOperationService
-
     return DelegatedOperationService()
 
 
@@ -129,8 +130,6 @@ def utc_now() -> datetime.datetime:
 
 def run_operations(dataset, run_id: str) -> dict[int, list]:
     """The operations of the sharded run ``run_id``, by shard, latest attempt first."""
-    from fiftyone.factory import DelegatedOperationPagingParams
-
     found = operation_service().list_operations(
         operator=SHARD_OPERATOR,
         dataset_id=dataset._doc.id,
@@ -172,8 +171,6 @@ def queue_again(op):
 def requeue_shard(op, reason: str):
     """Marks the running operation ``op`` failed with ``reason`` (only if it is still running) and
     queues its shard again; returns the new operation, or ``None`` if ``op`` was no longer running."""
-    from fiftyone.operators.executor import ExecutionResult, ExecutionRunState
-
     failed = operation_service().set_failed(
         op.id, result=ExecutionResult(error=reason), required_state=ExecutionRunState.RUNNING
     )
@@ -195,8 +192,6 @@ def last_seen(op) -> datetime.datetime | None:
 def active_shards(dataset, run_id: str) -> int:
     """Shards of the sharded run ``run_id`` that are queued, running and not silent, or cancelled
     while running and not yet stopped (for at most :data:`STOP_GRACE` seconds)."""
-    from fiftyone.operators.executor import ExecutionRunState
-
     now, active = utc_now(), 0
     for ops in run_operations(dataset, run_id).values():
         op = ops[0]
