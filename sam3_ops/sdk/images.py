@@ -9,7 +9,7 @@ from __future__ import annotations
 from .fields import check_label_field, ensure_detections_field, output_field_problem, prompt_label_type
 from .media import Media, build_engine
 from .model import Sam3Model
-from .settings import RunOptions, Sam3Settings, media_problem
+from .settings import RunOptions, Sam3Settings, check_media
 
 
 def without_image_results(samples, label_field: str):
@@ -27,9 +27,7 @@ def check_image_run(samples, label_field: str, settings: Sam3Settings) -> None:
         SettingsError: a setting that does not apply to images
         ValueError: a bad output or prompt field
     """
-    problem = media_problem(settings, "image")
-    if problem:
-        raise problem
+    check_media(settings, "image")
     reserved = tuple(name for name in (settings.prompt_field, settings.negative_field) if name)
     problem = output_field_problem(samples, label_field, overwrite=True, reserved=reserved)
     if problem:

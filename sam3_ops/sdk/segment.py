@@ -19,7 +19,7 @@ from .images import IMAGES, build_engine, check_prompt_fields, without_image_res
 from .media import resolve_settings, segment_in_process
 from .model import Sam3Model
 from .runs import SegmentResult
-from .settings import DEFAULT_BATCH_SIZE, RunOptions, Sam3Settings, as_model_path, media_problem
+from .settings import DEFAULT_BATCH_SIZE, RunOptions, Sam3Settings, as_model_path, check_media
 from .shards import segment_sharded
 from .video import VIDEOS, Sam3VideoModel, load_video_model, without_video_results
 
@@ -67,28 +67,13 @@ def load_model(
         media_type ("image"): ``"video"`` for a :class:`~sam3_ops.sdk.video.Sam3VideoModel`, which
             tracks through each video of a video dataset (modes ``text``, ``boxes``, ``points``;
             settings ``direction``, ``max_objects``) and writes frame-level ``Detections``
-        **settings: the rest of :class:`~sam3_ops.sdk.settings.Sam3Settings`:
-
-            - threshold (None): the score above which a detector hit is kept (``boxes`` mode writes
-              one mask per box whatever its score; ``confidence`` holds the predicted mask IoU);
-              ``None`` is the model's own default: 0.5 on images, the checkpoint's detection
-              thresholds on videos
-            - mask_threshold (0.5): the probability above which a pixel is in a mask
-            - device (None): ``"cuda"``, ``"cuda:N"``, ``"mps"``, ``"cpu"``, or ``None`` for the best available
-            - max_image_pixels (~268 M): refuse larger images (checked before decoding)
-            - max_mask_size (2048): the longest side of a stored mask; larger boxes get a mask
-              scaled down to it (FiftyOne stretches masks over their boxes; SAM3's are 288 x 288)
-            - mask_dir (None): where masks go as PNG files (``mask_path``) when a sample's labels
-              would exceed MongoDB's 16 MB document limit; default
-              ``<fo.config.default_dataset_dir>/sam3_masks``. To keep every mask on disk, pass
-              ``output_dir=`` to ``apply_model``
-            - compile (False): ``torch.compile`` the image encoder (long GPU runs)
-            - prompt_field (None), negative_field (None): the prompt fields, if not given to ``apply_model``
-            - multimask (None): ``boxes`` / ``points``: ``"best"`` (the most confident of three
-              masks) or ``"all"`` (three Detections per prompt, attribute ``mask_rank``)
-            - nms_iou, nms_per_label, nms_containment, max_detections, min_area: de-duplication
-              and limits per sample, applied before masks are upsampled
-            - points_per_side, pred_iou_threshold, stability_threshold, auto_label: ``auto`` mode
+        **settings: the rest of :class:`~sam3_ops.sdk.settings.Sam3Settings`, each described there
+            (the README's settings table gives the defaults): ``threshold``, ``mask_threshold``,
+            ``device``, ``max_image_pixels``, ``max_mask_size``, ``mask_dir``, ``compile``, the prompt
+            fields (``prompt_field``, ``negative_field``, if not given to ``apply_model``), ``multimask``,
+            de-duplication and limits (``nms_iou``, ``nms_per_label``, ``nms_containment``,
+            ``max_detections``, ``min_area``) and ``auto`` mode's (``points_per_side``,
+            ``pred_iou_threshold``, ``stability_threshold``, ``auto_label``)
 
     Returns:
         a :class:`~sam3_ops.sdk.model.Sam3Model`
@@ -104,9 +89,7 @@ def load_model(
     if media_type != "image":
         raise ValueError(f"media_type must be 'image' or 'video', not {media_type!r}")
     resolved = Sam3Settings(model_path=model_path, mode=mode, prompts=prompts, **settings)
-    problem = media_problem(resolved, "image")  # a video setting given to an image run: named, not ignored
-    if problem:
-        raise problem
+    check_media(resolved, "image")  # a video setting given to an image run: named, not ignored
     engine = build_engine(resolved, token, reuse, cache_features)
     return Sam3Model(resolved, engine=engine, cache_features=cache_features)
 

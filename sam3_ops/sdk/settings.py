@@ -85,240 +85,7 @@ def normalize_prompts(prompts, mode: str) -> tuple[TextPrompt, ...]:
     return tuple(cleaned)
 
 
-#: the engine's defaults: the settings it shares with :class:`Sam3Settings` default to them (one source)
-_ENGINE = SegmentOptions()
-
-
-@dataclass(frozen=True)
-class Sam3Settings:
-    """What a SAM3 run writes, and how: see :func:`sam3_ops.load_model` for each setting.
-
-    Attributes:
-        model_path: hub id or local checkpoint directory
-        mode: ``"text"``, ``"boxes"``, ``"exemplars"``, ``"points"`` or ``"auto"``
-        prompts: the text prompts (:class:`~sam3_ops.core.queries.TextPrompt`)
-        threshold: the score threshold of prompts without their own; ``None``: the model's own
-            default, what plain transformers uses: 0.5 for images (``SegmentOptions``), the
-            checkpoint's ``new_det_thresh`` for videos (0.7 for facebook/sam3)
-        mask_threshold: the probability above which a pixel is in a mask
-        max_mask_size: the longest side of a stored mask (``None``: no limit)
-        max_image_pixels: larger images are refused before decoding
-        device: ``"cuda"``, ``"cuda:1"``, ``"mps"``, ``"cpu"`` or ``None`` (the best available)
-        compile: ``torch.compile`` the image encoder
-        prompt_field: the field holding prompt boxes (``boxes``, ``exemplars``: ``Detections``) or
-            points (``points``: ``Keypoints``)
-        negative_field: the field holding negative boxes
-        mask_dir: where masks go as PNG files when a sample's labels would exceed 16 MB
-        multimask: ``boxes`` / ``points``: ``None`` (one mask per prompt), ``"best"`` (the most
-            confident of three) or ``"all"`` (three Detections per prompt, ``mask_rank`` 0-2)
-        nms_iou: drop the lower-scoring of two hits of a sample whose written masks overlap with
-            IoU above this (``None``: off; ``auto`` mode uses 0.7 when off)
-        nms_per_label: de-duplicate only hits with the same label
-        nms_containment: also drop a hit whose written mask lies inside a higher-scoring one's by
-            more than this fraction of its own area (``None``: off)
-        max_detections: write at most this many hits per sample, the highest-scoring of those the
-            other rules keep (``None``: all)
-        min_area: drop hits whose written mask covers less than this fraction of the image
-        (These four hold on the masks as written: see the README's "De-duplication and limits".)
-        points_per_side: ``auto``: the grid of point prompts has this many points a side
-        pred_iou_threshold, stability_threshold: ``auto``: keep masks whose predicted IoU and
-            stability score reach these
-        auto_label: ``auto``: the label every hit gets
-        direction: videos with prompts on chosen frames: propagate ``"forward"``, ``"backward"``
-            or ``"both"``
-        max_objects: videos: track at most this many objects (a warning says how many were dropped)
-    """
-
-    model_path: str = DEFAULT_MODEL
-    mode: str = _ENGINE.mode
-    prompts: tuple[TextPrompt, ...] = ()
-    threshold: float | None = None
-    mask_threshold: float = _ENGINE.mask_threshold
-    max_mask_size: int | None = _ENGINE.max_mask_size
-    max_image_pixels: int = DEFAULT_MAX_PIXELS
-    device: str | None = None
-    compile: bool = False
-    prompt_field: str | None = None
-    negative_field: str | None = None
-    mask_dir: str | None = None
-    multimask: str | None = _ENGINE.multimask
-    nms_iou: float | None = _ENGINE.nms_iou
-    nms_per_label: bool = _ENGINE.nms_per_label
-    nms_containment: float | None = _ENGINE.nms_containment
-    max_detections: int | None = _ENGINE.max_detections
-    min_area: float = _ENGINE.min_area
-    points_per_side: int = _ENGINE.points_per_side
-    pred_iou_threshold: float = _ENGINE.pred_iou_threshold
-    stability_threshold: float = _ENGINE.stability_threshold
-    auto_label: str = _ENGINE.auto_label
-    direction: str = "forward"
-    max_objects: int = 50
-
-    def __post_init__(self):
-        # shallow: values read back from the database may be mongoengine lists, which asdict cannot copy
-        normalized = _normalize({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
-        for name, value in normalized.items():
-            object.__setattr__(self, name, value)
-
-    # -- building ---------------------------------------------------------------------------
-
-    @classmethod
-    def from_dict(cls, values: Mapping) -> Sam3Settings:
-        """Settings from a plain dict (as :meth:`to_dict` writes it); unknown keys are an error."""
-        cls.check_names(values)
-        return cls(**values)
-
-    @classmethod
-    def check_names(cls, values: Mapping) -> None:
-        """Checks that every key of ``values`` is a setting (a misspelt one is named, rather than
-        a ``TypeError`` from the constructor); a run option given here is pointed to where it goes.
-
-        Raises:
-            SettingsError: naming the first unknown key
-        """
-        unknown = sorted(set(values) - set(cls.names()))
-        if not unknown:
-            return
-        run_options = [name for name in unknown if name in RunOptions.names()]
-        if run_options:
-            raise SettingsError(
-                run_options[0],
-                f"{run_options[0]} is a run option, not a setting of the model: give it to sam3_ops.segment(...) "
-                "or dataset.apply_model(...)",
-            )
-        raise SettingsError(unknown[0], f"unknown settings {unknown}; known: {', '.join(cls.names())}")
-
-    @classmethod
-    def names(cls) -> list[str]:
-        """The names of every setting."""
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def problems(cls, values: Mapping, media: str | None = None) -> dict[str, str]:
-        """Every problem of ``values`` (a dict of settings; missing ones take their defaults), by
-        setting name; ``{}`` if they are valid. For forms, which flag each problem on its input;
-        the SDK raises the first instead. With ``media``, also what does not apply there
-        (:func:`media_problem`)."""
-        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-        problems: dict[str, str] = {}
-        normalized = _normalize(defaults | {k: v for k, v in values.items() if k in defaults}, problems)
-        if media is not None:
-            for name, message in _media_problems(normalized, media).items():
-                problems.setdefault(name, message)
-        return problems
-
-    def replace(self, **changes) -> Sam3Settings:
-        """A copy with ``changes`` applied (and validated)."""
-        return dataclasses.replace(self, **changes)
-
-    # -- using ------------------------------------------------------------------------------
-
-    def to_dict(self) -> dict:
-        """A plain, JSON-serialisable dict; ``Sam3Settings.from_dict(s.to_dict()) == s``."""
-        values = dataclasses.asdict(self)
-        values["prompts"] = [
-            p.text
-            if p.label is None and p.threshold is None
-            else {k: v for k, v in dataclasses.asdict(p).items() if v is not None}
-            for p in self.prompts
-        ]
-        return values
-
-    def segment_options(self) -> SegmentOptions:
-        """The engine's per-call options for these settings."""
-        names = {f.name for f in dataclasses.fields(SegmentOptions)}
-        options = {name: getattr(self, name) for name in names}
-        if options["threshold"] is None:  # the image model's own default: SegmentOptions'
-            del options["threshold"]
-        return SegmentOptions(**options)
-
-    @property
-    def labels(self) -> list[str]:
-        """The labels the text prompts write, in order, each once."""
-        return list(dict.fromkeys(p.name for p in self.prompts))
-
-
-# -- which settings apply where ----------------------------------------------------------------------
-
-#: the media a run segments
-MEDIA = ("image", "video")
-#: the modes that run on videos
-VIDEO_MODES = ("text", "boxes", "points")
-#: the modes that run on each medium
-MEDIA_MODES = {"image": MODES, "video": VIDEO_MODES}
-
-
-@dataclass(frozen=True)
-class Scope:
-    """Where a setting applies: in these modes, on these media."""
-
-    modes: tuple[str, ...] = MODES
-    media: tuple[str, ...] = MEDIA
-
-
-_DEDUP_MODES = ("text", "exemplars", "auto")
-_IMAGE = ("image",)
-#: which settings apply to which modes and media, the one table: the validation refuses a setting
-#: given (not at its default) on a medium it does not apply to (:func:`media_problem`) and
-#: ``multimask`` outside its modes; the forms offer each setting in its modes only; the video
-#: path refuses the image-only ones. A setting not listed applies in every mode on both media.
-APPLIES: dict[str, Scope] = {
-    "prompt_field": Scope(FIELD_MODES),
-    "negative_field": Scope(FIELD_MODES, _IMAGE),
-    "multimask": Scope(("boxes", "points"), _IMAGE),
-    "nms_iou": Scope(_DEDUP_MODES, _IMAGE),
-    "nms_per_label": Scope(("text", "exemplars"), _IMAGE),
-    "nms_containment": Scope(_DEDUP_MODES, _IMAGE),
-    "max_detections": Scope(_DEDUP_MODES, _IMAGE),
-    "min_area": Scope(_DEDUP_MODES, _IMAGE),
-    "points_per_side": Scope(("auto",), _IMAGE),
-    "pred_iou_threshold": Scope(("auto",), _IMAGE),
-    "stability_threshold": Scope(("auto",), _IMAGE),
-    "auto_label": Scope(("auto",), _IMAGE),
-    "direction": Scope(("boxes", "points"), ("video",)),  # text tracking runs forward from frame 0
-    "max_objects": Scope(VIDEO_MODES, ("video",)),
-}
-
-
-def applies(name: str, mode: str | None = None, media: str | None = None) -> bool:
-    """Whether the setting ``name`` applies in ``mode`` on ``media`` (``None``: any)."""
-    scope = APPLIES.get(name, Scope())
-    return (mode is None or mode in scope.modes) and (media is None or media in scope.media)
-
-
-def _media_problems(values: Mapping, media: str) -> dict[str, str]:
-    """The problems of the normalised settings ``values`` on ``media``, by setting name: the mode,
-    then every setting given (not at its default) that does not apply there."""
-    if media not in MEDIA:
-        raise ValueError(f"media must be one of {', '.join(MEDIA)}, not {media!r}")
-    if values["mode"] not in MEDIA_MODES[media]:
-        modes = ", ".join(MEDIA_MODES[media])
-        return {"mode": f"mode={values['mode']!r} does not run on {media}s; the {media} modes are {modes}"}
-    defaults = {f.name: f.default for f in dataclasses.fields(Sam3Settings)}
-    given = [name for name in APPLIES if not applies(name, media=media) and values[name] != defaults[name]]
-    if not given:
-        return {}
-    where = "images" if media == "video" else "videos"
-    message = (
-        f"{', '.join(given)} apply to {where} only; leave {'it' if len(given) == 1 else 'them'} unset for {media}s"
-    )
-    if "max_detections" in given:  # the images' per-sample cap has a video counterpart of another meaning
-        message += "; on videos, max_objects caps the objects tracked at once"
-    if "max_objects" in given:
-        message += "; on images, max_detections caps the hits written per sample"
-    return {name: message for name in given}
-
-
-def media_problem(settings: Sam3Settings, media: str) -> SettingsError | None:
-    """Why ``settings`` cannot run on ``media`` (``"image"`` or ``"video"``), naming the setting
-    (:data:`APPLIES`), or ``None``: a mode that does not run there, or a setting given that does
-    not apply there. A setting at its default counts as not given, so a run record of either
-    medium, which stores every setting, runs again unchanged."""
-    problems = _media_problems(settings.to_dict(), media)
-    if not problems:
-        return None
-    name, message = next(iter(problems.items()))
-    return SettingsError(name, message)
+# -- each setting's rule -------------------------------------------------------------------------------
 
 
 def as_model_path(value) -> str:
@@ -370,12 +137,6 @@ def _check_max_image_pixels(pixels, values):
     if not is_whole(pixels) or pixels < 1:
         raise SettingsError("max_image_pixels", f"max_image_pixels must be a whole number >= 1, not {pixels!r}")
     return int(pixels)
-
-
-def _check_compile(value, values):
-    if not isinstance(value, bool):
-        raise SettingsError("compile", f"compile must be True or False, not {value!r}")
-    return value
 
 
 def _check_name(name):
@@ -480,7 +241,7 @@ _CHECKS = (
     ("max_mask_size", _check_max_mask_size),
     ("max_image_pixels", _check_max_image_pixels),
     ("device", _check_device),
-    ("compile", _check_compile),
+    ("compile", _check_bool("compile")),
     ("prompt_field", _check_name("prompt_field")),
     ("negative_field", _check_name("negative_field")),
     ("mask_dir", _check_name("mask_dir")),
@@ -499,9 +260,9 @@ _CHECKS = (
 )
 
 
-def _normalize(values: dict, problems: dict | None = None, checks=_CHECKS) -> dict:
-    """Every setting checked and normalised. Raises the first problem, or, given a ``problems``
-    dict, records every problem there by setting name and carries on."""
+def _normalize(values: dict, checks, problems: dict | None = None) -> dict:
+    """Every value of ``values`` checked and normalised by its rule in ``checks``. Raises the first
+    problem, or, given a ``problems`` dict, records every problem there by name and carries on."""
     for name, check in checks:
         try:
             values[name] = check(values[name], values)
@@ -510,6 +271,276 @@ def _normalize(values: dict, problems: dict | None = None, checks=_CHECKS) -> di
                 raise
             problems.setdefault(name, str(error))
     return values
+
+
+class _Checked:
+    """What :class:`Sam3Settings` and :class:`RunOptions` share: each field is checked and normalised
+    by its rule in the class's ``_rules`` (``(name, check)`` pairs) when an instance is built."""
+
+    _rules = ()
+
+    def __post_init__(self):
+        # shallow: values read back from the database may be mongoengine lists, which asdict cannot copy
+        normalized = _normalize({name: getattr(self, name) for name in self.names()}, self._rules)
+        for name, value in normalized.items():
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """The names of every field."""
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def _defaults(cls) -> dict:
+        return {f.name: f.default for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def _check_all(cls, values: Mapping) -> tuple[dict, dict[str, str]]:
+        """``values`` (missing ones take their defaults) normalised, and each problem by name."""
+        defaults, problems = cls._defaults(), {}
+        normalized = _normalize(defaults | {k: v for k, v in values.items() if k in defaults}, cls._rules, problems)
+        return normalized, problems
+
+    @classmethod
+    def problems(cls, values: Mapping) -> dict[str, str]:
+        """Every problem of ``values`` (missing ones take their defaults), by name; ``{}`` if they
+        are valid. For forms, which flag each problem on its input; the SDK raises the first instead."""
+        return cls._check_all(values)[1]
+
+
+#: the engine's defaults: the settings it shares with :class:`Sam3Settings` default to them (one source)
+_ENGINE = SegmentOptions()
+
+
+@dataclass(frozen=True)
+class Sam3Settings(_Checked):
+    """What a SAM3 run writes, and how: the settings of :func:`sam3_ops.load_model` and
+    :func:`sam3_ops.segment`.
+
+    Attributes:
+        model_path: hub id or local checkpoint directory
+        mode: ``"text"``, ``"boxes"``, ``"exemplars"``, ``"points"`` or ``"auto"``
+        prompts: the text prompts (:class:`~sam3_ops.core.queries.TextPrompt`)
+        threshold: the score threshold of prompts without their own (``boxes`` mode writes one mask
+            per box whatever its score; ``confidence`` holds the predicted mask IoU); ``None``: the
+            model's own default, what plain transformers uses: 0.5 for images (``SegmentOptions``),
+            the checkpoint's ``new_det_thresh`` for videos (0.7 for facebook/sam3)
+        mask_threshold: the probability above which a pixel is in a mask
+        max_mask_size: the longest side of a stored mask (``None``: no limit); larger boxes get a mask
+            scaled down to it (FiftyOne stretches masks over their boxes; SAM3's are 288 x 288)
+        max_image_pixels: larger images are refused before decoding
+        device: ``"cuda"``, ``"cuda:1"``, ``"mps"``, ``"cpu"`` or ``None`` (the best available)
+        compile: ``torch.compile`` the image encoder (long GPU runs)
+        prompt_field: the field holding prompt boxes (``boxes``, ``exemplars``: ``Detections``) or
+            points (``points``: ``Keypoints``)
+        negative_field: the field holding negative boxes
+        mask_dir: where masks go as PNG files (``mask_path``) when a sample's labels would exceed
+            MongoDB's 16 MB document limit (``None``: ``<fo.config.default_dataset_dir>/sam3_masks``);
+            to keep every mask on disk, pass ``output_dir=`` to ``apply_model``
+        multimask: ``boxes`` / ``points``: ``None`` (one mask per prompt), ``"best"`` (the most
+            confident of three) or ``"all"`` (three Detections per prompt, ``mask_rank`` 0-2)
+        nms_iou: drop the lower-scoring of two hits of a sample whose written masks overlap with
+            IoU above this (``None``: off; ``auto`` mode uses 0.7 when off)
+        nms_per_label: de-duplicate only hits with the same label
+        nms_containment: also drop a hit whose written mask lies inside a higher-scoring one's by
+            more than this fraction of its own area (``None``: off)
+        max_detections: write at most this many hits per sample, the highest-scoring of those the
+            other rules keep (``None``: all)
+        min_area: drop hits whose written mask covers less than this fraction of the image
+        (These four hold on the masks as written: see the README's "De-duplication and limits".)
+        points_per_side: ``auto``: the grid of point prompts has this many points a side
+        pred_iou_threshold, stability_threshold: ``auto``: keep masks whose predicted IoU and
+            stability score reach these
+        auto_label: ``auto``: the label every hit gets
+        direction: videos with prompts on chosen frames: propagate ``"forward"``, ``"backward"``
+            or ``"both"``
+        max_objects: videos: track at most this many objects (a warning says how many were dropped)
+    """
+
+    model_path: str = DEFAULT_MODEL
+    mode: str = _ENGINE.mode
+    prompts: tuple[TextPrompt, ...] = ()
+    threshold: float | None = None
+    mask_threshold: float = _ENGINE.mask_threshold
+    max_mask_size: int | None = _ENGINE.max_mask_size
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    device: str | None = None
+    compile: bool = False
+    prompt_field: str | None = None
+    negative_field: str | None = None
+    mask_dir: str | None = None
+    multimask: str | None = _ENGINE.multimask
+    nms_iou: float | None = _ENGINE.nms_iou
+    nms_per_label: bool = _ENGINE.nms_per_label
+    nms_containment: float | None = _ENGINE.nms_containment
+    max_detections: int | None = _ENGINE.max_detections
+    min_area: float = _ENGINE.min_area
+    points_per_side: int = _ENGINE.points_per_side
+    pred_iou_threshold: float = _ENGINE.pred_iou_threshold
+    stability_threshold: float = _ENGINE.stability_threshold
+    auto_label: str = _ENGINE.auto_label
+    direction: str = "forward"
+    max_objects: int = 50
+
+    _rules = _CHECKS
+
+    # -- building ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> Sam3Settings:
+        """Settings from a plain dict (as :meth:`to_dict` writes it); unknown keys are an error."""
+        cls.check_names(values)
+        return cls(**values)
+
+    @classmethod
+    def check_names(cls, values: Mapping) -> None:
+        """Checks that every key of ``values`` is a setting (a misspelt one is named, rather than
+        a ``TypeError`` from the constructor); a run option given here is pointed to where it goes.
+
+        Raises:
+            SettingsError: naming the first unknown key
+        """
+        unknown = sorted(set(values) - set(cls.names()))
+        if not unknown:
+            return
+        run_options = [name for name in unknown if name in RunOptions.names()]
+        if run_options:
+            raise SettingsError(
+                run_options[0],
+                f"{run_options[0]} is a run option, not a setting of the model: give it to sam3_ops.segment(...) "
+                "or dataset.apply_model(...)",
+            )
+        raise SettingsError(unknown[0], f"unknown settings {unknown}; known: {', '.join(cls.names())}")
+
+    @classmethod
+    def problems(cls, values: Mapping, media: str | None = None) -> dict[str, str]:
+        """:meth:`_Checked.problems` of settings; with ``media``, also what does not apply there
+        (:func:`media_problem`)."""
+        normalized, problems = cls._check_all(values)
+        if media is not None:
+            for name, message in _media_problems(normalized, media).items():
+                problems.setdefault(name, message)
+        return problems
+
+    def replace(self, **changes) -> Sam3Settings:
+        """A copy with ``changes`` applied (and validated)."""
+        return dataclasses.replace(self, **changes)
+
+    # -- using ------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        """A plain, JSON-serialisable dict; ``Sam3Settings.from_dict(s.to_dict()) == s``."""
+        values = dataclasses.asdict(self)
+        values["prompts"] = [
+            p.text
+            if p.label is None and p.threshold is None
+            else {k: v for k, v in dataclasses.asdict(p).items() if v is not None}
+            for p in self.prompts
+        ]
+        return values
+
+    def segment_options(self) -> SegmentOptions:
+        """The engine's per-call options for these settings."""
+        names = {f.name for f in dataclasses.fields(SegmentOptions)}
+        options = {name: getattr(self, name) for name in names}
+        if options["threshold"] is None:  # the image model's own default: SegmentOptions'
+            del options["threshold"]
+        return SegmentOptions(**options)
+
+    @property
+    def labels(self) -> list[str]:
+        """The labels the text prompts write, in order, each once."""
+        return list(dict.fromkeys(p.name for p in self.prompts))
+
+
+# -- which settings apply where ----------------------------------------------------------------------
+
+#: the media a run segments
+MEDIA = ("image", "video")
+#: the modes that run on videos
+VIDEO_MODES = ("text", "boxes", "points")
+#: the modes that run on each medium
+MEDIA_MODES = {"image": MODES, "video": VIDEO_MODES}
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where a setting applies: in these modes, on these media."""
+
+    modes: tuple[str, ...] = MODES
+    media: tuple[str, ...] = MEDIA
+
+
+_DEDUP_MODES = ("text", "exemplars", "auto")
+_IMAGE = ("image",)
+#: which settings apply to which modes and media, the one table: the validation refuses a setting
+#: given (not at its default) on a medium it does not apply to (:func:`media_problem`) and
+#: ``multimask`` outside its modes; the forms offer each setting in its modes only; the video
+#: path refuses the image-only ones. A setting not listed applies in every mode on both media.
+APPLIES: dict[str, Scope] = {
+    "prompt_field": Scope(FIELD_MODES),
+    "negative_field": Scope(FIELD_MODES, _IMAGE),
+    "multimask": Scope(("boxes", "points"), _IMAGE),
+    "nms_iou": Scope(_DEDUP_MODES, _IMAGE),
+    "nms_per_label": Scope(("text", "exemplars"), _IMAGE),
+    "nms_containment": Scope(_DEDUP_MODES, _IMAGE),
+    "max_detections": Scope(_DEDUP_MODES, _IMAGE),
+    "min_area": Scope(_DEDUP_MODES, _IMAGE),
+    "points_per_side": Scope(("auto",), _IMAGE),
+    "pred_iou_threshold": Scope(("auto",), _IMAGE),
+    "stability_threshold": Scope(("auto",), _IMAGE),
+    "auto_label": Scope(("auto",), _IMAGE),
+    "direction": Scope(("boxes", "points"), ("video",)),  # text tracking runs forward from frame 0
+    "max_objects": Scope(VIDEO_MODES, ("video",)),
+}
+
+
+def applies(name: str, mode: str | None = None, media: str | None = None) -> bool:
+    """Whether the setting ``name`` applies in ``mode`` on ``media`` (``None``: any)."""
+    scope = APPLIES.get(name, Scope())
+    return (mode is None or mode in scope.modes) and (media is None or media in scope.media)
+
+
+def _media_problems(values: Mapping, media: str) -> dict[str, str]:
+    """The problems of the normalised settings ``values`` on ``media``, by setting name: the mode,
+    then every setting given (not at its default) that does not apply there."""
+    if media not in MEDIA:
+        raise ValueError(f"media must be one of {', '.join(MEDIA)}, not {media!r}")
+    if values["mode"] not in MEDIA_MODES[media]:
+        modes = ", ".join(MEDIA_MODES[media])
+        return {"mode": f"mode={values['mode']!r} does not run on {media}s; the {media} modes are {modes}"}
+    defaults = Sam3Settings._defaults()
+    given = [name for name in APPLIES if not applies(name, media=media) and values[name] != defaults[name]]
+    if not given:
+        return {}
+    where = "images" if media == "video" else "videos"
+    message = (
+        f"{', '.join(given)} apply to {where} only; leave {'it' if len(given) == 1 else 'them'} unset for {media}s"
+    )
+    if "max_detections" in given:  # the images' per-sample cap has a video counterpart of another meaning
+        message += "; on videos, max_objects caps the objects tracked at once"
+    if "max_objects" in given:
+        message += "; on images, max_detections caps the hits written per sample"
+    return {name: message for name in given}
+
+
+def media_problem(settings: Sam3Settings, media: str) -> SettingsError | None:
+    """Why ``settings`` cannot run on ``media`` (``"image"`` or ``"video"``), naming the setting
+    (:data:`APPLIES`), or ``None``: a mode that does not run there, or a setting given that does
+    not apply there. A setting at its default counts as not given, so a run record of either
+    medium, which stores every setting, runs again unchanged."""
+    problems = _media_problems(settings.to_dict(), media)
+    if not problems:
+        return None
+    name, message = next(iter(problems.items()))
+    return SettingsError(name, message)
+
+
+def check_media(settings: Sam3Settings, media: str) -> None:
+    """Raises :func:`media_problem`'s :class:`SettingsError`, if ``settings`` cannot run on ``media``."""
+    problem = media_problem(settings, media)
+    if problem:
+        raise problem
 
 
 # -- how a run goes: segment()'s run options ------------------------------------------------------
@@ -561,7 +592,7 @@ _RUN_CHECKS = (
 
 
 @dataclass(frozen=True)
-class RunOptions:
+class RunOptions(_Checked):
     """How a run goes, as opposed to what it writes (:class:`Sam3Settings`): the options of
     :func:`sam3_ops.segment` besides the settings, checked by the same rules, before anything is
     written (:class:`SettingsError` naming the option; :meth:`problems` for forms).
@@ -590,23 +621,7 @@ class RunOptions:
     token: str | None = dataclasses.field(default=None, repr=False)
     progress: object = dataclasses.field(default=None, repr=False)
 
-    def __post_init__(self):
-        normalized = _normalize({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, checks=_RUN_CHECKS)
-        for name, value in normalized.items():
-            object.__setattr__(self, name, value)
-
-    @classmethod
-    def names(cls) -> list[str]:
-        """The names of every run option."""
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def problems(cls, values: Mapping) -> dict[str, str]:
-        """Every problem of ``values`` (run options; missing ones take their defaults), by name."""
-        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-        problems: dict[str, str] = {}
-        _normalize(defaults | {k: v for k, v in values.items() if k in defaults}, problems, checks=_RUN_CHECKS)
-        return problems
+    _rules = _RUN_CHECKS
 
 
 def check_shards(value) -> int:

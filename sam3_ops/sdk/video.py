@@ -74,8 +74,8 @@ from .fields import (
     tracks_field,
 )
 from .media import Media, build_engine
-from .model import Sam3ModelBase, fit_in_document
-from .settings import VIDEO_MODES, RunOptions, Sam3Settings, SettingsError, media_problem
+from .model import PROMPT_FIELD, Sam3ModelBase, fit_in_document
+from .settings import VIDEO_MODES, RunOptions, Sam3Settings, SettingsError, check_media, media_problem
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,6 @@ logger = logging.getLogger(__name__)
 FRAMES_PER_WRITE = 16
 #: ... or fewer, when their masks reach this many bytes
 BYTES_PER_WRITE = 64 * 2**20
-PROMPT_FIELD = "prompt_field"
 
 
 def video_settings_problem(settings: Sam3Settings) -> SettingsError | None:
@@ -121,7 +120,8 @@ class _PrefixVideoLogs(logging.Filter):
 
 @dataclass
 class VideoTrack:
-    """One video's tracking, iterated frame by frame: ``(frame_number, fo.Detections)``.
+    """One video's tracking, iterated frame by frame: ``(frame_number, fo.Detections)`` as they are
+    written (masks too large for their document moved to files: :func:`~sam3_ops.sdk.model.fit_in_document`).
 
     Attributes:
         filepath: the video
@@ -134,6 +134,7 @@ class VideoTrack:
     frame_count: int
     _results: Iterator[FrameResult] | None
     _prompt_ids: dict | None = None
+    mask_dir: str | None = None
     detections: int = 0
     instances: set = field(default_factory=set)
 
@@ -145,7 +146,8 @@ class VideoTrack:
         core_logger.addFilter(prefix)
         try:
             for result in self._results:
-                labels = frame_detections(result, self._prompt_ids)
+                where = f"{self.filepath}, frame {result.frame_number}"
+                labels = fit_in_document(frame_detections(result, self._prompt_ids), self.mask_dir, where)
                 self.detections += len(labels.detections)
                 self.instances.update(result.object_ids)
                 yield result.frame_number, labels
@@ -182,9 +184,7 @@ class Sam3VideoModel(Sam3ModelBase, fom.Model, fom.SamplesMixin):
 
     def __init__(self, settings: Sam3Settings, engine: Sam3VideoEngine | None = None):
         fom.SamplesMixin.__init__(self)
-        problem = video_settings_problem(settings)
-        if problem:
-            raise problem
+        check_media(settings, "video")
         self.settings = settings
         self.engine = engine or Sam3VideoEngine(settings.model_path, device=settings.device)
         self._start_counts()
@@ -248,14 +248,14 @@ class Sam3VideoModel(Sam3ModelBase, fom.Model, fom.SamplesMixin):
                 max_objects=settings.max_objects,
                 max_mask_size=settings.max_mask_size,
             )
-            return VideoTrack(filepath, reader.frame_count, results)
+            return VideoTrack(filepath, reader.frame_count, results, mask_dir=settings.mask_dir)
         prompts, prompt_ids, warnings = video_prompts(
             prompt_frames or (), settings.mode, width, height, settings.max_objects
         )
         for warning in warnings:
             logger.warning("%s: %s", filepath, warning)
         if not prompts:
-            return VideoTrack(filepath, reader.frame_count, None, prompt_ids)
+            return VideoTrack(filepath, reader.frame_count, None, prompt_ids, settings.mask_dir)
         results = self.engine.track_prompts(
             reader,
             prompts,
@@ -263,7 +263,7 @@ class Sam3VideoModel(Sam3ModelBase, fom.Model, fom.SamplesMixin):
             mask_threshold=settings.mask_threshold,
             max_mask_size=settings.max_mask_size,
         )
-        return VideoTrack(filepath, reader.frame_count, results, prompt_ids)
+        return VideoTrack(filepath, reader.frame_count, results, prompt_ids, settings.mask_dir)
 
     def count(self, track: VideoTrack) -> None:
         """Counts a video tracked to its end."""
@@ -281,16 +281,11 @@ class Sam3VideoModel(Sam3ModelBase, fom.Model, fom.SamplesMixin):
         try:
             if sample is not None and sample.has_field("support"):
                 raise ValueError("clip views are not supported: run on the videos themselves")
-            prompt_field = self.prompt_field
             prompt_frames = None
-            if prompt_field and sample is not None:
-                prompt_frames = list(sample_prompt_frames(sample, prompt_field))
+            if self.prompt_field and sample is not None:
+                prompt_frames = list(sample_prompt_frames(sample, self.prompt_field))
             track = self.track(filepath, prompt_frames)
-            labels = {}
-            for frame_number, detections in track:
-                labels[frame_number] = fit_in_document(
-                    detections, self.settings.mask_dir, f"{filepath}, frame {frame_number}"
-                )
+            labels = dict(track)
         except Exception as error:  # one video must not stop the run: reported per video
             self.fail(filepath, _reason(error))
             return None
@@ -435,9 +430,7 @@ class VideoMedia(Media):
             )
         if settings.prompt_field:
             settings = settings.replace(prompt_field=frame_field_name(settings.prompt_field))
-        problem = video_settings_problem(settings)
-        if problem:
-            raise problem
+        check_media(settings, "video")
         prompt_field = check_video_prompt_field(samples, settings)
         reserved = (prompt_field,) if prompt_field else ()
         problem = output_field_problem(samples, label_field, overwrite=True, reserved=reserved)
@@ -455,11 +448,11 @@ class VideoMedia(Media):
         dataset = root_dataset(target)
         prompt_field = settings.prompt_field if settings.mode != "text" else None
         prompts_view = target.select_fields(f"frames.{prompt_field}") if prompt_field else None
-        video = _VideoJob(dataset, label_field, prompts_view, prompt_field, run.output_dir)
         ids, paths = target.values(["id", "filepath"])
         with fou.ProgressBar(total=len(ids), progress=run.progress, iters_str="videos") as bar:
             for sample_id, filepath in zip(ids, paths):
-                error = video.run(model, sample_id, filepath)
+                writer = _FrameWriter(dataset, sample_id, label_field, run.output_dir)
+                error = _segment_video(model, filepath, writer, prompts_view, prompt_field)
                 if error is not None and not run.skip_failures:
                     raise error
                 bar.update()
@@ -472,44 +465,31 @@ class VideoMedia(Media):
 VIDEOS = VideoMedia()
 
 
-@dataclass
-class _VideoJob:
-    """Where and how a run writes each of its videos."""
-
-    dataset: object
-    label_field: str
-    prompts_view: object
-    prompt_field: str | None
-    output_dir: str | None
-
-    def run(self, model, sample_id: str, filepath: str) -> Exception | None:
-        """One video: prompts read, tracked, written frame chunk by frame chunk, marked done; or
-        skipped (returns the error, after the model recorded it)."""
+def _segment_video(model, filepath: str, writer: _FrameWriter, prompts_view, prompt_field) -> Exception | None:
+    """One video: its prompts read from ``prompts_view``, tracked, written by ``writer`` frame chunk
+    by frame chunk, marked done; or skipped (returns the error, after the model recorded it)."""
+    try:
+        prompt_frames = None
+        if prompts_view is not None:
+            sample = prompts_view.select(writer.sample_id).first()
+            prompt_frames = list(sample_prompt_frames(sample, prompt_field))
+        track = model.track(filepath, prompt_frames)
+    except Exception as error:  # before anything is written: the video keeps what it had
+        model.fail(filepath, _reason(error))
+        return error
+    try:
+        writer.start()
+        for frame_number, labels in track:
+            writer.write(frame_number, labels)
+        writer.finish(len(track.instances))
+    except Exception as error:  # a decoding failure half-way: nothing of this video is kept
         try:
-            prompt_frames = None
-            if self.prompts_view is not None:
-                sample = self.prompts_view.select(sample_id).first()
-                prompt_frames = list(sample_prompt_frames(sample, self.prompt_field))
-            track = model.track(filepath, prompt_frames)
-        except Exception as error:  # before anything is written: the video keeps what it had
+            writer.discard()
+        finally:
             model.fail(filepath, _reason(error))
-            return error
-        writer = _FrameWriter(self.dataset, sample_id, self.label_field, self.output_dir)
-        try:
-            writer.start()
-            for frame_number, labels in track:
-                writer.write(
-                    frame_number, fit_in_document(labels, model.settings.mask_dir, f"{filepath}, frame {frame_number}")
-                )
-            writer.finish(len(track.instances))
-        except Exception as error:  # a decoding failure half-way: nothing of this video is kept
-            try:
-                writer.discard()
-            finally:
-                model.fail(filepath, _reason(error))
-            return error
-        model.count(track)
-        return None
+        return error
+    model.count(track)
+    return None
 
 
 def ensure_video_fields(dataset, label_field: str) -> None:
@@ -535,9 +515,7 @@ def load_video_model(
     ``dataset.apply_model`` on video datasets (modes ``text``, ``boxes``, ``points``; settings
     ``direction`` and ``max_objects`` apply)."""
     resolved = Sam3Settings(model_path=os.fspath(model_path), mode=mode, prompts=prompts, **settings)
-    problem = video_settings_problem(resolved)
-    if problem:
-        raise problem
+    check_media(resolved, "video")
     return Sam3VideoModel(resolved, engine=build_engine(resolved, token, reuse, media_type="video"))
 
 
