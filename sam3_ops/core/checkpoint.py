@@ -46,17 +46,6 @@ class ModelLoadError(RuntimeError):
     """The SAM3 checkpoint cannot be found, reached, or loaded completely."""
 
 
-def login_help(model_path: str) -> str:
-    """How to get access to a checkpoint (the message a user sees when loading fails)."""
-    return (
-        f"Could not load SAM3 from {model_path!r}. facebook/sam3 is a gated model: accept its "
-        "licence on the Hugging Face hub, then log in (`hf auth login`) or set the HF_TOKEN "
-        "environment variable (in the App: the plugin secret HF_TOKEN). Offline, pass a local "
-        "checkpoint directory saved with save_pretrained instead (for a smoke test, "
-        "`python -m sam3_ops.testing DIR` writes a tiny random one)."
-    )
-
-
 def validate_model_path(model_path: str | os.PathLike) -> str:
     """Checks that ``model_path`` is a hub id or a local SAM3 checkpoint directory; returns it
     normalised (``~`` expanded).
@@ -232,9 +221,6 @@ def download_checkpoint(model_path: str, local_dir: str | None = None, token: st
         token (None): a Hugging Face token for this download only (``None``: ``HF_TOKEN`` or the
             stored ``hf auth login``); never logged, stored or shown
 
-    Returns:
-        the checkpoint's local directory
-
     Raises:
         ModelLoadError: no network / hub unreachable; no token or licence not accepted (gated);
             token refused; not found; not a SAM3 checkpoint; weights corrupt or truncated; files
@@ -270,15 +256,13 @@ def _fetch(repo_id: str, local_dir: str | None, token: str | None) -> str:
             return None
 
     if constants.HF_HUB_OFFLINE:
-        found = cached()
-        if found:
+        if found := cached():
             return found
         raise ModelLoadError(_offline_message(repo_id, local_dir))
     try:
         _check_access(repo_id, token)
     except _Unreachable as error:
-        found = cached()
-        if found:
+        if found := cached():
             logger.warning("The Hugging Face hub is unreachable (%s); using the cached %s", error, repo_id)
             return found
         raise ModelLoadError(hub_error_message(repo_id, error, token)) from None
@@ -409,16 +393,7 @@ def check_checkpoint_files(directory: str, name: str | None = None, head: str | 
         ModelLoadError: naming the missing or corrupt file
     """
     name = name or directory
-    index = os.path.join(directory, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        try:
-            with open(index) as handle:
-                shards = sorted(set(json.load(handle)["weight_map"].values()))
-        except (OSError, ValueError, KeyError) as error:
-            raise ModelLoadError(f"{name!r}: model.safetensors.index.json is unreadable ({error})") from None
-    else:
-        shards = ["model.safetensors"]
-    for shard in shards:
+    for shard in _shard_files(directory, name):
         _check_safetensors(os.path.join(directory, shard), name)
     if not any(os.path.isfile(os.path.join(directory, f)) for f in PROCESSOR_FILES):
         raise ModelLoadError(
@@ -433,6 +408,18 @@ def check_checkpoint_files(directory: str, name: str | None = None, head: str | 
             "and exemplars need: without them every prompt would be read as unknown tokens. Save the "
             "checkpoint's Sam3Processor with it (processor.save_pretrained(directory))"
         )
+
+
+def _shard_files(directory: str, name: str) -> list[str]:
+    """The safetensors files of a checkpoint directory: its index's shards, else ``model.safetensors``."""
+    index = os.path.join(directory, "model.safetensors.index.json")
+    if not os.path.isfile(index):
+        return ["model.safetensors"]
+    try:
+        with open(index) as handle:
+            return sorted(set(json.load(handle)["weight_map"].values()))
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelLoadError(f"{name!r}: model.safetensors.index.json is unreadable ({error})") from None
 
 
 def _check_safetensors(path: str, name: str) -> None:
@@ -544,27 +531,11 @@ def tracker_key(key: str) -> str | None:
 def read_tensors(model_path: str, token: str | None, wanted) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors whose names satisfy ``wanted``, read from its safetensors files."""
     from safetensors import safe_open
-    from transformers.utils import cached_file
 
-    def resolve(name):
-        return _from_pretrained(
-            lambda path: cached_file(path, name, _raise_exceptions_for_missing_entries=False),
-            model_path,
-            token,
-        )
-
-    index = resolve("model.safetensors.index.json")
-    if index:
-        with open(index) as handle:
-            shards = sorted(set(json.load(handle)["weight_map"].values()))
-        files = [resolve(shard) for shard in shards]
-    else:
-        files = [resolve("model.safetensors")]
+    directory = download_checkpoint(model_path, token=token)  # its files checked
     tensors = {}
-    for path in files:
-        if not path:
-            raise ModelLoadError(f"{model_path!r} has no model.safetensors (only safetensors weights are loaded)")
-        with safe_open(path, framework="pt") as handle:
+    for shard in _shard_files(directory, model_path):
+        with safe_open(os.path.join(directory, shard), framework="pt") as handle:
             for key in handle.keys():
                 if wanted(key):
                     tensors[key] = handle.get_tensor(key)

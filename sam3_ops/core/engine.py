@@ -31,6 +31,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -136,8 +137,6 @@ class Sam3Engine(LazyEngine):
             memory when images have many prompts
         mask_cache_size (0): how many hits' low-resolution mask logits to keep (for refinement:
             :meth:`remember_masks`, and a query's ``mask_key`` reads them back as ``input_masks``)
-
-    A Hugging Face token is an argument of :meth:`load` only: it is used to load and not kept.
     """
 
     _detector = None
@@ -232,8 +231,7 @@ class Sam3Engine(LazyEngine):
                 logger.warning("Prompt %r is longer than SAM3's %d tokens; its end is ignored", text, MAX_TEXT_TOKENS)
         with torch.inference_mode(), self._autocast():
             output = self.detector.get_text_features(
-                input_ids=encoded["input_ids"].to(self.device),
-                attention_mask=encoded["attention_mask"].to(self.device),
+                input_ids=encoded["input_ids"].to(self.device), attention_mask=encoded["attention_mask"].to(self.device)
             )
         for i, text in enumerate(texts):
             # clone: a slice would keep the whole batch's features alive as long as the cache
@@ -392,12 +390,10 @@ class Sam3Engine(LazyEngine):
         previous mask, for every query of a forward or for none: its chunks are uniform in both."""
         groups = {}
         for item in queries:
-            query = item[1]
+            key = ()
             if head == "tracker":
-                has_mask = self.cached_mask(query.mask_key) is not None
-                key = (len(query.positive_boxes) > 0 and not has_mask, has_mask)
-            else:
-                key = ()
+                has_mask = self.cached_mask(item[1].mask_key) is not None
+                key = (len(item[1].positive_boxes) > 0 and not has_mask, has_mask)
             groups.setdefault(key, []).append(item)
         step = self.max_queries_per_forward
         for group in groups.values():
@@ -421,7 +417,7 @@ class Sam3Engine(LazyEngine):
         with torch.inference_mode(), self._autocast():
             output = self.detector(
                 vision_embeds=Sam3VisionEncoderOutput(fpn_hidden_states=hidden, fpn_position_encoding=position),
-                text_embeds=_TextEmbeds(text_embeds),
+                text_embeds=SimpleNamespace(pooler_output=text_embeds),  # all Sam3Model.forward reads of it
                 attention_mask=text_mask,
                 input_boxes=boxes,
                 input_boxes_labels=box_labels,
@@ -520,13 +516,6 @@ def _clone(nested):
     return tuple(_clone(t) if isinstance(t, tuple) else t.clone() for t in nested)
 
 
-class _TextEmbeds:
-    """What ``Sam3Model.forward`` reads of ``text_embeds`` (its ``pooler_output``)."""
-
-    def __init__(self, pooler_output: torch.Tensor):
-        self.pooler_output = pooler_output
-
-
 class _HitCollector:
     """One image's candidate hits, kept as low-resolution maps on the device until :meth:`resolve`
     filters them (empty, too small, duplicates, over the limit) and upsamples only the survivors."""
@@ -586,13 +575,11 @@ class _HitCollector:
         """The crops and masks written for candidates ``index``: each map upsampled over its box
         (or, without a box, a box around its low-res mask, then cut tight around the upsampled
         mask), at most ``max_mask_size`` a side; ``None`` for a box-less mask left empty."""
-        crops, shapes = [], []
         height, width = self.size
         coarse = _coarse_boxes(foreground[index], width, height) if index else []
-        for k, i in enumerate(index):
-            box = self.boxes[i] if self.boxes[i] is not None else coarse[k]
-            crops.append(crop_box(box, width, height))
-            shapes.append(mask_shape(crops[-1], self.options.max_mask_size))
+        boxes = [self.boxes[i] if self.boxes[i] is not None else coarse[k] for k, i in enumerate(index)]
+        crops = [crop_box(box, width, height) for box in boxes]
+        shapes = [mask_shape(crop, self.options.max_mask_size) for crop in crops]
         masks = [None] * len(index)
         low_res = maps[index] if index else maps[:0]
         for group in memory_groups(shapes, self.element_budget, tuple(maps.shape[-2:])):

@@ -29,15 +29,14 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
         # 16-bit (or 32-bit integer) grayscale: scale the 16-bit range onto 8 bits
         values = np.asarray(image, dtype=np.float64)
         gray = np.clip(values / 257.0, 0, 255).round().astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if image.mode == "F":
+    elif image.mode == "F":
         values = np.nan_to_num(np.asarray(image, dtype=np.float64))
         low, high = float(values.min()), float(values.max())
         gray = ((values - low) / (high - low) * 255 if high > low else np.zeros_like(values)).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    return np.array(image, dtype=np.uint8)  # a writable copy: torch.from_numpy warns on read-only arrays
+    else:
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        return np.array(rgb, dtype=np.uint8)  # a writable copy: torch.from_numpy warns on read-only arrays
+    return np.repeat(gray[:, :, None], 3, axis=2)
 
 
 def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -17,9 +17,6 @@ and serve both stages:
    gets. Only hits in a pair that could break the rule at all (boxes that overlap, and an upper
    bound from their areas and that overlap) are pasted into the image's frame, in bands of rows
    that bound memory, and counted with the same blocked matrix products.
-
-The greedy pass walks the hits once, highest score first, as box NMS does; ties in score keep
-the earlier hit.
 """
 
 from __future__ import annotations
@@ -122,8 +119,9 @@ def suppression(
 
 
 def greedy(suppress: torch.Tensor, order: list[int]) -> torch.Tensor:
-    """The greedy pass: walking ``order`` (highest score first), each hit not yet removed removes
-    the later hits it suppresses (``suppress[i, j]``, on the CPU). Returns the removed ``(n,)``."""
+    """The greedy pass, as box NMS does it: walking ``order`` (highest score first), each hit not yet
+    removed removes the later hits it suppresses (``suppress[i, j]``, on the CPU). Returns the
+    removed ``(n,)``."""
     n = len(suppress)
     removed = torch.zeros(n, dtype=torch.bool)
     pending = torch.ones(n, dtype=torch.bool)  # not yet decided: only these can still be suppressed

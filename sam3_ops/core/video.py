@@ -145,9 +145,8 @@ class Sam3VideoEngine(LazyEngine):
             ``sam3_video`` checkpoint)
         device (None): ``"cuda"``, ``"mps"``, ``"cpu"``, or ``None`` for the best available
 
-    Each model is loaded on first use (or by :meth:`load`), once, under a lock; a Hugging Face token
-    is an argument of :meth:`load` only, never stored. An engine holds no per-video state: every
-    run has its own session, so one engine serves concurrent runs, whose frames queue on the lock.
+    An engine holds no per-video state: every run has its own session, so one engine serves
+    concurrent runs, whose frames queue on the lock.
     """
 
     _text_model = None
@@ -409,9 +408,7 @@ class Sam3VideoEngine(LazyEngine):
     def _prompt_pass(self, reader: VideoReader, prompts, start: int, reverse: bool, options) -> Iterator[FrameResult]:
         """One session, one direction: frames from ``start`` to the end (or to frame 0 when
         ``reverse``), each prompt's object joining at its frame."""
-        from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import (
-            Sam3TrackerVideoInferenceSession,
-        )
+        from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import Sam3TrackerVideoInferenceSession
 
         model = self.tracker_model
         session = _streaming_session(Sam3TrackerVideoInferenceSession, reader.image_size, self.device)

@@ -5,12 +5,9 @@ frame, forwards or backwards, never holding the whole video. numpy + the standar
 Why the ffmpeg command-line tools (``ffprobe``, ``ffmpeg -f rawvideo -pix_fmt rgb24 -``) and not
 PyAV: FiftyOne's video datasets already require them (Debian package ``ffmpeg``), so video support
 adds no Python dependency, and a pipe reads a frame in one ``readinto``. What PyAV would offer
-(seeking) is done here with ffmpeg's own exact seek (``-ss`` before ``-i`` decodes from the previous
-keyframe and drops the frames before the target), aimed at the midpoint between the target frame's
-timestamp and its predecessor's, read from the demuxer's packet timestamps (no decoding), so that
-rounding can never land on a neighbour. Every frame is decoded as it is stored
-(``-fps_mode passthrough``: no frame is duplicated or dropped to make the rate constant).
-ffmpeg decodes a truncated file as far as it can and exits without an error: a read that ends
+(seeking) is done with ffmpeg's own exact seek (``-ss`` before ``-i``), checked
+(:meth:`VideoReader._decode_from`). Every frame is decoded as it is stored (``-fps_mode
+passthrough``: no frame is duplicated or dropped to make the rate constant). ffmpeg decodes a truncated file as far as it can and exits without an error: a read that ends
 before the frame count the file declares raises :class:`VideoLoadError`, so a partial video is
 never taken for a whole one.
 
@@ -202,12 +199,10 @@ class VideoReader:
             stop (None): the index after the last frame, ``None`` for the end of the video
 
         Raises:
-            VideoLoadError: if ffmpeg fails, the video ends within a frame, or it decodes fewer
-                frames than it declares (:attr:`frame_count`) because packets are missing: a
-                truncated file, which ffmpeg decodes as far as it can and then exits without an
-                error. Raised after the last frame that could be decoded, so a caller that needs
-                the whole video (e.g. to write it) learns it is incomplete. A whole file that shows
-                fewer frames than it declares (an edit list) is read to its end, with a warning.
+            VideoLoadError: if ffmpeg fails, the video ends within a frame, or packets are missing
+                (a truncated file decodes fewer frames than :attr:`frame_count`), after the last
+                frame that could be decoded. A whole file that shows fewer frames than it declares
+                (an edit list) is read to its end, with a warning.
         """
         if start < 0:
             raise ValueError(f"start must be >= 0, got {start}")
