@@ -96,13 +96,9 @@ class Sam3GetItem(fout.GetItem):
                 keypoints = _labels_or_none(values[PROMPT_FIELD], PROMPT_FIELD, "keypoints")
                 prompts, prompt_ids, warnings = prompts_from_keypoints(keypoints, negatives, width, height, filepath)
             else:
+                detections = _labels_or_none(values[PROMPT_FIELD], PROMPT_FIELD, "detections")
                 prompts, prompt_ids, warnings = prompts_from_detections(
-                    _labels_or_none(values[PROMPT_FIELD], PROMPT_FIELD, "detections"),
-                    negatives,
-                    width,
-                    height,
-                    texts=self.settings.prompts,
-                    mode=self.settings.mode,
+                    detections, negatives, width, height, texts=self.settings.prompts, mode=self.settings.mode
                 )
             return _Item(filepath, image, prompts, prompt_ids, warnings=warnings)
         except ImageLoadError as error:
@@ -156,8 +152,9 @@ class CountsMark:
 
 class Sam3ModelBase:
     """What the SAM3 FiftyOne models share (images and videos alike): the settings as FiftyOne's
-    ``config``, no logits or embeddings, and the counts of their runs' summaries: ``failures`` (the
-    samples skipped, with reasons), ``num_processed`` and ``num_detections``.
+    ``config`` (no logits or embeddings: FiftyOne's defaults) and the counts of their runs' summaries:
+    ``failures`` (the samples skipped, with reasons: :class:`Failure`), ``num_processed`` (samples,
+    or videos) and ``num_detections``.
 
     The counts add up over every run of the model (``apply_model`` calls, or an operator's chunks of
     one run); one ``segment`` call reports its own share: :meth:`summary` ``since`` a :meth:`mark`
@@ -174,14 +171,6 @@ class Sam3ModelBase:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(mode={self.settings.mode!r}, prompts={self.settings.labels!r}, engine={self.engine!r})"
-
-    @property
-    def has_logits(self):
-        return False
-
-    @property
-    def has_embeddings(self):
-        return False
 
     def _start_counts(self) -> None:
         self.failures: list[Failure] = []
@@ -225,10 +214,6 @@ class Sam3Model(Sam3ModelBase, fom.Model, fom.SupportsGetItem, fom.TorchModelMix
             re-run of the same image, and keep each written detection's mask logits (pooled
             engines keep 256) so that refining it with points starts from its mask
         prompt_overrides (None): prompts given in memory for some samples (see :class:`Sam3GetItem`)
-
-    Attributes:
-        failures: the samples skipped so far, with reasons (:class:`Failure`)
-        num_processed, num_detections: counts of samples segmented and detections produced
     """
 
     def __init__(

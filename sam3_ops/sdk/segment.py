@@ -21,7 +21,7 @@ from .model import Sam3Model
 from .runs import SegmentResult
 from .settings import DEFAULT_BATCH_SIZE, RunOptions, Sam3Settings, as_model_path, check_media
 from .shards import segment_sharded
-from .video import VIDEOS, Sam3VideoModel, load_video_model, without_video_results
+from .video import VIDEOS, Sam3VideoModel, without_video_results
 
 #: names other modules import from here (defined in the modules below it)
 __all__ = [
@@ -82,14 +82,14 @@ def load_model(
         ValueError: a bad setting (:class:`~sam3_ops.sdk.settings.SettingsError`, naming it)
         ModelLoadError: the checkpoint does not exist, cannot be reached, or is incomplete
     """
-    model_path = as_model_path(model_path)  # a wrong type is named here, before either route
+    model_path = as_model_path(model_path)  # a wrong type is named here, before the other settings
     Sam3Settings.check_names(settings)
-    if media_type == "video":
-        return load_video_model(model_path, mode, prompts, token=token, reuse=reuse, **settings)
-    if media_type != "image":
+    if media_type not in ("image", "video"):
         raise ValueError(f"media_type must be 'image' or 'video', not {media_type!r}")
     resolved = Sam3Settings(model_path=model_path, mode=mode, prompts=prompts, **settings)
-    check_media(resolved, "image")  # a video setting given to an image run: named, not ignored
+    check_media(resolved, media_type)  # a setting of the other medium given: named, not ignored
+    if media_type == "video":  # tracks through each video (apply_model's route for video models)
+        return Sam3VideoModel(resolved, engine=build_engine(resolved, token, reuse, media_type="video"))
     engine = build_engine(resolved, token, reuse, cache_features)
     return Sam3Model(resolved, engine=engine, cache_features=cache_features)
 

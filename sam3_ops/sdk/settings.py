@@ -414,8 +414,8 @@ class Sam3Settings(_Checked):
 
     @classmethod
     def problems(cls, values: Mapping, media: str | None = None) -> dict[str, str]:
-        """:meth:`_Checked.problems` of settings; with ``media``, also what does not apply there
-        (:func:`media_problem`)."""
+        """Every problem of ``values`` (settings; missing ones take their defaults), by setting name,
+        for forms; with ``media``, also what does not apply there (:func:`media_problem`)."""
         normalized, problems = cls._check_all(values)
         if media is not None:
             for name, message in _media_problems(normalized, media).items():

@@ -61,7 +61,6 @@ import fiftyone.core.labels as fol
 import fiftyone.core.models as fom
 import fiftyone.core.utils as fou
 
-from ..core.checkpoint import DEFAULT_MODEL
 from ..core.video import FrameResult, Sam3VideoEngine
 from ..core.video_io import VideoLoadError, VideoReader
 from .convert import frame_detections, video_prompts
@@ -174,10 +173,6 @@ class Sam3VideoModel(Sam3ModelBase, fom.Model, fom.SamplesMixin):
             ``boxes`` or ``points``)
         engine (None): the :class:`~sam3_ops.core.video.Sam3VideoEngine` to run on (``None``: a new one)
 
-    Attributes:
-        failures: the videos skipped so far, with reasons (:class:`~sam3_ops.sdk.model.Failure`)
-        num_processed, num_detections: counts of videos tracked and detections produced
-
     Raises:
         ValueError: settings that do not run on videos
     """
@@ -238,15 +233,12 @@ class Sam3VideoModel(Sam3ModelBase, fom.Model, fom.SamplesMixin):
                 f"cannot read video {filepath!r}: its frames have {width * height} pixels, "
                 f"over the limit of {settings.max_image_pixels} (max_image_pixels)"
             )
+        masks = {"mask_threshold": settings.mask_threshold, "max_mask_size": settings.max_mask_size}
         if settings.mode == "text":
             prompts = [{"text": p.text, "label": p.label, "threshold": p.threshold} for p in settings.prompts]
+            frames = (frame for _, frame in reader.frames())
             results = self.engine.track_text(
-                (frame for _, frame in reader.frames()),
-                prompts,
-                threshold=settings.threshold,
-                mask_threshold=settings.mask_threshold,
-                max_objects=settings.max_objects,
-                max_mask_size=settings.max_mask_size,
+                frames, prompts, threshold=settings.threshold, max_objects=settings.max_objects, **masks
             )
             return VideoTrack(filepath, reader.frame_count, results, mask_dir=settings.mask_dir)
         prompts, prompt_ids, warnings = video_prompts(
@@ -256,13 +248,7 @@ class Sam3VideoModel(Sam3ModelBase, fom.Model, fom.SamplesMixin):
             logger.warning("%s: %s", filepath, warning)
         if not prompts:
             return VideoTrack(filepath, reader.frame_count, None, prompt_ids, settings.mask_dir)
-        results = self.engine.track_prompts(
-            reader,
-            prompts,
-            settings.direction,
-            mask_threshold=settings.mask_threshold,
-            max_mask_size=settings.max_mask_size,
-        )
+        results = self.engine.track_prompts(reader, prompts, settings.direction, **masks)
         return VideoTrack(filepath, reader.frame_count, results, prompt_ids, settings.mask_dir)
 
     def count(self, track: VideoTrack) -> None:
@@ -502,28 +488,10 @@ def ensure_video_fields(dataset, label_field: str) -> None:
         dataset.add_sample_field(marker, fof.IntField)
 
 
-def load_video_model(
-    model_path=DEFAULT_MODEL,
-    mode: str = "text",
-    prompts=None,
-    *,
-    token: str | None = None,
-    reuse: bool = False,
-    **settings,
-) -> Sam3VideoModel:
-    """``sam3_ops.load_model(..., media_type="video")``: a :class:`Sam3VideoModel` for
-    ``dataset.apply_model`` on video datasets (modes ``text``, ``boxes``, ``points``; settings
-    ``direction`` and ``max_objects`` apply)."""
-    resolved = Sam3Settings(model_path=os.fspath(model_path), mode=mode, prompts=prompts, **settings)
-    check_media(resolved, "video")
-    return Sam3VideoModel(resolved, engine=build_engine(resolved, token, reuse, media_type="video"))
-
-
 __all__ = [
     "FRAMES_PER_WRITE",
     "Sam3VideoModel",
     "VIDEO_MODES",
     "VideoTrack",
-    "load_video_model",
     "without_video_results",
 ]
