@@ -22,7 +22,7 @@ from ..core.video import FrameResult, VideoPrompt
 def relative_to_xyxy(boxes_xywh: np.ndarray | Sequence, width: int, height: int) -> np.ndarray:
     """FiftyOne relative ``[x, y, w, h]`` boxes ``(N, 4)`` -> pixel ``xyxy`` float32 ``(N, 4)``.
 
-    Values are not validated here (NaN stays NaN): :func:`sam3_ops.prompts.sanitize_boxes` decides.
+    Values are not validated here (NaN stays NaN): :func:`~sam3_ops.core.queries.sanitize_boxes` decides.
     """
     boxes = np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4)
     scale = np.array([width, height, width, height], dtype=np.float64)
@@ -67,7 +67,7 @@ def prompts_from_detections(
     texts: Sequence[str] = (),
     mode: str = "text",
 ) -> tuple[ImagePrompts, list[str | None], list[str]]:
-    """Builds one image's :class:`~sam3_ops.prompts.ImagePrompts` from Detections fields.
+    """Builds one image's :class:`~sam3_ops.core.queries.ImagePrompts` from Detections fields.
 
     In ``exemplars`` mode a prompt detection with attribute ``negative=True`` is a negative
     example. Unusable boxes are dropped (and reported in the returned warnings); boxes partly

@@ -1,10 +1,9 @@
 """One in-process run for every medium: images and videos are two implementations of :class:`Media`
 (:data:`~sam3_ops.sdk.images.IMAGES`, :data:`~sam3_ops.sdk.video.VIDEOS`) on one engine pool
-(:func:`build_engine`), and
-:func:`segment_in_process` is the one flow that runs either: settings resolved and checked, the
-model loaded, the run recorded (:class:`~sam3_ops.sdk.runs.Run`), the samples segmented and
-written, the summary stored. :func:`~sam3_ops.sdk.segment.segment` dispatches here, and each shard
-of a sharded run (:mod:`~sam3_ops.sdk.shards`) runs here too.
+(:func:`build_engine`), and :func:`segment_in_process` is the one flow that runs either: settings
+resolved and checked, the model loaded, the run recorded (:class:`~sam3_ops.sdk.runs.Run`), the
+samples segmented and written, the summary stored. :func:`~sam3_ops.sdk.segment.segment`
+dispatches here, and each shard of a sharded run (:mod:`~sam3_ops.sdk.shards`) runs here too.
 """
 
 from __future__ import annotations

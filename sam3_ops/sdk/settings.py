@@ -473,10 +473,8 @@ class Scope:
 
 _DEDUP_MODES = ("text", "exemplars", "auto")
 _IMAGE = ("image",)
-#: which settings apply to which modes and media, the one table: the validation refuses a setting
-#: given (not at its default) on a medium it does not apply to (:func:`media_problem`) and
-#: ``multimask`` outside its modes; the forms offer each setting in its modes only; the video
-#: path refuses the image-only ones. A setting not listed applies in every mode on both media.
+#: which settings apply to which modes and media, the one table (see the module docstring; ``multimask``
+#: is also refused outside its modes). A setting not listed applies in every mode on both media.
 APPLIES: dict[str, Scope] = {
     "prompt_field": Scope(FIELD_MODES),
     "negative_field": Scope(FIELD_MODES, _IMAGE),

@@ -395,11 +395,10 @@ def check_video_prompt_field(samples, settings: Sam3Settings) -> str | None:
 
 
 class VideoMedia(Media):
-    """Videos: each tracked and written frame chunk by frame chunk, then marked done (see the module
-    docstring); ``<label_field>_tracks`` marks the videos done and a run's ``samples_processed`` counts
-    videos. A video that fails is skipped and reported (``skip_failures``), or stops the run. The
-    frames of a video go through the tracker one at a time, in order, decoded by the core's reader:
-    ``batch_size`` does not apply, and ``num_workers`` (decoding processes) is refused."""
+    """Videos, each tracked, written frame chunk by frame chunk and marked done (see the module
+    docstring; a run's ``samples_processed`` counts videos). A video that fails is skipped and reported
+    (``skip_failures``), or stops the run. The tracker takes a video's frames one at a time, in order,
+    decoded by the core's reader: ``batch_size`` does not apply and ``num_workers`` is refused."""
 
     name = "video"
     model_fields = ("prompt_field",)
