@@ -394,6 +394,7 @@ BAD_VALUES = [
     ("min_area", float("nan")),
     ("points_per_side", "32"),
     ("points_per_side", 0),
+    ("points_per_side", 129),
     ("pred_iou_threshold", "0.9"),
     ("stability_threshold", 2),
     ("auto_label", 5),

@@ -324,6 +324,15 @@ def test_text_form_flags_bad_input(dataset, text_params, change, name, words):
     assert_flagged(properties, validation, name, *words)
 
 
+def test_everything_form_flags_a_grid_past_its_bound(dataset, tiny_checkpoint):
+    """A grid of more than 128 points a side (16,384 prompts an image) is refused on its input."""
+    base = {"label_field": "everything", "model_path": str(tiny_checkpoint), "device": "cpu"}
+    properties, validation = resolve_form(SegmentEverything(), dataset, {**base, "points_per_side": 128})
+    assert not validation.invalid, [e.to_json() for e in validation.errors]
+    properties, validation = resolve_form(SegmentEverything(), dataset, {**base, "points_per_side": 129})
+    assert_flagged(properties, validation, "points_per_side", "from 1 to 128", "129")
+
+
 def test_text_form_accepts_comma_separated_prompts_and_a_chosen_overwrite(dataset, text_params):
     params = {**text_params, "prompts": "cat, dog", "label_field": "not_wanted", "overwrite": True}
     properties, validation = resolve_form(SegmentWithTextPrompts(), dataset, params)

@@ -85,6 +85,11 @@ def normalize_prompts(prompts, mode: str) -> tuple[TextPrompt, ...]:
     return tuple(cleaned)
 
 
+#: ``auto`` mode runs points_per_side² point prompts on each image: 128 is 16,384 (SAM's automatic
+#: mask generator uses 32 or 64); a larger grid would not fail, it would run for hours an image
+MAX_POINTS_PER_SIDE = 128
+_GRID_WHY = " (auto mode runs points_per_side squared point prompts on each image; SAM's default is 32)"
+
 # -- each setting's rule -------------------------------------------------------------------------------
 
 
@@ -251,7 +256,7 @@ _CHECKS = (
     ("nms_containment", _check_fraction("nms_containment", optional=True)),
     ("max_detections", _check_count("max_detections", optional=True)),
     ("min_area", _check_fraction("min_area", optional=False, open_zero=False)),
-    ("points_per_side", _check_count("points_per_side", optional=False)),
+    ("points_per_side", _check_count("points_per_side", optional=False, high=MAX_POINTS_PER_SIDE, why=_GRID_WHY)),
     ("pred_iou_threshold", _check_unit("pred_iou_threshold")),
     ("stability_threshold", _check_unit("stability_threshold")),
     ("auto_label", _check_label),
@@ -348,7 +353,7 @@ class Sam3Settings(_Checked):
             other rules keep (``None``: all)
         min_area: drop hits whose written mask covers less than this fraction of the image
         (These four hold on the masks as written: see the README's "De-duplication and limits".)
-        points_per_side: ``auto``: the grid of point prompts has this many points a side
+        points_per_side: ``auto``: the grid of point prompts has this many points a side (1 to 128)
         pred_iou_threshold, stability_threshold: ``auto``: keep masks whose predicted IoU and
             stability score reach these
         auto_label: ``auto``: the label every hit gets
